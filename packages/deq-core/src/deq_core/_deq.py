@@ -1,0 +1,154 @@
+"""``DEQ``: an ``nn.Module`` whose output is the fixed point ``z* = f(z*, x)`` of a layer ``f``."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._adjoint import AbstractAdjoint, resolve_adjoint
+from ._driver import check_tolerances, failure_message, fixed_point, resolve_solver
+from ._errors import DeqConfigError, DeqInputError, DeqSolveError
+from ._jacobian import jacobian_frobenius
+from ._solution import Result, SolveStats
+from ._solver import AbstractFixedPointSolver
+from ._state import State, StateLayout, flat_map
+from .nn._norm import frozen_weights
+
+__all__ = ["DEQ", "DEQInfo"]
+
+
+@dataclass
+class DEQInfo:
+    """What a DEQ forward reports besides ``z*``.
+
+    Attributes:
+        result: :class:`Result` of the forward solve.
+        stats: :class:`SolveStats` (per-sample steps, residuals, trace, f-evaluations).
+        warm: the solve started from the ``reuse`` cache.
+        jac_loss: Hutchinson estimate of ``||df/dz||_F^2 / N`` (only when ``jac_reg_probes > 0`` and training),
+            add ``c * jac_loss`` to the training loss.
+    """
+
+    result: Result
+    stats: SolveStats
+    warm: bool = False
+    jac_loss: Tensor | None = None
+
+
+class DEQ(nn.Module):
+    """Deep equilibrium layer: ``forward(x) = z*`` with ``z* = f(z*, x)``, differentiated implicitly.
+
+    Arguments:
+        f: an ``nn.Module`` (or callable) ``f(z, x) -> z`` where ``z`` is a tensor or a tuple of tensors with
+            the batch first. If ``f`` has a method ``init_state(x)`` it gives the default ``z0``; otherwise
+            ``z0 = zeros_like(x)``.
+        solver: solver object or registered name (resolved now, so a typo fails at construction).
+        adjoint: adjoint object or name (``implicit``, ``neumann``, ``phantom``, ``unrolled``), ``None`` = detached.
+        atol, rtol, max_steps: forward tolerances and budget (see :func:`deq_core.fixed_point`).
+        eval_max_steps: budget in eval mode (default ``max_steps``).
+        reuse: warm-start from the previous fixed point for the same ``cache_key`` (amortization across
+            training steps, as Implicit² uses); the cache is per module instance and per process.
+        reuse_steps: solver steps when warm-started (``0`` = reuse the cached point as is, with gradients
+            through one application of ``f``); ``None`` = solve to tolerance.
+        strict: raise :class:`DeqSolveError` when the budget ends before convergence; divergence and
+            non-finite values always raise.
+        jac_reg_probes: Hutchinson probes for ``info.jac_loss`` in training mode (0 = off).
+
+    Example:
+        >>> import torch
+        >>> from deq_core import DEQ
+        >>> class Layer(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__(); self.lin = torch.nn.Linear(4, 4)
+        ...         with torch.no_grad(): self.lin.weight.mul_(0.3)
+        ...     def forward(self, z, x): return torch.tanh(self.lin(z) + x)
+        >>> deq = DEQ(Layer(), solver="fixed-point", rtol=1e-6)
+        >>> z, info = deq(torch.randn(2, 4))
+        >>> info.result.name, tuple(z.shape)
+        ('CONVERGED', (2, 4))
+    """
+
+    def __init__(self, f: nn.Module, *, solver: AbstractFixedPointSolver | str = "fixed-point",
+                 adjoint: AbstractAdjoint | str | None = "implicit", atol: float = 1e-6, rtol: float = 1e-4,
+                 max_steps: int = 50, eval_max_steps: int | None = None, reuse: bool = False,
+                 reuse_steps: int | None = None, strict: bool = False, jac_reg_probes: int = 0,
+                 check_every: int = 1) -> None:
+        super().__init__()
+        self.f = f
+        self.solver = resolve_solver(solver)
+        self.adjoint = resolve_adjoint(adjoint)
+        check_tolerances(atol, rtol, max_steps)
+        for name, v in (("eval_max_steps", eval_max_steps), ("reuse_steps", reuse_steps)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise DeqConfigError(f"DEQ.{name} must be None or an int >= 0, got {v!r}")
+        if isinstance(jac_reg_probes, bool) or not isinstance(jac_reg_probes, int) or jac_reg_probes < 0:
+            raise DeqConfigError(f"DEQ.jac_reg_probes must be an int >= 0, got {jac_reg_probes!r}")
+        self.atol, self.rtol, self.max_steps = atol, rtol, max_steps
+        self.eval_max_steps = max_steps if eval_max_steps is None else eval_max_steps
+        self.reuse, self.reuse_steps, self.strict = reuse, reuse_steps, strict
+        self.jac_reg_probes, self.check_every = jac_reg_probes, check_every
+        self._cache: dict[Hashable, State] = {}
+
+    def config(self) -> dict[str, Any]:
+        """The hyperparameters as JSON-friendly values (stored in checkpoints)."""
+        return {
+            "solver": self.solver.name, "solver_options": {k: _plain(v) for k, v in self.solver.options().items()},
+            "adjoint": None if self.adjoint is None else self.adjoint.name, "atol": self.atol, "rtol": self.rtol,
+            "max_steps": self.max_steps, "eval_max_steps": self.eval_max_steps, "reuse": self.reuse,
+            "reuse_steps": self.reuse_steps, "jac_reg_probes": self.jac_reg_probes,
+        }
+
+    def clear_cache(self) -> None:
+        """Forget every warm-start point."""
+        self._cache.clear()
+
+    def initial_state(self, x: Any) -> State:
+        init = getattr(self.f, "init_state", None)
+        if callable(init):
+            return init(x)
+        if isinstance(x, Tensor):
+            return torch.zeros_like(x)
+        raise DeqInputError("DEQ needs z0: pass z0=..., or give f an init_state(x) method, or pass a tensor x")
+
+    def forward(self, x: Any, z0: State | None = None, *, cache_key: Hashable = None) -> tuple[State, DEQInfo]:
+        """Solve ``z* = f(z*, x)``; returns ``(z*, DEQInfo)``. ``cache_key`` names the warm-start slot."""
+        warm = False
+        if z0 is None and self.reuse and cache_key in self._cache:
+            z0, warm = self._cache[cache_key], True
+        if z0 is None:
+            z0 = self.initial_state(x)
+        budget = self.max_steps if self.training else self.eval_max_steps
+        if warm and self.reuse_steps is not None:
+            budget = self.reuse_steps
+        throw_budget = self.strict and not (warm and self.reuse_steps is not None)
+        with frozen_weights(self.f):
+            layout = StateLayout.of(z0, "z0")
+            sol = fixed_point(lambda z: self.f(z, x), z0, solver=self.solver, adjoint=self.adjoint,
+                              atol=self.atol, rtol=self.rtol, max_steps=budget, throw=False,
+                              check_every=self.check_every)
+            if sol.result in (Result.DIVERGED, Result.NONFINITE) or (throw_budget and sol.result is Result.MAX_STEPS):
+                raise DeqSolveError(failure_message(sol.result, sol.stats), sol)
+            jac_loss = None
+            if self.jac_reg_probes and self.training and torch.is_grad_enabled():
+                flat = flat_map(lambda z: self.f(z, x), layout, check=False)
+                jac_loss = jacobian_frobenius(flat, layout.pack(sol.value), probes=self.jac_reg_probes)
+        if self.reuse:
+            self._cache[cache_key] = _detach(sol.value)
+        return sol.value, DEQInfo(sol.result, sol.stats, warm, jac_loss)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        return state
+
+
+def _detach(state: State) -> State:
+    return tuple(t.detach() for t in state) if isinstance(state, tuple) else state.detach()
+
+
+def _plain(v: Any) -> Any:
+    return v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
