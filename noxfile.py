@@ -60,7 +60,7 @@ def _install_all(session: nox.Session, *extra: str) -> None:
 
 
 @nox.session
-@nox.parametrize("package", [*CLOSURES, "integration"])
+@nox.parametrize("package", [*CLOSURES, "integration"], ids=[*CLOSURES, "integration"])
 def tests(session: nox.Session, package: str) -> None:
     """Run one package's tests in an env holding only its dependency closure (or the integration tests)."""
     if package == "integration":
