@@ -14,6 +14,7 @@ from ._picard import FixedPointIteration
 from ._solution import Result, Solution, SolveStats
 from ._solver import AbstractFixedPointSolver, FlatMap, check_positive, check_range
 from ._state import State, StateLayout
+from .distributed import reduce_stats
 
 __version__ = "0.1.0"
 
@@ -22,5 +23,5 @@ __all__ = [
     "FixedPointIteration", "FlatMap", "ImplicitAdjoint", "LoopControl", "LoopOutcome", "NeumannAdjoint",
     "PhantomAdjoint", "PluginError", "Result", "Solution", "SolveStats", "State", "StateLayout", "UnknownNameError",
     "UnrolledAdjoint", "check_positive", "check_range", "fixed_point", "resolve_adjoint", "resolve_solver",
-    "residual_norms", "run_loop", "__version__",
+    "reduce_stats", "residual_norms", "run_loop", "__version__",
 ]
