@@ -1,0 +1,38 @@
+"""The ``deq`` plugin of deq-tasks: the task records and the ``deq tasks`` command group.
+
+Kept cheap to import: the task modules (torch models, data) load only when a task is built.
+Each task factory returns a task object with ``run(out, *, checkpoint=None, progress=True) -> dict``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from deq_core.plugins import TaskEntry, hookimpl
+
+__all__ = ["deq_commands", "deq_tasks"]
+
+
+def _lazy(module: str, attr: str) -> Callable[..., Any]:
+    """A factory that imports ``deq_tasks.<module>`` on first call; keeps the signature for option checks."""
+    mod = importlib.import_module(f"deq_tasks.{module}")
+    return getattr(mod, attr)
+
+
+_TASKS: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
+    # (name, module, class, summary, tags) -- other task modules append here with one line each
+)
+
+
+@hookimpl
+def deq_tasks() -> Iterable[TaskEntry]:
+    return [TaskEntry(name, _lazy(mod, cls), summary, tags=tags) for name, mod, cls, summary, tags in _TASKS]
+
+
+@hookimpl
+def deq_commands(cli: Any) -> None:
+    from .cli import tasks_group
+
+    cli.add_command(tasks_group)
