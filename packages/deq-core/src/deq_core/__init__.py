@@ -4,7 +4,9 @@ The fixed-point driver :func:`fixed_point`, adjoints for implicit gradients, the
 checkpoints, the plugin system (:mod:`deq_core.registry`) and the conformance kit (:mod:`deq_core.testing`).
 """
 
+from . import plugins, registry
 from ._adjoint import AbstractAdjoint, ImplicitAdjoint, NeumannAdjoint, PhantomAdjoint, UnrolledAdjoint, resolve_adjoint
+from ._checkpoint import load, save
 from ._deq import DEQ, DEQInfo
 from ._driver import fixed_point, resolve_solver
 from ._jacobian import jacobian_frobenius
@@ -23,5 +25,5 @@ __all__ = [
     "FixedPointIteration", "FlatMap", "ImplicitAdjoint", "LoopControl", "LoopOutcome", "NeumannAdjoint",
     "PhantomAdjoint", "PluginError", "Result", "Solution", "SolveStats", "State", "StateLayout", "UnknownNameError",
     "UnrolledAdjoint", "check_positive", "check_range", "fixed_point", "resolve_adjoint", "resolve_solver",
-    "reduce_stats", "residual_norms", "run_loop", "__version__",
+    "reduce_stats", "residual_norms", "run_loop", "__version__", "load", "plugins", "registry", "save",
 ]
