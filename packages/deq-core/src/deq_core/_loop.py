@@ -14,7 +14,7 @@ from ._solution import Result
 if TYPE_CHECKING:
     from ._solver import AbstractFixedPointSolver
 
-__all__ = ["LoopControl", "LoopOutcome", "run_loop", "residual_norms"]
+__all__ = ["LoopControl", "LoopOutcome", "meets_tolerance", "run_loop", "residual_norms"]
 
 
 @dataclass(frozen=True)
@@ -62,58 +62,84 @@ def residual_norms(z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor]:
     )
 
 
+def meets_tolerance(res: Tensor, fnorm: Tensor, atol: float, rtol: float) -> Tensor:
+    """Per-sample ``res <= atol + rtol * fnorm`` (the one stopping test every loop uses), ``(B,)`` bool."""
+    return torch.sub(res, fnorm, alpha=rtol) <= atol
+
+
 def run_loop(solver: AbstractFixedPointSolver, f: Callable[[Tensor], Tensor], z: Tensor, fz: Tensor,
              control: LoopControl) -> LoopOutcome:
     """Iterate ``solver.step`` from ``(z, fz)`` until every sample meets its tolerance or the budget ends.
 
-    Converged samples are frozen: their returned iterate, residual and step count no longer change
-    (their rows are still computed, as batched ``f`` cannot skip rows). For samples that do not
-    converge the iterate with the lowest residual is returned.
+    Converged samples are frozen: their returned iterate, residual, step count and trace entries no
+    longer change (their rows are still computed, as batched ``f`` cannot skip rows, but what happens
+    to them afterwards, noise or non-finite values included, is ignored). For samples that do not
+    converge the iterate with the lowest residual is returned. Divergence and non-finite values are
+    judged on the samples still running.
+
+    Cost per step besides ``solver.step``: with ``check_every == 1`` (the host is consulted every step
+    anyway) and while every sample is still running and improving, about eight small kernels and one
+    host sync: best iterate, step counts and trace are kept by reference. Otherwise (a sample has
+    converged, a residual went up, or ``check_every > 1``, where the loop must not sync) the
+    bookkeeping runs on the device with ``torch.where`` and the host is consulted every
+    ``check_every`` steps.
     """
     counter = _Counter(f)
+    atol, rtol, every, max_steps = control.atol, control.rtol, control.check_every, control.max_steps
     res, fnorm = residual_norms(z, fz)
-    tol = control.atol + control.rtol * fnorm
-    done = res <= tol
+    done = meets_tolerance(res, fnorm, atol, rtol)
+    limit = control.divergence * res  # a running sample diverges when its residual exceeds this
     best_z, best_fz, best_res, best_fn = z, fz, res, fnorm
-    res0 = res.clamp_min(torch.finfo(res.dtype).tiny)
-    steps = torch.zeros_like(res, dtype=torch.long)
-    trace = [res / fnorm.clamp_min(torch.finfo(fnorm.dtype).tiny)] if control.record_trace else []
-    result = Result.CONVERGED
+    res_hist, fn_hist = ([res], [fnorm]) if control.record_trace else (None, None)
+    done_at = torch.zeros_like(res, dtype=torch.long)  # step at which each done sample converged
     state = solver.init(counter, z, fz)
+    result = Result.CONVERGED
     k = 0
     if not bool(done.all()):
         result = Result.MAX_STEPS
-        for k in range(1, control.max_steps + 1):
+        fast = every == 1 and not bool(done.any())  # fast path: every sample running, host knows it
+        for k in range(1, max_steps + 1):
             z, fz, state = solver.step(counter, z, fz, state)
             res, fnorm = residual_norms(z, fz)
-            if control.record_trace:
-                trace.append(res / fnorm.clamp_min(torch.finfo(fnorm.dtype).tiny))
+            if res_hist is not None:
+                res_hist.append(res)
+                fn_hist.append(fnorm)
+            excess = torch.sub(res, fnorm, alpha=rtol)
+            improved = res < best_res  # False for nan; implies res < divergence limit
+            if fast and bool(((excess > atol) & improved).all()):
+                # nobody converged, everybody improved (hence finite, not diverging): best = current
+                best_z, best_fz, best_res, best_fn = z, fz, res, fnorm
+                continue
             active = ~done
-            newly = active & (res <= control.atol + control.rtol * fnorm)
-            better = active & ((res < best_res) | newly)
-            best_z = torch.where(better[:, None], z, best_z)
-            best_fz = torch.where(better[:, None], fz, best_fz)
+            newly = active & (excess <= atol)
+            better = active & (improved | newly)
+            keep = better[:, None]
+            best_z = torch.where(keep, z, best_z)
+            best_fz = torch.where(keep, fz, best_fz)
             best_res = torch.where(better, res, best_res)
             best_fn = torch.where(better, fnorm, best_fn)
-            steps = steps + active.long()
+            done_at = torch.where(newly, k, done_at)
             done = done | newly
-            if k % control.check_every == 0 or k == control.max_steps:
-                finite = torch.isfinite(res)
-                if not bool(finite.all()):
-                    result = Result.NONFINITE
-                    done = done & finite
-                    break
-                if bool((res > control.divergence * res0).any()):
-                    result = Result.DIVERGED
+            if k % every == 0 or k == max_steps:
+                bad = active & ~(res <= limit)  # nan, inf or diverged, among samples still running
+                if bool(bad.any()):
+                    result = Result.NONFINITE if bool((bad & ~torch.isfinite(res)).any()) else Result.DIVERGED
                     break
                 if bool(done.all()):
                     result = Result.CONVERGED
                     break
-    converged = best_res <= control.atol + control.rtol * best_fn
+                fast = False if every != 1 else fast and not bool(done.any())
+    converged = meets_tolerance(best_res, best_fn, atol, rtol)
     if result is Result.CONVERGED and not bool(converged.all()):
         result = Result.MAX_STEPS
-    trace_t = torch.stack(trace) if trace else res.new_zeros(0, res.numel())
-    return LoopOutcome(best_z, best_fz, result, steps, best_res, best_fn, converged, trace_t,
+    steps = torch.where(done, done_at, k)
+    if res_hist is not None:
+        rel = torch.stack(res_hist) / torch.stack(fn_hist).clamp_min(torch.finfo(best_fn.dtype).tiny)
+        rows = torch.arange(rel.shape[0], device=rel.device)[:, None]
+        trace = rel.gather(0, torch.minimum(rows, steps[None, :]))  # frozen after each sample converged
+    else:
+        trace = best_res.new_zeros(0, best_res.numel())
+    return LoopOutcome(best_z, best_fz, result, steps, best_res, best_fn, converged, trace,
                        counter.calls, solver.stats(state))
 
 
