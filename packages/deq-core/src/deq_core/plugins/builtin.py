@@ -9,15 +9,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ._hookspecs import hookimpl
-from ._types import SolverEntry
+from ._types import ModelEntry, SolverEntry
 
-__all__ = ["deq_solvers"]
+__all__ = ["deq_models", "deq_solvers"]
 
 
 @hookimpl
 def deq_solvers() -> Iterable[SolverEntry]:
     """The reference solver ``fixed-point`` (damped Picard iteration, :class:`deq_core.FixedPointIteration`)."""
     from .._picard import FixedPointIteration
+    from ..opteq import Halpern
 
     return [
         SolverEntry(
@@ -25,5 +26,32 @@ def deq_solvers() -> Iterable[SolverEntry]:
             factory=FixedPointIteration,
             summary="Damped Picard iteration z <- (1 - damping) z + damping f(z); the minimal reference solver.",
             tags=("reference", "builtin"),
+        ),
+        SolverEntry(
+            name="halpern",
+            factory=Halpern,
+            summary="Anchored (Halpern) iteration z <- u/(k+2) + (1 - 1/(k+2)) f(z): the fixed point nearest anchor u.",
+            tags=("builtin", "opteq", "nonexpansive"),
+        ),
+    ]
+
+
+@hookimpl
+def deq_models() -> Iterable[ModelEntry]:
+    """OptEq equilibrium models (:class:`deq_core.opteq.OptEq`, :class:`deq_core.opteq.DeepOptEq`)."""
+    from ..opteq import DeepOptEq, OptEq
+
+    return [
+        ModelEntry(
+            name="opteq",
+            factory=OptEq,
+            summary="OptEq unit layer z* = prox_phi(W^T W z* + Ux + b), the minimizer of an explicit convex objective.",
+            tags=("builtin", "opteq"),
+        ),
+        ModelEntry(
+            name="opteq-deep",
+            factory=DeepOptEq,
+            summary="Deep OptEq: coupled unit layers minimizing one joint convex objective.",
+            tags=("builtin", "opteq"),
         ),
     ]
