@@ -46,7 +46,7 @@ class StateLayout:
             raise DeqInputError(f"{what} must be a tensor or a non-empty tuple of tensors, got an empty tuple")
         batch = None
         for i, t in enumerate(tensors):
-            name = what if len(tensors) == 1 and not isinstance(state, tuple) else f"{what}[{i}]"
+            name = what if isinstance(state, Tensor) else f"{what}[{i}]"
             if t.dim() < 1:
                 raise DeqInputError(f"{name} must have a leading batch dimension, got a 0-d tensor")
             if not t.is_floating_point():
@@ -60,7 +60,8 @@ class StateLayout:
                     f"all parts of {what} must share one dtype and device; expected {tensors[0].dtype} on "
                     f"{tensors[0].device}, {name} is {t.dtype} on {t.device}"
                 )
-        return cls(tuple(t.shape for t in tensors), isinstance(state, tuple), tensors[0].dtype, tensors[0].device)
+        # a list counts as a tuple (it used to be unpacked as one tensor)
+        return cls(tuple(t.shape for t in tensors), not isinstance(state, Tensor), tensors[0].dtype, tensors[0].device)
 
     @property
     def batch(self) -> int:
@@ -88,10 +89,11 @@ class StateLayout:
     def check(self, state: State, what: str) -> None:
         """Raise :class:`DeqInputError` unless ``state`` has exactly this layout."""
         tensors = _as_tuple(state, what)
-        if isinstance(state, tuple) != self.is_tuple or len(tensors) != len(self.shapes):
+        is_tuple = not isinstance(state, Tensor)
+        if is_tuple != self.is_tuple or len(tensors) != len(self.shapes):
             raise DeqInputError(
                 f"{what} must have the structure of z0 ({_describe(self.shapes, self.is_tuple)}), "
-                f"got {_describe(tuple(t.shape for t in tensors), isinstance(state, tuple))}"
+                f"got {_describe(tuple(t.shape for t in tensors), is_tuple)}"
             )
         for i, (t, shape) in enumerate(zip(tensors, self.shapes)):
             name = f"{what}[{i}]" if self.is_tuple else what
