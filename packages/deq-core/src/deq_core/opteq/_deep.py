@@ -1,6 +1,7 @@
 r"""Deep OptEq: several unit layers coupled into one joint convex objective.
 
-The state is :math:`z = (z_1, \dots, z_L)` (widths :math:`n_l`, activations :math:`\sigma_l = \operatorname{prox}_{\varphi_l}`).
+The state is :math:`z = (z_1, \dots, z_L)` (widths :math:`n_l`,
+activations :math:`\sigma_l = \operatorname{prox}_{\varphi_l}`).
 One block lower-bidiagonal matrix couples neighbouring layers,
 
 .. math::  W = \begin{pmatrix} W_{11} & & & \\ W_{21} & W_{22} & & \\ & \ddots & \ddots & \\ & & W_{L,L-1} & W_{LL}
@@ -12,7 +13,8 @@ the input enters the first layer, :math:`c = (Ux + b_1, b_2, \dots, b_L)`, and t
 .. math::  G(z; x) = \sum_l \sum_j \varphi_l(z_{l,j}) + \tfrac12\|z\|^2 - \tfrac12\|W z\|^2 - \langle c, z\rangle
            = \sum_l G_l(z_l) - \sum_l \langle W_{l+1,l} z_l, W_{l+1,l+1} z_{l+1}\rangle,
 
-i.e. the per-layer unit objectives :math:`G_l` (with :math:`W_l^\top W_l = W_{ll}^\top W_{ll} + W_{l+1,l}^\top W_{l+1,l}`)
+i.e. the per-layer unit objectives :math:`G_l`
+(with :math:`W_l^\top W_l = W_{ll}^\top W_{ll} + W_{l+1,l}^\top W_{l+1,l}`)
 plus bilinear coupling terms that carry information from layer :math:`l` to :math:`l + 1` (and back). It is the
 unit layer on the stacked state with a structured :math:`W`, so every unit-layer guarantee carries over.
 """
@@ -126,7 +128,8 @@ class DeepOptEq(_EquilibriumModel):
                  prox: AbstractProx | str | Sequence[AbstractProx | str] = "relu", l1: float | Sequence[float] = 0.0,
                  method: str = "spectral", kappa: float = 0.03, strict: bool = True, gain: float = 0.25,
                  bias: bool = True, dtype: torch.dtype | None = None,
-                 solver: AbstractFixedPointSolver | str = "fixed-point", adjoint: AbstractAdjoint | str | None = "implicit",
+                 solver: AbstractFixedPointSolver | str = "fixed-point",
+                 adjoint: AbstractAdjoint | str | None = "implicit",
                  atol: float = 1e-6, rtol: float = 1e-4, max_steps: int = 50, **deq_options: Any) -> None:
         super().__init__()
         layer = DeepOptEqLayer(in_features, widths, prox=prox, l1=l1, method=method, kappa=kappa, strict=strict,

@@ -15,7 +15,8 @@ step on :math:`G` (the smooth part has a 1-Lipschitz gradient), so :math:`G` dec
 
 :math:`\|W\|_2 < 1` is kept by the weight parameterization (:class:`ContractiveWeight`):
 
-* ``"spectral"``: :math:`W = \tilde W / \max(1, \sigma_{\max}(\tilde W) / (1 - \kappa))`, so :math:`\|W\|_2 \le 1 - \kappa`
+* ``"spectral"``: :math:`W = \tilde W / \max(1, \sigma_{\max}(\tilde W) / (1 - \kappa))`,
+  so :math:`\|W\|_2 \le 1 - \kappa`
   (exact largest singular value, differentiable);
 * ``"frobenius"``: :math:`W = V / \sqrt{1 + \|V\|_F^2}`, so :math:`\|W\|_2 \le \|W\|_F < 1` with no SVD;
 * ``"none"``: :math:`W` as given (checked only).
@@ -130,7 +131,7 @@ class ContractiveWeight(nn.Module):
             return raw / torch.clamp(sigma / (1.0 - self.kappa), min=1.0)
         if self.method == "frobenius":
             return raw / torch.sqrt(1.0 + raw.pow(2).sum())
-        return raw
+        return raw.view_as(raw)  # a plain tensor, never the Parameter itself (it is assigned to a module attribute)
 
     def forward(self) -> Tensor:
         return self.weight
@@ -138,10 +139,9 @@ class ContractiveWeight(nn.Module):
     def spectral_norm(self) -> float:
         """The exact :math:`\\|W\\|_2` of the current parameters, computed in float64."""
         with torch.no_grad():
-            w = self.compute_weight().double()
-            if not bool(torch.isfinite(w).all()):
+            if not all(bool(torch.isfinite(p).all()) for p in self.raw.values()):
                 return float("nan")
-            return float(torch.linalg.matrix_norm(w, ord=2))
+            return float(torch.linalg.matrix_norm(self.compute_weight().double(), ord=2))
 
     def num_free(self) -> int:
         """Number of free parameters (the free blocks only)."""
@@ -269,17 +269,20 @@ class OptEqLayer(_OptEqCore):
     @classmethod
     def from_matrices(cls, W: Tensor, U: Tensor, b: Tensor | None = None, *, prox: AbstractProx | str = "relu",
                       l1: float = 0.0, strict: bool = True) -> OptEqLayer:
-        r"""A layer with the given :math:`W` (``(m, n)``, used as is: ``method="none"``), :math:`U` (``(n, d)``), :math:`b`.
+        r"""A layer with the given :math:`W` (``(m, n)``, used as is: ``method="none"``), :math:`U` (``(n, d)``),
+        :math:`b`.
 
         Raises:
             DeqConfigError: :math:`\|W\|_2` breaks the condition (the message gives the measured norm).
 
         Example:
             >>> import torch
-            >>> OptEqLayer.from_matrices(1.5 * torch.eye(2), torch.eye(2))
-            Traceback (most recent call last):
-            ...
-            deq_core._errors.DeqConfigError: OptEqLayer needs ||W||_2 < 1 (strongly convex objective, unique equilibrium); measured ||W||_2 = 1.5 (parameterization 'none'). Use method='spectral' or 'frobenius', or rescale W.
+            >>> from deq_core import DeqConfigError
+            >>> try:
+            ...     OptEqLayer.from_matrices(1.5 * torch.eye(2), torch.eye(2))
+            ... except DeqConfigError as err:
+            ...     print(str(err).split(";")[1].split("(")[0].strip())
+            measured ||W||_2 = 1.5
         """
         if W.dim() != 2 or U.dim() != 2 or U.shape[0] != W.shape[1]:
             raise DeqInputError(f"need W (m, n) and U (n, d); got W {tuple(W.shape)} and U {tuple(U.shape)}")
@@ -396,7 +399,8 @@ class OptEq(_EquilibriumModel):
     def __init__(self, in_features: int, width: int, *, prox: AbstractProx | str = "relu", l1: float = 0.0,
                  hidden: int | None = None, method: str = "spectral", kappa: float = 0.03, strict: bool = True,
                  gain: float = 0.25, bias: bool = True, dtype: torch.dtype | None = None,
-                 solver: AbstractFixedPointSolver | str = "fixed-point", adjoint: AbstractAdjoint | str | None = "implicit",
+                 solver: AbstractFixedPointSolver | str = "fixed-point",
+                 adjoint: AbstractAdjoint | str | None = "implicit",
                  atol: float = 1e-6, rtol: float = 1e-4, max_steps: int = 50, **deq_options: Any) -> None:
         super().__init__()
         layer = OptEqLayer(in_features, width, prox=prox, l1=l1, hidden=hidden, method=method, kappa=kappa,

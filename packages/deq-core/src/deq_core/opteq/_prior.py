@@ -2,9 +2,11 @@ r"""The two ways OptEq injects priors.
 
 1. **Change the convex problem**: add a convex term :math:`R(z)` to the objective. A separable non-smooth
    :math:`R` merges into the prox; :class:`L1Prox` does this for :math:`R(z) = \lambda\|z\|_1` (sparse features):
-   :math:`\operatorname{prox}_{\varphi + \lambda|\cdot|} = \operatorname{prox}_\varphi \circ \operatorname{soft}_\lambda`
+   :math:`\operatorname{prox}_{\varphi + \lambda|\cdot|} =
+   \operatorname{prox}_\varphi \circ \operatorname{soft}_\lambda`
    when :math:`\operatorname{prox}_\varphi(0) = 0`, and :math:`\operatorname{prox}_\varphi(v \mp \lambda)` when
-   :math:`\operatorname{dom}\varphi` lies in :math:`[0, \infty)` (resp. :math:`(-\infty, 0]`), where :math:`|u| = \pm u`.
+   :math:`\operatorname{dom}\varphi` lies in :math:`[0, \infty)` (resp. :math:`(-\infty, 0]`),
+   where :math:`|u| = \pm u`.
    ReLU becomes :math:`\max(v - \lambda, 0)`.
 2. **Choose among equilibria**: when :math:`\|W\|_2 = 1` the objective is only convex and the fixed-point set
    may be a set; the anchored (Halpern) iteration :class:`Halpern`,
@@ -107,7 +109,8 @@ def with_l1(prox: AbstractProx | str, lam: float) -> AbstractProx:
 
 @dataclass(frozen=True, eq=False)
 class Halpern(AbstractFixedPointSolver):
-    r"""Anchored (Halpern) iteration :math:`z_{k+1} = \lambda_k u + (1 - \lambda_k) f(z_k)`, :math:`\lambda_k = 1/(k + c)`.
+    r"""Anchored (Halpern) iteration :math:`z_{k+1} = \lambda_k u + (1 - \lambda_k) f(z_k)`,
+    :math:`\lambda_k = 1/(k + c)`.
 
     For a nonexpansive ``f`` with fixed points it converges (slowly, :math:`O(1/k)`) to the projection of the
     anchor :math:`u` onto :math:`\operatorname{Fix} f`: it selects the equilibrium nearest the anchor when there

@@ -170,7 +170,9 @@ class Clip(AbstractProx):
     def __post_init__(self) -> None:
         lo, hi = _check_number(self, "low", self.low), _check_number(self, "high", self.high)
         if not lo < hi:
-            raise DeqConfigError(f"Clip needs low < high (a non-empty interval), got low={self.low!r}, high={self.high!r}")
+            raise DeqConfigError(
+                f"Clip needs low < high (a non-empty interval), got low={self.low!r}, high={self.high!r}"
+            )
 
     def __call__(self, v: Tensor) -> Tensor:
         return v.clamp(self.low, self.high)
