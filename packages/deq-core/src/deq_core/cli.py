@@ -24,24 +24,25 @@ __all__ = ["cli", "main"]
 
 
 class _DeqGroup(click.Group):
-    """A group that adds the plugins' commands on first use (after its own built-in ones)."""
+    """A group that adds the plugins' commands (from the manager in use) after its own built-in ones."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._plugin_commands: dict[str, click.Command] | None = None
-        self._builtin = set(self.commands)
+        self._cache: tuple[PluginManager, dict[str, click.Command]] | None = None
 
     def _plugins(self) -> dict[str, click.Command]:
-        if self._plugin_commands is None:
+        manager = get_manager()
+        if self._cache is None or self._cache[0] is not manager:
             found: dict[str, click.Command] = {}
-            for name, cmd in get_manager().commands().items():
+            for name, cmd in manager.commands().items():
                 if name in self.commands:  # built-in commands win
-                    warnings.warn(f"a deq plugin's command {name!r} clashes with a built-in `deq {name}`; "
-                                  "the plugin's one is skipped", DeqPluginWarning, stacklevel=2)
+                    warnings.warn(f"plugin {manager.command_provider(name)!r} adds a command {name!r} that clashes "
+                                  f"with the built-in `deq {name}`; the plugin's one is skipped",
+                                  DeqPluginWarning, stacklevel=2)
                     continue
                 found[name] = cmd
-            self._plugin_commands = found
-        return self._plugin_commands
+            self._cache = (manager, found)
+        return self._cache[1]
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(self.commands) | set(self._plugins()))
@@ -49,7 +50,14 @@ class _DeqGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.commands:
             return self.commands[cmd_name]
-        return self._plugins().get(cmd_name)
+        found = self._plugins().get(cmd_name)
+        owners = get_manager().conflicts().get("command", {}).get(cmd_name)
+        if found is None and owners:
+            raise click.UsageError(
+                f"command {cmd_name!r} is added by several plugins ({', '.join(map(repr, owners))}); "
+                f"uninstall one or hide it with DEQ_DISABLE_PLUGINS={owners[-1]}"
+            )
+        return found
 
 
 @click.group(cls=_DeqGroup, context_settings={"help_option_names": ["-h", "--help"]})

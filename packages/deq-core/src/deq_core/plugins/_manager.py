@@ -256,6 +256,14 @@ class PluginManager:
         state = self._ensure_loaded()
         return MappingProxyType({k: MappingProxyType(dict(v)) for k, v in state.conflicts.items()})
 
+    def command_provider(self, name: str, /) -> str:
+        """Name of the plugin that adds the ``deq`` subcommand ``name``."""
+        state = self._ensure_loaded()
+        for item in state.loaded:
+            if item.status == "active" and name in item.commands:
+                return item.source.name
+        raise UnknownNameError("command", name, state.commands)
+
     def commands(self) -> Mapping[str, Any]:
         """``{name: click.Command}`` added by plugins through ``deq_commands`` (conflicted names left out)."""
         return MappingProxyType(dict(self._ensure_loaded().commands))
