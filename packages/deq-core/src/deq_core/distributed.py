@@ -58,7 +58,9 @@ def _local(stats: SolveStats | Mapping[str, Any]) -> dict[str, float]:
             "steps_max": float(stats["steps_max"]), "residual_max": float(stats["residual_max"]),
             "rel_residual_max": float(stats["rel_residual_max"]), "nfev_max": float(stats["nfev"]),
         }
-    raise DeqInputError(f"reduce_stats expected SolveStats or a dict from SolveStats.summary(), got {type(stats).__name__}")
+    raise DeqInputError(
+        f"reduce_stats expected SolveStats or a dict from SolveStats.summary(), got {type(stats).__name__}"
+    )
 
 
 def reduce_stats(stats: SolveStats | Mapping[str, Any], *, group: Any = None) -> dict[str, Any]:
