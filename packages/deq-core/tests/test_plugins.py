@@ -11,7 +11,6 @@ from pathlib import Path
 
 import click
 import pytest
-
 from deq_core import DeqConfigError, FixedPointIteration, PluginError, UnknownNameError, registry
 from deq_core.plugins import (
     HOOK_NAMES,
@@ -22,13 +21,13 @@ from deq_core.plugins import (
     PluginSource,
     SolverEntry,
     TaskEntry,
+    _hookspecs,
     builtin,
     env_settings,
     get_manager,
     hookimpl,
     use_manager,
 )
-from deq_core.plugins import _hookspecs
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-
 from deq_core import (
     DEQ,
     DeqConfigError,

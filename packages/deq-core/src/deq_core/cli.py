@@ -48,9 +48,10 @@ class _DeqGroup(click.Group):
         return sorted(set(self.commands) | set(self._plugins()))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        plugin_commands = self._plugins()  # loads the plugins (and reports clashes) for every command
         if cmd_name in self.commands:
             return self.commands[cmd_name]
-        found = self._plugins().get(cmd_name)
+        found = plugin_commands.get(cmd_name)
         owners = get_manager().conflicts().get("command", {}).get(cmd_name)
         if found is None and owners:
             raise click.UsageError(
