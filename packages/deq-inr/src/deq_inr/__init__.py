@@ -1,0 +1,39 @@
+"""deq-inr: implicit neural representations with deep equilibrium layers ((Implicit)^2).
+
+Models (:func:`build_model`): ``isiren``, ``imfn-fourier``, ``imfn-gabor`` (one implicit layer with input injection,
+a :class:`deq_core.DEQ` with amortized fixed points and truncated Neumann backward) and the explicit baselines
+``siren``, ``mfn-fourier``, ``mfn-gabor``; coordinate datasets for images, audio and video; :func:`fit`; PSNR.
+"""
+
+from ._build import MODELS, build_model, model_from_config
+from ._checkpoint import load_checkpoint, save_checkpoint
+from ._data import (
+                    BUNDLED_IMAGES,
+                    NATURAL_IMAGES,
+                    TEXT_IMAGES,
+                    CoordData,
+                    audio_data,
+                    default_input_scale,
+                    grid_coords,
+                    image_data,
+                    load_image,
+                    read_wav,
+                    synth_audio,
+                    video_data,
+                    write_wav,
+)
+from ._filters import FourierFilter, GaborFilter, SineFilter
+from ._fit import FitResult, evaluate, fit
+from ._metrics import psnr
+from ._models import ExplicitINR, FilterBank, ImplicitINR, INRBlock, Siren
+from ._plots import plot_psnr_curve, plot_reconstruction
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BUNDLED_IMAGES", "MODELS", "NATURAL_IMAGES", "TEXT_IMAGES", "CoordData", "ExplicitINR", "FilterBank",
+    "FitResult", "FourierFilter", "GaborFilter", "INRBlock", "ImplicitINR", "Siren", "SineFilter", "audio_data",
+    "build_model", "default_input_scale", "evaluate", "fit", "grid_coords", "image_data", "load_checkpoint",
+    "load_image", "model_from_config", "plot_psnr_curve", "plot_reconstruction", "psnr", "read_wav",
+    "save_checkpoint", "synth_audio", "video_data", "write_wav", "__version__",
+]

@@ -1,0 +1,68 @@
+"""INR checkpoints: a :func:`deq_core.save` safetensors file whose config names the model, its constructor
+arguments and the data grid (so ``deq inr render`` can rebuild both)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from deq_core import DeqInputError
+from deq_core import load as _load
+from deq_core import save as _save
+from torch import nn
+
+from ._build import MODELS, model_from_config
+
+__all__ = ["save_checkpoint", "load_checkpoint", "FORMAT"]
+
+FORMAT = "deq-inr/1"
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, data: dict[str, Any] | None = None,
+                    metrics: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (state dict + :meth:`config`) and the data description atomically to ``path``.
+
+    Example:
+        >>> import tempfile
+        >>> from deq_inr import build_model, save_checkpoint, load_checkpoint
+        >>> m = build_model("mfn-fourier", 2, 1, width=8)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = save_checkpoint(f"{d}/m.safetensors", m, {"kind": "image", "shape": [4, 4]})
+        ...     m2, cfg = load_checkpoint(f"{d}/m.safetensors", expect_model="mfn-fourier")
+        >>> m2.name, cfg["data"]["shape"]
+        ('mfn-fourier', [4, 4])
+    """
+    clean = None if metrics is None else {k: v for k, v in metrics.items() if _plain(v)}
+    config = {"format": FORMAT, "model": model.config(), "data": data, "metrics": clean}
+    return _save(path, model, config)
+
+
+def _plain(v: Any) -> bool:
+    if isinstance(v, float):
+        return math.isfinite(v)
+    return isinstance(v, (int, str, bool, type(None)))
+
+
+def load_checkpoint(path: str | os.PathLike[str], expect_model: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model stored at ``path``; returns ``(model, config)`` (config: ``model``, ``data``, ``metrics``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        DeqInputError: not a readable deq checkpoint, not a deq-inr checkpoint, a checkpoint of another model
+            than ``expect_model``, or weights that do not match the stored architecture.
+    """
+    if expect_model is not None and expect_model not in MODELS:
+        raise DeqInputError(f"unknown model {expect_model!r}; known: {', '.join(MODELS)}")
+    _, config = _load(path)
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise DeqInputError(f"{path} is a deq checkpoint but not a deq-inr model checkpoint "
+                            f"(format {None if not isinstance(config, dict) else config.get('format')!r}, "
+                            f"expected {FORMAT!r})")
+    name = config["model"]["model"]
+    if expect_model is not None and name != expect_model:
+        raise DeqInputError(f"checkpoint {path} holds model {name!r}, not {expect_model!r}")
+    model = model_from_config(config["model"])
+    _load(path, model)
+    return model, config

@@ -1,0 +1,179 @@
+"""``deq inr fit`` and ``deq inr render`` (added to the ``deq`` command line by :mod:`deq_inr.plugin`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import click
+
+from ._build import MODELS
+
+__all__ = ["inr"]
+
+
+def _fail(exc: BaseException) -> click.ClickException:
+    msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return click.ClickException(msg.splitlines()[0] if msg else type(exc).__name__)
+
+
+def _terms(value: str) -> int | None:
+    if value.lower() in ("inf", "infinity", "exact"):
+        return None
+    try:
+        t = int(value)
+    except ValueError:
+        raise click.BadParameter(f"expected an int >= 0 or 'inf', got {value!r}") from None
+    if t < 0:
+        raise click.BadParameter(f"expected an int >= 0 or 'inf', got {value!r}")
+    return t
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+@click.group("inr")
+def inr() -> None:
+    """Implicit neural representations ((Implicit)^2): fit and render iSIREN / iMFN / SIREN / MFN models."""
+
+
+@inr.command("fit")
+@click.option("--model", "model_name", type=click.Choice(list(MODELS)), default="imfn-gabor", show_default=True,
+              help="isiren, imfn-fourier, imfn-gabor (implicit); siren, mfn-fourier, mfn-gabor (explicit).")
+@click.option("--image", default=None, help="Bundled scikit-image name (camera, astronaut, coffee, chelsea, rocket, "
+              "text, page) or an image path. Default: camera (unless --audio / --video).")
+@click.option("--audio", is_flag=False, flag_value="synth", default=None,
+              help="Fit audio: a WAV path, or no value for a synthesized chirp.")
+@click.option("--video", is_flag=False, flag_value="bundled", default=None,
+              help="Fit a video: a GIF/video path, or no value for scikit-image's bundled GIF.")
+@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output directory.")
+@click.option("--layers", type=click.IntRange(min=1), default=1, show_default=True, help="Sub-layers L.")
+@click.option("--width", type=click.IntRange(min=1), default=256, show_default=True, help="Width D.")
+@click.option("--holdout", type=float, default=None,
+              help="Train on a fraction p of the points, evaluate on a disjoint p (0.25 on an image: [::2, ::2] vs "
+                   "[1::2, 1::2]). Default 0.25 image, 0.5 audio, none for video.")
+@click.option("--no-holdout", is_flag=True, help="Train on every point (representation).")
+@click.option("--size", type=click.IntRange(min=0), default=128, show_default=True,
+              help="Center-crop and resize images to size x size (0 = as is).")
+@click.option("--input-scale", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Filter frequency scale; default about half the training points per side.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Mini-batch size (default full batch).")
+@click.option("--amortize/--no-amortize", default=True, show_default=True,
+              help="Implicit models: warm start from the previous step's fixed point.")
+@click.option("--reuse-steps", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--neumann-terms", default="1", show_default=True, help="Backward Neumann order T, or 'inf' (exact).")
+@click.option("--solver", default="fixed-point", show_default=True, help="Forward solver (registered name).")
+@click.option("--no-injection", is_flag=True, help="siren only: classic SIREN (omega_0 = 30) without injection.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def fit_command(model_name: str, image: str | None, audio: str | None, video: str | None, steps: int, out_dir: str,
+                layers: int, width: int, holdout: float | None, no_holdout: bool, size: int, input_scale: float | None,
+                lr: float, seed: int, batch_size: int | None, amortize: bool, reuse_steps: int, neumann_terms: str,
+                solver: str, no_injection: bool, progress: bool) -> None:
+    """Fit MODEL to an image, audio clip or video; write metrics.json, PNGs and model.safetensors to OUT."""
+    import torch
+
+    from ._build import build_model
+    from ._checkpoint import save_checkpoint
+    from ._data import audio_data, default_input_scale, image_data, video_data, write_wav
+    from ._fit import fit
+    from ._plots import plot_psnr_curve, plot_reconstruction
+
+    if sum(v is not None for v in (image, audio, video)) > 1:
+        raise click.UsageError("give only one of --image, --audio, --video")
+    if holdout is not None and not 0 < holdout < 1:
+        raise click.ClickException(f"--holdout must be in (0, 1) (e.g. 0.25), got {holdout}")
+    terms = _terms(neumann_terms)
+    try:
+        torch.manual_seed(seed)
+        if audio is not None:
+            data = audio_data(None if audio == "synth" else audio, seed=seed,
+                              holdout=None if no_holdout else (0.5 if holdout is None else holdout))
+        elif video is not None:
+            data = video_data(None if video == "bundled" else video, seed=seed,
+                              holdout=None if no_holdout else holdout)
+        else:
+            data = image_data(image or "camera", size=size or None, seed=seed,
+                              holdout=None if no_holdout else (0.25 if holdout is None else holdout))
+        scale = default_input_scale(data) if input_scale is None else input_scale
+        options: dict[str, Any] = {}
+        if MODELS[model_name][1]:
+            options = {"solver": solver, "neumann_terms": terms, "amortize": amortize, "reuse_steps": reuse_steps}
+        model = build_model(model_name, data.in_features, data.channels, width=width, layers=layers,
+                            input_scale=scale, injection=not no_injection, **options)
+        result = fit(model, data, steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
+                     grad_clip=0.1 if data.kind == "video" else None)
+    except click.ClickException:
+        raise
+    except (ValueError, KeyError, OSError) as e:  # DeqInputError, UnknownNameError, FileNotFoundError, ...
+        raise _fail(e) from None
+    os.makedirs(out_dir, exist_ok=True)
+    label = f"{model_name} {layers}L-{width}D"
+    metrics = {**result.metrics, "model": model_name, "layers": layers, "width": width, "input_scale": scale,
+               "lr": lr, "seed": seed, "data": data.describe(), "config": model.config(), "history": result.history}
+    with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
+        json.dump(_json_safe(metrics), fh, indent=2)
+    title = f"{label} on {os.path.basename(data.name)}: PSNR {result.metrics['psnr']:.2f} dB"
+    if data.holdout is not None:
+        title += f", held-out {result.metrics['heldout_psnr']:.2f} dB"
+    plot_reconstruction(os.path.join(out_dir, "reconstruction.png"), data, result.prediction, title)
+    plot_psnr_curve(os.path.join(out_dir, "psnr_curve.png"), {label: result.history}, title=os.path.basename(data.name))
+    if data.kind == "audio":
+        write_wav(os.path.join(out_dir, "reconstruction.wav"), data.as_array(result.prediction), data.sample_rate)
+    save_checkpoint(os.path.join(out_dir, "model.safetensors"), model, data.describe(), result.metrics)
+    m = result.metrics
+    click.echo(f"{label}: psnr {m['psnr']:.2f} dB, held-out {m['heldout_psnr']:.2f} dB, "
+               f"train {m['train_psnr']:.2f} dB, {m['ms_per_step']:.1f} ms/step, "
+               f"peak mem {m['peak_mem_mb']:.1f} MB -> {out_dir}")
+
+
+@inr.command("render")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output directory.")
+@click.option("--model", "expect_model", type=click.Choice(list(MODELS)), default=None,
+              help="Fail unless the checkpoint holds this model.")
+def render_command(checkpoint: str, out_dir: str, expect_model: str | None) -> None:
+    """Load a checkpoint written by `deq inr fit` and render its signal on the full grid into OUT."""
+    import torch
+
+    from ._checkpoint import load_checkpoint
+    from ._data import grid_coords, write_wav
+    from ._plots import save_prediction
+
+    try:
+        model, config = load_checkpoint(checkpoint, expect_model=expect_model)
+        desc = config.get("data") or {}
+        shape, kind = tuple(desc["shape"]), desc["kind"]
+        pred = model.predict(grid_coords(shape))
+    except click.ClickException:
+        raise
+    except (ValueError, KeyError, OSError, TypeError) as e:
+        raise _fail(e) from None
+    os.makedirs(out_dir, exist_ok=True)
+    arr = pred.reshape(*shape, -1).numpy()
+    written = []
+    if kind == "audio":
+        wav = os.path.join(out_dir, "render.wav")
+        write_wav(wav, arr[..., 0].clip(-1, 1), desc.get("sample_rate") or 8000)
+        written.append(wav)
+    else:
+        img = ((arr + 1) / 2).clip(0, 1)
+        png = os.path.join(out_dir, "render.png")
+        save_prediction(png, img[..., 0] if img.shape[-1] == 1 else img, kind)
+        written.append(png)
+    info = {"checkpoint": checkpoint, "model": config["model"], "data": desc, "files": written,
+            "mean": float(torch.as_tensor(arr).mean())}
+    with open(os.path.join(out_dir, "render.json"), "w") as fh:
+        json.dump(_json_safe(info), fh, indent=2)
+    click.echo(f"rendered {config['model']['model']} ({kind} {'x'.join(map(str, shape))}) -> {', '.join(written)}")
