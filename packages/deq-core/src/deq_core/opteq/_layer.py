@@ -17,7 +17,7 @@ step on :math:`G` (the smooth part has a 1-Lipschitz gradient), so :math:`G` dec
 
 * ``"spectral"``: :math:`W = \tilde W / \max(1, \sigma_{\max}(\tilde W) / (1 - \kappa))`,
   so :math:`\|W\|_2 \le 1 - \kappa`
-  (exact largest singular value, differentiable);
+  (exact largest singular value via the Gram matrix's top eigenvalue, differentiable);
 * ``"frobenius"``: :math:`W = V / \sqrt{1 + \|V\|_F^2}`, so :math:`\|W\|_2 \le \|W\|_F < 1` with no SVD;
 * ``"none"``: :math:`W` as given (checked only).
 
@@ -127,7 +127,7 @@ class ContractiveWeight(nn.Module):
         """:math:`W` from the raw parameters (differentiable)."""
         raw = self.assemble()
         if self.method == "spectral":
-            sigma = torch.linalg.matrix_norm(raw, ord=2)
+            sigma = _sigma_max(raw)
             return raw / torch.clamp(sigma / (1.0 - self.kappa), min=1.0)
         if self.method == "frobenius":
             return raw / torch.sqrt(1.0 + raw.pow(2).sum())
@@ -141,7 +141,7 @@ class ContractiveWeight(nn.Module):
         with torch.no_grad():
             if not all(bool(torch.isfinite(p).all()) for p in self.raw.values()):
                 return float("nan")
-            return float(torch.linalg.matrix_norm(self.compute_weight().double(), ord=2))
+            return float(_sigma_max(self.compute_weight().double()))
 
     def num_free(self) -> int:
         """Number of free parameters (the free blocks only)."""
@@ -149,6 +149,16 @@ class ContractiveWeight(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rows={self.rows}, cols={self.cols}, blocks={self.blocks}, method={self.method!r}, kappa={self.kappa}"
+
+
+def _sigma_max(w: Tensor) -> Tensor:
+    """Exact largest singular value, as ``sqrt(lambda_max)`` of the smaller Gram matrix (differentiable).
+
+    ``eigvalsh`` of the Gram matrix is several times faster than an SVD on CPU and exact to rounding for the top
+    singular value, which is all the bound needs.
+    """
+    gram = w.t() @ w if w.shape[0] >= w.shape[1] else w @ w.t()
+    return torch.linalg.eigvalsh(gram)[-1].clamp_min(0.0).sqrt()
 
 
 def _resolve_prox(prox: AbstractProx | str, l1: float) -> AbstractProx:
