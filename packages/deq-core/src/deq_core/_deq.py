@@ -52,7 +52,8 @@ class DEQ(nn.Module):
         atol, rtol, max_steps: forward tolerances and budget (see :func:`deq_core.fixed_point`).
         eval_max_steps: budget in eval mode (default ``max_steps``).
         reuse: warm-start from the previous fixed point for the same ``cache_key`` (amortization across
-            training steps, as Implicit² uses); the cache is per module instance and per process.
+            training steps, as Implicit² uses); the cache is per module instance and per process, and a
+            cached point is used only when its shapes match ``f.init_state(x)`` (else a cold start).
         reuse_steps: solver steps when warm-started (``0`` = reuse the cached point as is, with gradients
             through one application of ``f``); ``None`` = solve to tolerance. ``k >= 1`` runs ``k - 1``
             solver steps without a graph and then one application of ``f`` that carries the adjoint's
@@ -122,7 +123,12 @@ class DEQ(nn.Module):
         """Solve ``z* = f(z*, x)``; returns ``(z*, DEQInfo)``. ``cache_key`` names the warm-start slot."""
         warm = False
         if z0 is None and self.reuse and cache_key in self._cache:
-            z0, warm = self._cache[cache_key], True
+            cached, z_init = self._cache[cache_key], self.initial_state(x)
+            # a cached point of another batch size / shape (e.g. the last, smaller batch) is not reused
+            if StateLayout.of(cached, "cache") == StateLayout.of(z_init, "z0"):
+                z0, warm = cached, True
+            else:
+                z0 = z_init
         if z0 is None:
             z0 = self.initial_state(x)
         budget = self.max_steps if self.training else self.eval_max_steps

@@ -40,7 +40,7 @@ class _Reparam:
 
 
 class _SpectralNorm(_Reparam):
-    def __init__(self, name: str, max_norm: float, n_power_iterations: int, eps: float, tol: float = 1e-4,
+    def __init__(self, name: str, max_norm: float, n_power_iterations: int, eps: float, tol: float = 1e-7,
                  max_power_iterations: int = 100) -> None:
         super().__init__(name)
         self.max_norm, self.n_power_iterations, self.eps = max_norm, n_power_iterations, eps
@@ -92,7 +92,7 @@ def _install(module: nn.Module, name: str, hook: _Reparam) -> nn.Module:
 
 
 def spectral_norm(module: nn.Module, name: str = "weight", *, max_norm: float = 1.0, n_power_iterations: int = 1,
-                  init_iterations: int = 15, eps: float = 1e-12, tol: float = 1e-4,
+                  init_iterations: int = 15, eps: float = 1e-12, tol: float = 1e-7,
                   max_power_iterations: int = 100) -> nn.Module:
     """Constrain ``||W||_2 <= max_norm`` (W reshaped to ``(out, -1)``); returns ``module``.
 
@@ -157,7 +157,7 @@ def remove_norm(module: nn.Module, name: str = "weight") -> nn.Module:
 def frozen_weights(root: nn.Module) -> Iterator[None]:
     """Compute every normalized weight under ``root`` once and keep it fixed inside the block."""
     touched = []
-    for m in root.modules() if isinstance(root, nn.Module) else ():  # a plain callable f has nothing to freeze
+    for m in root.modules():
         hooks = [h for h in m._forward_pre_hooks.values() if isinstance(h, _Reparam)]
         if hooks and not getattr(m, _FROZEN, False):
             for h in hooks:
