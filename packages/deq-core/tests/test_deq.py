@@ -246,7 +246,7 @@ def test_jacobian_regularization_estimates_the_frobenius_norm() -> None:
     assert DEQ(layer)(x)[1].jac_loss is None
 
 
-# --- eval mode and tuple states -----------------------------------------------------------------------------------------
+# --- eval mode and tuple states ----------------------------------------------------------------------------------
 
 
 def test_eval_mode_gradients_equal_train_mode_gradients() -> None:
