@@ -157,7 +157,7 @@ def remove_norm(module: nn.Module, name: str = "weight") -> nn.Module:
 def frozen_weights(root: nn.Module) -> Iterator[None]:
     """Compute every normalized weight under ``root`` once and keep it fixed inside the block."""
     touched = []
-    for m in root.modules():
+    for m in root.modules() if isinstance(root, nn.Module) else ():  # a plain callable f has nothing to freeze
         hooks = [h for h in m._forward_pre_hooks.values() if isinstance(h, _Reparam)]
         if hooks and not getattr(m, _FROZEN, False):
             for h in hooks:
