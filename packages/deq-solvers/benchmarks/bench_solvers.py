@@ -1,0 +1,389 @@
+"""deq-solvers vs torchdeq 0.1.0 on three seeded fixed-point problems, in one process.
+
+    python packages/deq-solvers/benchmarks/bench_solvers.py [--repeats 7] [--quick] [--out bench-out/solvers]
+
+Problems (relative tolerance 1e-5 for every solver, forward and IFT backward):
+  1. ``f(z) = tanh(W z + U x + b)``, batch 64, width 256, Gaussian ``W`` rescaled to ``||W||_2 = 0.9``;
+  2. the same with ``W`` symmetric, eigenvalues spread in ``[0, 0.9]`` and weak input injection (slow);
+  3. ``f(z) = tanh(conv3x3(z) + u)``, batch 32, 32 channels, 16x16, conv operator norm 0.9 (power iteration).
+
+For every solver of both libraries one JSON line: forward ms (median of repeats), f-evaluations, the final
+relative residual ``max_i ||f(z_i) - z_i|| / ||f(z_i)||`` measured here on the returned ``z``, IFT backward ms
+and VJPs (counted by an identity autograd function inside ``f``, same for both libraries), the per-iteration
+solver overhead in units of one ``f`` evaluation, and ratios to torchdeq's matching solver. Then a markdown
+table, and a float16 / bfloat16 check. ``fused-anderson`` is timed only on CUDA (on CPU it would run in the
+Triton interpreter, which is for tests, not timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from deq_core import FixedPointIteration, ImplicitAdjoint, fixed_point
+from deq_solvers import Anderson, Broyden, FusedAnderson, Neumann, Picard, triton_status
+
+RTOL = 1e-5
+
+
+# ----------------------------------------------------------------------------------------------- problems
+class _CountVJP(torch.autograd.Function):
+    """Identity whose backward counts the VJPs that pass through ``f``."""
+
+    calls = 0
+
+    @staticmethod
+    def forward(ctx, z):
+        return z.view_as(z)
+
+    @staticmethod
+    def backward(ctx, g):
+        _CountVJP.calls += 1
+        return g
+
+
+class Problem:
+    def __init__(self, name: str, shape: tuple[int, ...], f: Callable, params: list[torch.Tensor], max_iter: int):
+        self.name, self.shape, self.f, self.params, self.max_iter = name, shape, f, params, max_iter
+        self.nfev = 0
+
+    def counted(self, z: torch.Tensor) -> torch.Tensor:
+        self.nfev += 1
+        if torch.is_grad_enabled():
+            z = _CountVJP.apply(z)
+        return self.f(z)
+
+
+def _spectral_rescale(W: torch.Tensor, target: float) -> torch.Tensor:
+    return W * (target / torch.linalg.matrix_norm(W, ord=2))
+
+
+def problem_dense(seed: int, slow: bool, dtype=torch.float32) -> Problem:
+    g = torch.Generator().manual_seed(seed)
+    B, d = 64, 256
+    if slow:
+        Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+        lam = torch.linspace(0.0, 0.9, d, dtype=torch.float64)
+        W = (Q * lam) @ Q.T
+        scale = 0.05
+    else:
+        W = _spectral_rescale(torch.randn(d, d, generator=g, dtype=torch.float64), 0.9)
+        scale = 1.0
+    U = torch.randn(d, d, generator=g, dtype=torch.float64) / math.sqrt(d)
+    x = torch.randn(B, d, generator=g, dtype=torch.float64)
+    b = 0.1 * torch.randn(d, generator=g, dtype=torch.float64)
+    Wt = W.T.to(dtype).contiguous().requires_grad_()
+    inj = (scale * (x @ U.T + b)).to(dtype).requires_grad_()
+
+    def f(z):
+        return torch.tanh(torch.addmm(inj, z, Wt))
+
+    name = "2-dense-slow" if slow else "1-dense"
+    return Problem(name, (B, d), f, [Wt, inj], max_iter=400 if slow else 100)
+
+
+def conv_operator_norm(weight: torch.Tensor, hw: int, iters: int = 60, seed: int = 0) -> float:
+    """||conv||_2 by power iteration on conv^T conv (conv_transpose2d is the adjoint)."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(1, weight.shape[1], hw, hw, generator=g, dtype=weight.dtype)
+    v = v / v.norm()
+    sigma = 0.0
+    for _ in range(iters):
+        u = F.conv2d(v, weight, padding=1)
+        v = F.conv_transpose2d(u, weight, padding=1)
+        sigma = math.sqrt(float(v.norm()))
+        v = v / v.norm()
+    return sigma
+
+
+def problem_conv(seed: int, dtype=torch.float32) -> Problem:
+    g = torch.Generator().manual_seed(seed)
+    B, C, H = 32, 32, 16
+    w = torch.randn(C, C, 3, 3, generator=g, dtype=torch.float64)
+    w = w * (0.9 / conv_operator_norm(w, H))
+    u = torch.randn(B, C, H, H, generator=g, dtype=torch.float64)
+    weight = w.to(dtype).requires_grad_()
+    inj = u.to(dtype).requires_grad_()
+    N = C * H * H
+
+    def f(z):
+        return torch.tanh(F.conv2d(z.view(B, C, H, H), weight, padding=1) + inj).view(B, N)
+
+    return Problem("3-conv", (B, N), f, [weight, inj], max_iter=100)
+
+
+# ------------------------------------------------------------------------------------------------ runners
+def rel_residual(p: Problem, z: torch.Tensor) -> float:
+    with torch.no_grad():
+        fz = p.f(z)
+        r = torch.linalg.vector_norm((fz - z).double(), dim=1) / torch.linalg.vector_norm(fz.double(), dim=1)
+    return float(r.max())
+
+
+def ours_forward(solver, p: Problem, z0):
+    sol = fixed_point(p.counted, z0, solver=solver, adjoint=None, atol=0.0, rtol=RTOL, max_steps=p.max_iter,
+                      throw=False, record_trace=False)
+    return sol.value, sol.stats.solver
+
+
+def ours_backward(solver, p: Problem, z0):
+    adj = ImplicitAdjoint(atol=0.0, rtol=RTOL, max_steps=p.max_iter)
+    sol = fixed_point(p.counted, z0, solver=solver, adjoint=adj, atol=0.0, rtol=RTOL, max_steps=p.max_iter,
+                      throw=False, record_trace=False)
+    return sol.value
+
+
+def td_solver(name: str):
+    from torchdeq.solver import get_solver
+
+    return get_solver(name)
+
+
+def td_kwargs(name: str, p: Problem, nfev_hint: int | None = None) -> dict:
+    kw = {"max_iter": p.max_iter, "tol": RTOL, "stop_mode": "rel"}
+    if name == "simple_fixed_point_iter":
+        kw = {"max_iter": nfev_hint or p.max_iter}
+    return kw
+
+
+def td_forward(name: str, p: Problem, z0, nfev_hint=None):
+    solve = td_solver(name)
+    kw = td_kwargs(name, p, nfev_hint)
+    if name == "simple_fixed_point_iter":
+        func = lambda z, tau=1.0: p.counted(z)  # noqa: E731
+    else:
+        func = p.counted
+    with torch.no_grad():
+        z, _, info = solve(func, z0, **kw)
+    return z, {}
+
+
+def td_backward(name: str, p: Problem, z0, nfev_hint=None):
+    from torchdeq.grad import backward_factory
+
+    kw = td_kwargs(name, p, nfev_hint)
+    solve = td_solver(name)
+    if name == "simple_fixed_point_iter":
+        b_solver = lambda func, x0, **k: solve(lambda y, tau=1.0: func(y), x0, **k)  # noqa: E731
+        fwd = lambda z, tau=1.0: p.counted(z)  # noqa: E731
+    else:
+        b_solver, fwd = solve, p.counted
+    with torch.no_grad():
+        z, _, _ = solve(fwd, z0, **kw)
+    grad_fn = backward_factory("ift", b_solver=b_solver, b_solver_kwargs=kw)
+    return grad_fn(None, p.counted, z)[0]
+
+
+def timeit(fn, repeats: int) -> tuple[float, object]:
+    fn()  # warm-up
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times), out
+
+
+def time_backward(make_z, p: Problem, repeats: int) -> tuple[float, int]:
+    times, vjps = [], 0
+    cot = torch.randn(p.shape, generator=torch.Generator().manual_seed(1), dtype=p.params[0].dtype)
+    for i in range(repeats + 1):
+        for q in p.params:
+            q.grad = None
+        z = make_z()
+        loss = (z * cot).sum()
+        _CountVJP.calls = 0
+        t = time.perf_counter()
+        loss.backward()
+        dt = (time.perf_counter() - t) * 1e3
+        if i:  # first one is a warm-up
+            times.append(dt)
+            vjps = _CountVJP.calls
+    return statistics.median(times), vjps
+
+
+def time_f(p: Problem, repeats: int = 50) -> float:
+    z = torch.zeros(p.shape, dtype=p.params[0].dtype)
+    with torch.no_grad():
+        z = p.f(z)
+        for _ in range(5):
+            p.f(z)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            p.f(z)
+            times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+OURS = {
+    "anderson": (Anderson(), "anderson"),
+    "broyden": (Broyden(), "broyden"),
+    "picard": (Picard(), "fixed_point_iter"),
+    "fixed-point": (FixedPointIteration(), "fixed_point_iter"),
+    "neumann": (Neumann(terms=1000), "fixed_point_iter"),
+    "fused-anderson": (FusedAnderson(), "anderson"),
+}
+TORCHDEQ = ["anderson", "broyden", "fixed_point_iter", "simple_fixed_point_iter"]
+
+
+def run_problem(p: Problem, repeats: int, progress) -> list[dict]:
+    rows: list[dict] = []
+    z0 = torch.zeros(p.shape, dtype=p.params[0].dtype)
+    tf = time_f(p)
+    td_rows: dict[str, dict] = {}
+    fp_nfev = None
+    for name in TORCHDEQ:
+        progress(f"{p.name} torchdeq/{name}")
+        hint = fp_nfev
+
+        def fwd(name=name, hint=hint):
+            p.nfev = 0
+            z, _ = td_forward(name, p, z0, hint)
+            return z, p.nfev
+
+        ms, (z, nfev) = timeit(fwd, repeats)
+        bms, vjps = time_backward(lambda name=name, hint=hint: td_backward(name, p, z0, hint), p, max(3, repeats // 2))
+        row = {"problem": p.name, "library": "torchdeq", "solver": name, "forward_ms": round(ms, 3), "nfev": nfev,
+               "rel_residual": rel_residual(p, z), "backward_ms": round(bms, 3), "backward_vjps": vjps,
+               "f_ms": round(tf, 4)}
+        row["overhead_per_iter_f"] = round((ms - nfev * tf) / max(nfev, 1) / tf, 3)
+        if name == "simple_fixed_point_iter":
+            row["note"] = "no tolerance: max_iter set to fixed_point_iter's f-evaluations"
+        if name == "fixed_point_iter":
+            fp_nfev = nfev
+        td_rows[name] = row
+        rows.append(row)
+    fastest = min((r for r in td_rows.values() if r["rel_residual"] <= RTOL * 1.0001), key=lambda r: r["forward_ms"],
+                  default=min(td_rows.values(), key=lambda r: r["forward_ms"]))
+    for name, (solver, match) in OURS.items():
+        progress(f"{p.name} deq/{name}")
+        row = {"problem": p.name, "library": "deq", "solver": name, "matches": match}
+        if name == "fused-anderson":
+            why = triton_status("cuda" if torch.cuda.is_available() else "cpu")
+            if why is not None or not torch.cuda.is_available():
+                row["skipped"] = why or "CPU: the Triton interpreter is for tests only, not timing"
+                rows.append(row)
+                continue
+
+        def fwd(solver=solver):
+            p.nfev = 0
+            z, st = ours_forward(solver, p, z0)
+            return z, p.nfev, st
+
+        ms, (z, nfev, st) = timeit(fwd, repeats)
+        bms, vjps = time_backward(lambda solver=solver: ours_backward(solver, p, z0), p, max(3, repeats // 2))
+        ref = td_rows[match]
+        row.update({
+            "forward_ms": round(ms, 3), "nfev": nfev, "rel_residual": rel_residual(p, z),
+            "backward_ms": round(bms, 3), "backward_vjps": vjps, "f_ms": round(tf, 4),
+            "overhead_per_iter_f": round((ms - nfev * tf) / max(nfev, 1) / tf, 3),
+            "fwd_ratio_vs_match": round(ms / ref["forward_ms"], 3),
+            "bwd_ratio_vs_match": round(bms / ref["backward_ms"], 3),
+            "fwd_ratio_vs_td_fastest": round(ms / fastest["forward_ms"], 3), "td_fastest": fastest["solver"],
+            "stats": {k: v for k, v in st.items() if isinstance(v, (int, float, str))},
+        })
+        rows.append(row)
+    return rows
+
+
+def half_precision_check() -> list[dict]:
+    out = []
+    for dtype, rtol in ((torch.float16, 3e-3), (torch.bfloat16, 2e-2)):
+        p = problem_dense(0, slow=False, dtype=dtype)
+        z0 = torch.zeros(p.shape, dtype=dtype)
+        for name, solver in (("anderson", Anderson()), ("broyden", Broyden())):
+            sol = fixed_point(p.f, z0, solver=solver, adjoint=None, atol=0.0, rtol=rtol, max_steps=100, throw=False)
+            out.append({"check": "half", "library": "deq", "solver": name, "dtype": str(dtype), "rtol": rtol,
+                        "result": sol.result.name, "nfev": sol.stats.nfev,
+                        "rel_residual": rel_residual(p, sol.value)})
+        for name in ("anderson", "broyden"):
+            row = {"check": "half", "library": "torchdeq", "solver": name, "dtype": str(dtype), "rtol": rtol}
+            try:
+                with torch.no_grad():
+                    z, _, _ = td_solver(name)(p.f, z0, max_iter=100, tol=rtol, stop_mode="rel")
+                row.update({"result": "returned", "rel_residual": rel_residual(p, z)})
+            except Exception as e:  # noqa: BLE001 - we report what torchdeq raises
+                row.update({"result": "raised", "error": f"{type(e).__name__}: {str(e)[:120]}"})
+            out.append(row)
+    return out
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| problem | library | solver | fwd ms | f-evals | rel. residual | overhead/iter (x f) | bwd ms | VJPs "
+            "| fwd / match | bwd / match | fwd / td fastest |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['problem']} | {r['library']} | {r['solver']} | skipped: {r['skipped'][:60]} |"
+                         + " |" * 8)
+            continue
+        lines.append(
+            f"| {r['problem']} | {r['library']} | {r['solver']} | {r['forward_ms']:.2f} | {r['nfev']} | "
+            f"{r['rel_residual']:.2e} | {r['overhead_per_iter_f']:.2f} | {r['backward_ms']:.2f} | "
+            f"{r['backward_vjps']} | {r.get('fwd_ratio_vs_match', '')} | {r.get('bwd_ratio_vs_match', '')} | "
+            f"{r.get('fwd_ratio_vs_td_fastest', '')} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--quick", action="store_true", help="3 repeats")
+    ap.add_argument("--out", type=Path, default=None, help="also write results.jsonl and table.md here")
+    args = ap.parse_args(argv)
+    repeats = 3 if args.quick else args.repeats
+    torch.manual_seed(0)
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    problems = [problem_dense(0, slow=False), problem_dense(1, slow=True), problem_conv(2)]
+    total = len(problems) * (len(TORCHDEQ) + len(OURS))
+    bar = tqdm(total=total, file=sys.stderr, leave=False) if tqdm and sys.stderr.isatty() else None
+
+    def progress(msg):
+        if bar:
+            bar.set_description(msg)
+            bar.update(1)
+
+    rows = []
+    for p in problems:
+        for r in run_problem(p, repeats, progress):
+            print(json.dumps(r), flush=True)
+            rows.append(r)
+    if bar:
+        bar.close()
+    half = half_precision_check()
+    for r in half:
+        print(json.dumps(r), flush=True)
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    print(json.dumps({"env": env}))
+    table = markdown(rows)
+    print()
+    print(table)
+    print()
+    print("| dtype | library | solver | result | rel. residual |")
+    print("|---|---|---|---|---|")
+    for r in half:
+        print(f"| {r['dtype']} | {r['library']} | {r['solver']} | {r['result']} "
+              f"| {r.get('rel_residual', r.get('error', ''))} |")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + half))
+        (args.out / "table.md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""Type-II Anderson acceleration with a scale-aware ridge, safeguards and an in-place ring buffer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from deq_core import AbstractFixedPointSolver, FlatMap, check_positive, check_range
+from torch import Tensor
+
+from ._util import check_int, history_dtype, resolve_dtype
+
+__all__ = ["Anderson", "mixing_weights"]
+
+
+@dataclass(frozen=True)
+class Anderson(AbstractFixedPointSolver):
+    r"""Type-II Anderson acceleration (Anderson mixing) with memory ``m``.
+
+    With residuals ``g_i = f(z_i) - z_i`` of the last ``n <= m`` iterates, each step solves, per sample,
+
+    .. math::
+        \alpha = \arg\min_{1^\top \alpha = 1} \|G\alpha\|^2 + \lambda s \|\alpha\|^2,\qquad
+        \alpha = \frac{(H + \lambda s I)^{-1} 1}{1^\top (H + \lambda s I)^{-1} 1},\quad H = G^\top G,
+
+    with the ridge scaled by ``s = max_i H_ii`` (a fixed absolute ridge dominates ``H`` near convergence and
+    turns the method into plain averaging), and mixes
+
+    .. math::
+        z_{k+1} = \sum_i \alpha_i f(z_i) - (1 - \beta) \sum_i \alpha_i g_i .
+
+    The Gram matrix ``H`` is updated incrementally (only the newest row and column, one batched matrix
+    product), the ``(m+1)``-sized system is solved in ``solve_dtype`` (float64 by default) and the histories
+    ``(B, m, N)`` are a ring buffer written in place, in float32 for float16 / bfloat16 states.
+
+    Safeguards (per sample, no host synchronisation): if the solution is not finite or ``||alpha||_1``
+    exceeds ``max_alpha`` (ill-conditioned system), the step falls back to the plain damped step and the
+    history restarts from the newest entry; it also restarts when a residual grows by more than
+    ``restart_growth`` over the previous one.
+
+    Arguments:
+        m: history size (``>= 1``; ``m = 1`` is damped fixed-point iteration).
+        beta: mixing parameter in ``(0, 1]``.
+        ridge: relative Tikhonov regularization ``lambda`` (``>= 0``).
+        max_alpha: restart when ``||alpha||_1`` exceeds this (``> 1``).
+        restart_growth: restart when ``||g_new|| > restart_growth * ||g_prev||`` (``> 1``; ``inf`` disables).
+        history_dtype: ``"auto"`` (state dtype, float32 for half states), ``"float32"`` or ``"float64"``.
+        solve_dtype: dtype of the small system, ``"float64"`` (default) or ``"float32"``.
+
+    Statistics: ``restarts`` (total per-sample restarts), ``history_bytes``, ``m``.
+
+    Example:
+        >>> import torch
+        >>> from deq_core import fixed_point
+        >>> from deq_solvers import Anderson
+        >>> A = 0.9 * torch.eye(4, dtype=torch.float64)
+        >>> sol = fixed_point(lambda z: z @ A + 1.0, torch.zeros(2, 4, dtype=torch.float64),
+        ...                   solver=Anderson(m=3), rtol=1e-10)
+        >>> bool(torch.allclose(sol.value, torch.full((2, 4), 10.0, dtype=torch.float64)))
+        True
+    """
+
+    name: ClassVar[str] = "anderson"
+    m: int = 5
+    beta: float = 1.0
+    ridge: float = 1e-7
+    max_alpha: float = 1e3
+    restart_growth: float = 4.0
+    history_dtype: str = "auto"
+    solve_dtype: str = "float64"
+
+    def __post_init__(self) -> None:
+        check_int(self, "m", self.m, 1)
+        check_range(self, "beta", self.beta, 0.0, 1.0)
+        check_positive(self, "ridge", self.ridge, allow_zero=True)
+        check_range(self, "max_alpha", self.max_alpha, 1.0, float("inf"))
+        check_range(self, "restart_growth", self.restart_growth, 1.0, float("inf"))
+        resolve_dtype(self, "history_dtype", self.history_dtype)
+        resolve_dtype(self, "solve_dtype", self.solve_dtype)
+        if self.solve_dtype == "auto":
+            from deq_core import DeqConfigError
+
+            raise DeqConfigError("Anderson.solve_dtype must be 'float32' or 'float64', got 'auto'")
+
+    def init(self, f: FlatMap, z: Tensor, fz: Tensor) -> _AndersonState:
+        return _AndersonState(self, z)
+
+    def step(self, f: FlatMap, z: Tensor, fz: Tensor, state: _AndersonState) -> tuple[Tensor, Tensor, Any]:
+        s = state
+        m, slot = self.m, s.k % self.m
+        F, G = s.F, s.G
+        # newest history entry, written in place
+        g_slot = G[:, slot]
+        if g_slot.dtype == fz.dtype:
+            torch.sub(fz, z, out=g_slot)
+        else:
+            g_slot.copy_(fz - z)
+        F[:, slot].copy_(fz)
+        if m == 1:
+            s.k += 1
+            z_next = fz if self.beta == 1.0 else z.lerp(fz, self.beta)
+            return z_next, f(z_next), s
+        # incremental Gram update: row/column `slot` = <g_i, g_slot>
+        row = torch.bmm(G[:, slot:slot + 1], G.transpose(1, 2))[:, 0]
+        alpha = mixing_weights(self, s, slot, row)
+        a = alpha.to(F.dtype)[:, None, :]
+        mix = torch.bmm(a, F)
+        if self.beta != 1.0:
+            mix = torch.baddbmm(mix, a, G, alpha=-(1.0 - self.beta))
+        z_next = mix[:, 0].to(z.dtype)
+        return z_next, f(z_next), s
+
+    def stats(self, state: _AndersonState) -> dict[str, Any]:
+        s = state
+        return {"restarts": int(s.restarts.sum()), "history_bytes": s.nbytes(), "m": self.m}
+
+
+class _AndersonState:
+    """Ring buffers ``F``, ``G`` ``(B, m, N)``, Gram ``H`` ``(B, m, m)``, live-slot mask, counters."""
+
+    __slots__ = ("F", "G", "H", "valid", "eye", "k", "restarts", "tiny", "growth2")
+
+    def __init__(self, solver: Anderson, z: Tensor) -> None:
+        B, N = z.shape
+        m = solver.m
+        hd = history_dtype(solver.history_dtype, z.dtype)
+        sd = torch.float64 if solver.solve_dtype == "float64" else torch.float32
+        self.F = torch.zeros(B, m, N, dtype=hd, device=z.device)
+        self.G = torch.zeros(B, m, N, dtype=hd, device=z.device)
+        self.H = torch.zeros(B, m, m, dtype=sd, device=z.device)
+        self.valid = torch.zeros(B, m, dtype=sd, device=z.device)
+        self.eye = torch.eye(m, dtype=sd, device=z.device)
+        self.k = 0
+        self.restarts = torch.zeros(B, dtype=torch.long, device=z.device)
+        self.tiny = float(torch.finfo(sd).tiny)
+        self.growth2 = solver.restart_growth ** 2
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.F, self.G, self.H, self.valid))
+
+
+def mixing_weights(solver: Anderson, s: _AndersonState, slot: int, row: Tensor) -> Tensor:
+    """Absorb the new Gram row ``<g_i, g_slot>`` into ``s.H`` and return the mixing weights ``(B, m)``.
+
+    Everything stays on the device (no host sync): live-slot mask, residual-growth restart, the ridge
+    scaled by the largest live diagonal entry, the ``(m, m)`` solve in ``s.H.dtype`` and the safeguard
+    (non-finite or ``||alpha||_1 > max_alpha``: plain step from the newest entry, history restarted).
+    """
+    m, H = solver.m, s.H
+    H[:, slot].copy_(row)
+    H[:, :, slot].copy_(row)
+    onehot = s.eye[slot]
+    valid = s.valid
+    valid[:, slot] = 1.0
+    if s.k == 0:
+        s.k += 1
+        return onehot.expand(H.shape[0], m)
+    if solver.restart_growth != float("inf"):
+        prev = (s.k - 1) % m
+        grow = H[:, slot, slot] > s.growth2 * H[:, prev, prev]
+        valid = torch.where(grow[:, None], onehot, valid)
+        s.restarts += grow
+    Hm = H * (valid[:, :, None] * valid[:, None, :])
+    scale = torch.diagonal(Hm, dim1=1, dim2=2).amax(dim=1, keepdim=True).clamp_min_(s.tiny)
+    diag = torch.addcmul(1.0 - valid, valid, scale, value=solver.ridge)
+    y = torch.linalg.solve_ex(Hm + torch.diag_embed(diag), valid[:, :, None])[0][:, :, 0]
+    alpha = y / y.sum(dim=1, keepdim=True)
+    bad = ~(alpha.abs().sum(dim=1) <= solver.max_alpha)
+    alpha = torch.where(bad[:, None], onehot, alpha)
+    s.valid = torch.where(bad[:, None], onehot, valid)
+    s.restarts += bad
+    s.k += 1
+    return alpha

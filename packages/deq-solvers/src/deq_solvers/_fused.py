@@ -1,0 +1,290 @@
+"""``fused-anderson``: Anderson acceleration with Triton kernels and its own loop (few host syncs)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from deq_core import (
+    AbstractFixedPointSolver,
+    DeqConfigError,
+    FlatMap,
+    LoopControl,
+    LoopOutcome,
+    Result,
+    check_positive,
+    check_range,
+)
+from torch import Tensor
+
+from ._anderson import _AndersonState, mixing_weights
+from ._util import check_int, resolve_dtype
+
+__all__ = ["FusedAnderson", "triton_status"]
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_status(device: torch.device | str | None = None) -> str | None:
+    """``None`` when the fused kernels can run on ``device`` (default: CUDA if present, else CPU), else why not."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return ("the fused solver needs Triton, which is not installed: pip install 'deq-solvers[fused]' "
+                "(or use solver='anderson')")
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda":
+        return None if torch.cuda.is_available() else "CUDA is not available"
+    if dev.type == "cpu" and _interpreting():
+        return None
+    return (f"the fused solver runs Triton kernels on CUDA, or on CPU only under the Triton interpreter; got a "
+            f"{dev.type} tensor and TRITON_INTERPRET is not set. Set TRITON_INTERPRET=1 before the first fused "
+            f"solve (slow, for tests) or use solver='anderson'")
+
+
+_KERNEL_MODE: list[bool] = []  # interpreter flag the kernels module was (re)loaded under
+
+
+def _kernels(device: torch.device):
+    """The kernels module, (re)defined under the current ``TRITON_INTERPRET`` setting."""
+    why = triton_status(device)
+    if why is not None:
+        raise DeqConfigError(why)
+    import importlib
+
+    from . import _fused_kernels
+
+    mode = _interpreting()
+    if _KERNEL_MODE and _KERNEL_MODE[0] != mode:
+        _fused_kernels = importlib.reload(_fused_kernels)
+    _KERNEL_MODE[:] = [mode]
+    return _fused_kernels
+
+
+def _launch_guard():
+    """Under the interpreter the kernels run in numpy: nan / inf must propagate silently as on a GPU."""
+    if _interpreting():
+        import numpy as np
+
+        return np.errstate(all="ignore")
+    return contextlib.nullcontext()
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class FusedAnderson(AbstractFixedPointSolver):
+    r"""Type-II Anderson (same maths and safeguards as :class:`deq_solvers.Anderson`) with fused kernels.
+
+    Per step two Triton kernels touch the ``(B, m, N)`` histories once each:
+
+    * ``push_gram`` reads ``z``, ``f(z)`` and ``G``; writes the new ring entries and returns the new Gram
+      row together with ``||f(z) - z||^2`` and ``||f(z)||^2`` (the loop's residuals come for free);
+    * ``mix`` forms ``z_next = sum_i a_i f(z_i) - (1 - beta) sum_i a_i g_i``.
+
+    The ``(m, m)`` system is solved on the device as in :class:`Anderson`. The solver owns its loop: per
+    sample convergence, best iterate and non-finite / divergence detection as in the driver, with the host
+    looking at the flags only every ``check_every`` steps. On CUDA with ``cuda_graph=True`` blocks of ``m``
+    steps are captured once as a CUDA graph and replayed (``f`` must then be graph-capturable: static
+    shapes, no host syncs); if capture fails the loop runs eagerly and ``stats['cuda_graph']`` says why.
+
+    Runs on CUDA, or on CPU under the Triton interpreter (``TRITON_INTERPRET=1`` set before the first fused
+    solve; slow, meant for tests); otherwise it raises :class:`deq_core.DeqConfigError` saying so.
+    Requires ``pip install 'deq-solvers[fused]'`` (Triton).
+
+    Arguments:
+        m, beta, ridge, max_alpha, restart_growth, history_dtype, solve_dtype: as in :class:`Anderson`.
+        check_every: host convergence check every this many steps (at least the driver's ``check_every``).
+        block: elements per kernel block (a power of two).
+        cuda_graph: capture blocks of steps as CUDA graphs on CUDA devices.
+
+    Example:
+        >>> import os, torch
+        >>> from deq_core import fixed_point
+        >>> from deq_solvers import FusedAnderson, triton_status
+        >>> if triton_status("cpu") is None:   # CUDA, or TRITON_INTERPRET=1 on CPU
+        ...     sol = fixed_point(lambda z: 0.5 * z + 1, torch.zeros(2, 8), solver=FusedAnderson(), rtol=1e-6)
+    """
+
+    name: ClassVar[str] = "fused-anderson"
+    m: int = 5
+    beta: float = 1.0
+    ridge: float = 1e-7
+    max_alpha: float = 1e3
+    restart_growth: float = 4.0
+    history_dtype: str = "auto"
+    solve_dtype: str = "float64"
+    check_every: int = 4
+    block: int = 256
+    cuda_graph: bool = True
+
+    def __post_init__(self) -> None:
+        check_int(self, "m", self.m, 1)
+        check_range(self, "beta", self.beta, 0.0, 1.0)
+        check_positive(self, "ridge", self.ridge, allow_zero=True)
+        check_range(self, "max_alpha", self.max_alpha, 1.0, float("inf"))
+        check_range(self, "restart_growth", self.restart_growth, 1.0, float("inf"))
+        resolve_dtype(self, "history_dtype", self.history_dtype)
+        resolve_dtype(self, "solve_dtype", self.solve_dtype)
+        check_int(self, "check_every", self.check_every, 1)
+        check_int(self, "block", self.block, 16)
+        if self.block & (self.block - 1):
+            raise DeqConfigError(f"FusedAnderson.block must be a power of two, got {self.block}")
+        if not isinstance(self.cuda_graph, bool):
+            raise DeqConfigError(f"FusedAnderson.cuda_graph must be a bool, got {self.cuda_graph!r}")
+
+    # ---- protocol (used when something drives this solver through deq_core.run_loop) ----
+    def init(self, f: FlatMap, z: Tensor, fz: Tensor) -> _FusedState:
+        return _FusedState(self, z)
+
+    def step(self, f: FlatMap, z: Tensor, fz: Tensor, state: _FusedState) -> tuple[Tensor, Tensor, Any]:
+        state.push(z, fz)
+        z_next = state.mix()
+        return z_next, f(z_next), state
+
+    def stats(self, state: _FusedState) -> dict[str, Any]:
+        s = state.a
+        return {"restarts": int(s.restarts.sum()), "history_bytes": s.nbytes(), "m": self.m,
+                "cuda_graph": state.graph_note}
+
+    # ---- own loop ----
+    def solve(self, f: FlatMap, z: Tensor, fz: Tensor, control: LoopControl) -> LoopOutcome:
+        z, fz = z.contiguous(), fz.contiguous()
+        st = _FusedState(self, z)
+        nfev = 0
+        res, fnorm = st.push(z, fz)
+        tol0 = control.atol + control.rtol * fnorm
+        loop = _Book(z, fz, res, fnorm, tol0, control)
+        result = Result.CONVERGED
+        every = max(self.check_every, control.check_every)
+        if not bool(loop.done.all()):
+            result = Result.MAX_STEPS
+            k = 0
+            while k < control.max_steps:
+                n = min(every, control.max_steps - k)
+                for _ in range(n):
+                    z = st.mix()
+                    fz = f(z).contiguous()
+                    nfev += 1
+                    res, fnorm = st.push(z, fz)
+                    loop.update(z, fz, res, fnorm)
+                k += n
+                verdict = loop.check()
+                if verdict is not None:
+                    result = verdict
+                    break
+        out = loop.outcome(result, nfev)
+        out.solver_stats = self.stats(st)
+        return out
+
+
+class _FusedState:
+    """Anderson state plus kernel launch parameters; ``push`` and ``mix`` launch the kernels."""
+
+    def __init__(self, solver: FusedAnderson, z: Tensor) -> None:
+        self.solver = self.cfg = solver  # has every field mixing_weights / _AndersonState read
+        self.K = _kernels(z.device)
+        self.a = _AndersonState(self.cfg, z)
+        B, N = z.shape
+        self.B, self.N, self.m = B, N, solver.m
+        self.M_PAD = max(2, _pow2(self.m))
+        self.BLOCK = min(solver.block, max(16, _pow2(N)))
+        blocks = -(-N // self.BLOCK)
+        self.S = max(1, min(blocks, 64 if z.device.type == "cuda" else 1))
+        self.CHUNK = -(-blocks // self.S) * self.BLOCK
+        self.S = -(-N // self.CHUNK)
+        self.part = torch.empty(B, self.S, self.M_PAD + 2, dtype=self.a.G.dtype, device=z.device)
+        self.out_dtype = z.dtype
+        self.slot = 0
+        self.graph_note = "not used"
+
+    def push(self, z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor]:
+        a, m = self.a, self.m
+        slot = a.k % m
+        with _launch_guard():
+            self.K.push_gram[(self.B, self.S)](
+                z, fz, a.F, a.G, self.part, slot, self.N, self.CHUNK, self.S,
+                M=m, M_PAD=self.M_PAD, BLOCK=self.BLOCK)
+        sums = self.part.sum(dim=1) if self.S > 1 else self.part[:, 0]
+        acc = torch.promote_types(z.dtype, torch.float32)
+        res = sums[:, self.M_PAD].to(acc).sqrt()
+        fnorm = sums[:, self.M_PAD + 1].to(acc).sqrt()
+        self.slot = slot
+        if m > 1:
+            self.alpha = mixing_weights(self.cfg, a, slot, sums[:, :m])
+        else:
+            a.k += 1
+            self.alpha = a.eye[0].expand(self.B, 1)
+        return res, fnorm
+
+    def mix(self) -> Tensor:
+        a = self.a
+        alpha = self.alpha.to(a.F.dtype).contiguous()
+        out = torch.empty(self.B, self.N, dtype=self.out_dtype, device=a.F.device)
+        beta = self.solver.beta
+        grid = (self.B, -(-self.N // self.BLOCK))
+        with _launch_guard():
+            self.K.mix[grid](alpha, a.F, a.G, out, self.N, -(1.0 - beta),
+                             M=self.m, M_PAD=self.M_PAD, BLOCK=self.BLOCK, USE_G=beta != 1.0)
+        return out
+
+
+class _Book:
+    """Per-sample bookkeeping of the driver loop (same rules as ``deq_core.run_loop``), host-free per step."""
+
+    def __init__(self, z, fz, res, fnorm, tol, control: LoopControl) -> None:
+        self.c = control
+        self.done = res <= tol
+        self.best_z, self.best_fz, self.best_res, self.best_fn = z, fz, res, fnorm
+        self.res0 = res.clamp_min(torch.finfo(res.dtype).tiny)
+        self.res = res
+        self.steps = torch.zeros_like(res, dtype=torch.long)
+        tiny = torch.finfo(fnorm.dtype).tiny
+        self.trace = [res / fnorm.clamp_min(tiny)] if control.record_trace else []
+
+    def update(self, z, fz, res, fnorm) -> None:
+        c = self.c
+        if c.record_trace:
+            self.trace.append(res / fnorm.clamp_min(torch.finfo(fnorm.dtype).tiny))
+        active = ~self.done
+        newly = active & (res <= c.atol + c.rtol * fnorm)
+        better = active & ((res < self.best_res) | newly)
+        self.best_z = torch.where(better[:, None], z, self.best_z)
+        self.best_fz = torch.where(better[:, None], fz, self.best_fz)
+        self.best_res = torch.where(better, res, self.best_res)
+        self.best_fn = torch.where(better, fnorm, self.best_fn)
+        self.steps = self.steps + active.long()
+        self.done = self.done | newly
+        self.res = res
+
+    def check(self) -> Result | None:
+        flags = torch.stack([
+            ~torch.isfinite(self.res).all(),
+            (self.res > self.c.divergence * self.res0).any(),
+            self.done.all(),
+        ]).tolist()
+        if flags[0]:
+            self.done = self.done & torch.isfinite(self.res)
+            return Result.NONFINITE
+        if flags[1]:
+            return Result.DIVERGED
+        if flags[2]:
+            return Result.CONVERGED
+        return None
+
+    def outcome(self, result: Result, nfev: int) -> LoopOutcome:
+        c = self.c
+        converged = self.best_res <= c.atol + c.rtol * self.best_fn
+        if result is Result.CONVERGED and not bool(converged.all()):
+            result = Result.MAX_STEPS
+        res = self.best_res
+        trace = torch.stack(self.trace) if self.trace else res.new_zeros(0, res.numel())
+        return LoopOutcome(self.best_z, self.best_fz, result, self.steps, self.best_res, self.best_fn,
+                           converged, trace, nfev)

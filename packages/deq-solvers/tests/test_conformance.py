@@ -1,0 +1,25 @@
+"""Every solver passes deq-core's conformance kit (``deq_core.testing.check_solver``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from deq_core.testing import check_solver
+from deq_solvers import Anderson, Broyden, FusedAnderson, Neumann, Picard
+
+
+@pytest.mark.parametrize("solver", [
+    Picard(), Picard(damping=0.9, adaptive=True), Anderson(), Anderson(m=2, beta=0.8), Broyden(),
+    Broyden(memory=3, line_search=True), Neumann(terms=500),
+], ids=repr)
+def test_check_solver(solver):
+    check_solver(solver, max_examples=6)
+
+
+def test_check_solver_by_name():
+    check_solver("anderson", dtype=torch.float64, max_examples=3)
+
+
+def test_check_solver_fused_interpreter():
+    # Triton interpreter on CPU: small examples only (it is slow)
+    check_solver(FusedAnderson(check_every=2, block=16), dtype=torch.float64, max_examples=2, max_steps=200)

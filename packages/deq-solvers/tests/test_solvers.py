@@ -1,0 +1,177 @@
+"""Accuracy, options, statistics and safeguards of picard, anderson, broyden and neumann."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _solvers_problems import affine, tanh_map
+from deq_core import DeqConfigError, ImplicitAdjoint, Result, fixed_point
+from deq_solvers import Anderson, Broyden, Neumann, Picard
+
+
+def solve(f, z0, **kw):
+    """``fixed_point`` without an adjoint (these tests look at values, not gradients)."""
+    return fixed_point(f, z0, adjoint=None, **kw)
+
+
+SOLVERS = [
+    Picard(), Picard(damping=0.8), Picard(adaptive=True),
+    Anderson(), Anderson(m=1), Anderson(m=3, beta=0.7), Anderson(history_dtype="float64"),
+    Anderson(solve_dtype="float32"),
+    Broyden(), Broyden(memory=2), Broyden(line_search=True),
+    Neumann(terms=500),
+]
+
+
+@pytest.mark.parametrize("solver", SOLVERS, ids=repr)
+@pytest.mark.parametrize("kind", ["affine", "tanh"])
+def test_converges_to_reference(solver, kind):
+    if kind == "affine":
+        f, z_star, _, _ = affine(0, rho=0.8)
+    else:
+        f, z_star = tanh_map(1, rho=0.9)
+    sol = solve(f, torch.zeros_like(z_star), solver=solver, atol=1e-12, rtol=1e-10, max_steps=500)
+    assert sol.result is Result.CONVERGED
+    err = (sol.value - z_star).norm(dim=1) / z_star.norm(dim=1)
+    assert float(err.max()) < 1e-8   # residual 1e-10 / (1 - rho) with rho <= 0.9
+    assert sol.stats.solver["name"] == solver.name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("solver", [Anderson(), Broyden()], ids=repr)
+def test_accelerates_slow_contraction(solver, dtype):
+    """Slow symmetric contraction (eigenvalues up to 0.95): far fewer evaluations than plain iteration."""
+    f, z_star, _, _ = affine(3, B=3, N=40, rho=0.95, sym=True, dtype=dtype)
+    rtol = 1e-10 if dtype == torch.float64 else 1e-5
+    z0 = torch.zeros(3, 40, dtype=dtype)
+    plain = solve(f, z0, solver=Picard(), atol=0.0, rtol=rtol, max_steps=2000)
+    fast = solve(f, z0, solver=solver, atol=0.0, rtol=rtol, max_steps=2000)
+    assert fast.result is Result.CONVERGED
+    factor = 3 if dtype == torch.float64 else 1.5   # float32: rounding limits the quasi-Newton model
+    assert fast.stats.nfev * factor < plain.stats.nfev, (fast.stats.nfev, plain.stats.nfev)
+
+
+def test_anderson_scaled_ridge_does_not_stall():
+    """A fixed absolute ridge (torchdeq's lam=1e-4) stalls near convergence; the scaled one does not."""
+    f, z_star, _, _ = affine(4, B=2, N=30, rho=0.9, sym=True)
+    z0 = torch.zeros(2, 30, dtype=torch.float64)
+    sol = solve(f, z0, solver=Anderson(m=5), atol=0.0, rtol=1e-12, max_steps=300)
+    assert sol.result is Result.CONVERGED
+    plain = solve(f, z0, solver=Picard(), atol=0.0, rtol=1e-12, max_steps=1000)
+    assert sol.stats.nfev * 3 < plain.stats.nfev
+    huge = solve(f, z0, solver=Anderson(m=5, ridge=1e3), atol=0.0, rtol=1e-12, max_steps=300, throw=False)
+    assert huge.stats.nfev > 2 * sol.stats.nfev   # over-regularised = averaging: slow
+
+
+def test_anderson_safeguard_restarts_and_still_converges():
+    f, z_star = tanh_map(5, rho=0.9)
+    sol = solve(f, torch.zeros_like(z_star), solver=Anderson(max_alpha=1.0 + 1e-9), rtol=1e-10,
+                      atol=1e-12, max_steps=500)
+    assert sol.result is Result.CONVERGED
+    assert sol.stats.solver["restarts"] > 0
+    assert torch.allclose(sol.value, z_star, atol=1e-8)
+
+
+def test_anderson_restarts_when_residual_grows():
+    # a map whose iterates first run away from the fixed point along a slow direction: residual grows
+    f, z_star, _, _ = affine(6, B=2, N=8, rho=0.9)
+    z0 = z_star + 50.0 * torch.randn(2, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sol = solve(f, z0, solver=Anderson(restart_growth=1.0 + 1e-12), rtol=1e-10, max_steps=500)
+    assert sol.result is Result.CONVERGED
+    assert torch.allclose(sol.value, z_star, atol=1e-7)
+
+
+def test_anderson_stats_and_history_bytes():
+    f, z_star = tanh_map(7, B=3, N=10)
+    sol = solve(f, torch.zeros(3, 10, dtype=torch.float64), solver=Anderson(m=4), rtol=1e-8)
+    st = sol.stats.solver
+    assert st["m"] == 4 and st["restarts"] >= 0
+    assert st["history_bytes"] == 2 * 3 * 4 * 10 * 8 + 3 * 4 * 4 * 8 + 3 * 4 * 8
+
+
+def test_broyden_history_is_bounded_by_memory_not_steps():
+    f, z_star, _, _ = affine(8, B=2, N=12, rho=0.95, sym=True)
+    sol = solve(f, torch.zeros(2, 12, dtype=torch.float64), solver=Broyden(memory=3), rtol=1e-10,
+                      max_steps=500)
+    assert sol.result is Result.CONVERGED
+    assert sol.stats.nfev > 4  # the ring buffer wrapped
+    assert sol.stats.solver["history_bytes"] == 2 * (2 * 3 * 12 * 8) + 2 * 3 * 8
+    small = solve(f, torch.zeros(2, 12, dtype=torch.float64), solver=Broyden(memory=50), max_steps=2,
+                        throw=False)
+    assert small.stats.solver["history_bytes"] <= 2 * (2 * 4 * 12 * 8) + 2 * 4 * 8  # lazily grown, not 50 deep
+
+
+def test_broyden_line_search_backtracks_on_overshooting_map():
+    # f(z) = -1.5 z + 1 is expansive: plain Broyden's first (Picard) step overshoots, the line search damps it
+    f = lambda z: -1.5 * z + 1.0  # noqa: E731
+    z0 = torch.zeros(2, 3, dtype=torch.float64)
+    sol = solve(f, z0, solver=Broyden(line_search=True), rtol=1e-10, max_steps=50)
+    assert sol.result is Result.CONVERGED
+    assert torch.allclose(sol.value, torch.full_like(z0, 0.4))
+    assert sol.stats.solver["backtracks"] >= 1
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float16, 3e-3), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("solver", [Anderson(), Broyden()], ids=repr)
+def test_half_precision_states(solver, dtype, rtol):
+    f, z_star = tanh_map(9, B=8, N=64, rho=0.9, dtype=dtype)
+    sol = solve(f, torch.zeros(8, 64, dtype=dtype), solver=solver, atol=0.0, rtol=rtol, max_steps=200)
+    assert sol.result is Result.CONVERGED and sol.value.dtype == dtype
+    err = (sol.value.double() - z_star).norm(dim=1) / z_star.norm(dim=1)
+    assert float(err.max()) < 30 * rtol
+
+
+def test_neumann_truncation_and_tolerance():
+    f, z_star, _, b = affine(10, B=2, N=6, rho=0.5)
+    trunc = solve(f, b.clone(), solver=Neumann(terms=3), rtol=1e-12, throw=False)
+    assert trunc.result is Result.MAX_STEPS and int(trunc.stats.steps.max()) == 3
+    # u_3 = sum_{t=0..3} A^t b exactly
+    A = affine(10, B=2, N=6, rho=0.5)[2]
+    expected = sum(b @ torch.linalg.matrix_power(A, t).T for t in range(4))
+    assert torch.allclose(trunc.value, expected)
+    early = solve(f, b.clone(), solver=Neumann(terms=200, tol=1e-6), rtol=1e-3, max_steps=500)
+    assert early.result is Result.CONVERGED and int(early.stats.steps.max()) < 30
+
+
+def test_neumann_as_backward_solver_gives_implicit_gradient():
+    _, _, A, _ = affine(11, B=3, N=6, rho=0.6)
+    x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 6, dtype=torch.float64)
+    adj = ImplicitAdjoint(Neumann(terms=200, tol=1e-13), atol=1e-14, rtol=1e-12)
+    sol = fixed_point(lambda z: z @ A.T + x, torch.zeros(3, 6, dtype=torch.float64), solver=Anderson(),
+                      adjoint=adj, atol=1e-14, rtol=1e-12, max_steps=200)
+    (grad,) = torch.autograd.grad((sol.value * w).sum(), x)
+    expected = torch.linalg.solve(torch.eye(6, dtype=torch.float64) - A.T, w.T).T
+    assert torch.allclose(grad, expected, atol=1e-9)
+
+
+def test_per_sample_convergence_freezes_samples():
+    f, z_star, _, _ = affine(12, B=3, N=8, rho=0.9)
+    z0 = torch.zeros(3, 8, dtype=torch.float64)
+    z0[0] = z_star[0]
+    sol = solve(f, z0, solver=Anderson(), atol=1e-12, rtol=1e-10, max_steps=200)
+    assert int(sol.stats.steps[0]) == 0 and torch.equal(sol.value[0], z0[0])
+    assert int(sol.stats.steps[1:].min()) > 0
+
+
+@pytest.mark.parametrize("cls,kwargs", [
+    (Anderson, {"m": 0}), (Anderson, {"beta": 0.0}), (Anderson, {"ridge": -1.0}), (Anderson, {"max_alpha": 1.0}),
+    (Anderson, {"history_dtype": "float16"}), (Anderson, {"solve_dtype": "auto"}), (Anderson, {"m": 2.5}),
+    (Broyden, {"memory": 0}), (Broyden, {"line_search": 1}), (Broyden, {"restart_growth": 0.5}),
+    (Picard, {"damping": 1.5}), (Picard, {"adaptive": "yes"}), (Picard, {"min_damping": 0.0}),
+    (Picard, {"recover": 0.5}), (Neumann, {"terms": 0}), (Neumann, {"tol": -1.0}),
+])
+def test_bad_options_fail_at_construction(cls, kwargs):
+    with pytest.raises(DeqConfigError, match=next(iter(kwargs))):
+        cls(**kwargs)
+
+
+def test_nonfinite_is_detected():
+    calls = [0]
+
+    def f(z):
+        calls[0] += 1
+        return z * 0.99 + (float("nan") if calls[0] > 3 else 1.0)
+
+    sol = solve(f, torch.zeros(2, 3), solver=Anderson(), rtol=1e-12, max_steps=50, throw=False)
+    assert sol.result is Result.NONFINITE
