@@ -72,7 +72,7 @@ def test_rejects_bad_hyperparameters(kw):
 
 
 def test_plugin_module_registers_heavy_ball_with_its_alias():
-    with use_manager(PluginManager.from_plugins([("deq-solver-example", example_plugin)])):
+    with use_manager(PluginManager.from_plugins([("deq-solver-example", example_plugin)], include_builtin=False)):
         assert list(registry.solvers()) == ["heavy-ball"]
         assert registry.get_solver("momentum", momentum=0.25) == HeavyBall(momentum=0.25)
         with pytest.raises(DeqConfigError, match="valid options: relaxation, momentum"):

@@ -161,7 +161,7 @@ def ckpt(tmp_path):
 def test_truncated_file_is_refused(ckpt, keep):
     data = ckpt.read_bytes()
     ckpt.write_bytes(data[:keep] if keep >= 0 else data[:len(data) + keep])
-    with pytest.raises(DeqInputError, match=rf"checkpoint {ckpt} cannot be read as safetensors \(truncated or corrupted"):
+    with pytest.raises(DeqInputError, match=rf"checkpoint {ckpt} cannot be read as safetensors \(truncated"):
         load(ckpt)
 
 

@@ -97,6 +97,17 @@ def test_builtin_plugin_registers_fixed_point():
     assert "fixed-point" in info.provides["solvers"]
 
 
+def test_from_plugins_adds_the_builtin_plugin_once_unless_told_not_to():
+    mgr = PluginManager.from_plugins([("mine", SolverPlugin("a"))])
+    assert {p.name for p in mgr.plugins()} == {"mine", "deq-core"}
+    assert mgr.provider("solver", "fixed-point") == "deq-core"
+    for given in ([builtin], [("core", builtin)]):
+        infos = PluginManager.from_plugins(given).plugins()
+        assert len(infos) == 1 and infos[0].distribution == "deq-core" and infos[0].status == "active"
+    bare = PluginManager.from_plugins([("mine", SolverPlugin("a"))], include_builtin=False)
+    assert list(bare.entries("solver")) == ["a"]
+
+
 def test_loading_is_lazy_and_happens_once():
     calls = []
 
@@ -118,14 +129,16 @@ def failing_import():
 
 
 def test_import_failure_is_recorded_warned_once_and_others_work():
-    mgr = PluginManager([PluginSource("bad", failing_import, "bad-dist", "9.9"), PluginSource.of(("good", SolverPlugin("a")))])
+    mgr = PluginManager([PluginSource("bad", failing_import, "bad-dist", "9.9"),
+                         PluginSource.of(("good", SolverPlugin("a")))])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert mgr.create("solver", "a") == FixedPointIteration()
         mgr.plugins()
         mgr.lookup("solver", "a")
     msgs = [str(w.message) for w in caught if issubclass(w.category, DeqPluginWarning)]
-    assert len(msgs) == 1 and "'bad'" in msgs[0] and "does_not_exist" in msgs[0] and "DEQ_DISABLE_PLUGINS=bad" in msgs[0]
+    assert len(msgs) == 1 and "'bad'" in msgs[0] and "does_not_exist" in msgs[0]
+    assert "DEQ_DISABLE_PLUGINS=bad" in msgs[0]
     (bad,) = mgr.broken()
     assert (bad.name, bad.distribution, bad.version, bad.status) == ("bad", "bad-dist", "9.9", "broken")
     assert bad.error == "ModuleNotFoundError: No module named 'does_not_exist'"
@@ -274,7 +287,8 @@ def test_env_settings_rejects_unknown_strict_value():
 
 # -- conflicts ----------------------------------------------------------------------------------------------
 def test_conflicting_name_raises_listing_both_providers_and_other_names_work():
-    mgr = PluginManager.from_plugins([("deq-a", SolverPlugin("dup", "only-a")), ("deq-b", SolverPlugin("dup", "only-b"))])
+    mgr = PluginManager.from_plugins(
+        [("deq-a", SolverPlugin("dup", "only-a")), ("deq-b", SolverPlugin("dup", "only-b"))], include_builtin=False)
     msgs = quiet(mgr)
     assert len(msgs) == 1 and "'deq-a', 'deq-b' all provide solver 'dup'" in msgs[0]
     with pytest.raises(NameConflictError, match="'dup' is provided by 2 plugins \\('deq-a', 'deq-b'\\)") as info:
@@ -288,7 +302,8 @@ def test_conflicting_name_raises_listing_both_providers_and_other_names_work():
 
 
 def test_alias_clashing_with_another_plugins_name_is_a_conflict():
-    mgr = PluginManager.from_plugins([("a", SolverPlugin("x", aliases={"x": ("y",)})), ("b", SolverPlugin("y"))])
+    mgr = PluginManager.from_plugins([("a", SolverPlugin("x", aliases={"x": ("y",)})), ("b", SolverPlugin("y"))],
+                                     include_builtin=False)
     quiet(mgr)
     with pytest.raises(NameConflictError):
         mgr.lookup("solver", "y")
@@ -304,7 +319,8 @@ def test_command_conflicts():
                 cli.add_command(click.Command(name, callback=lambda: None))
         return P()
 
-    mgr = PluginManager.from_plugins([("a", adder("go")), ("b", adder("go")), ("c", adder("stop"))])
+    mgr = PluginManager.from_plugins([("a", adder("go")), ("b", adder("go")), ("c", adder("stop"))],
+                                     include_builtin=False)
     quiet(mgr)
     assert list(mgr.commands()) == ["stop"]
     assert mgr.conflicts()["command"]["go"] == ("a", "b")
@@ -314,8 +330,8 @@ def test_command_conflicts():
 # -- injection ----------------------------------------------------------------------------------------------
 def test_use_manager_is_scoped_and_nestable():
     outer = get_manager()
-    m1 = PluginManager.from_plugins([("one", SolverPlugin("one"))])
-    m2 = PluginManager.from_plugins([("two", SolverPlugin("two"))])
+    m1 = PluginManager.from_plugins([("one", SolverPlugin("one"))], include_builtin=False)
+    m2 = PluginManager.from_plugins([("two", SolverPlugin("two"))], include_builtin=False)
     with use_manager(m1):
         assert list(registry.solvers()) == ["one"]
         with use_manager(m2):

@@ -72,7 +72,7 @@ def broken_source():
 
 @pytest.fixture
 def mgr():
-    m = PluginManager.from_plugins([("deq-core", Core()), ("fake", Fake()), broken_source()])
+    m = PluginManager.from_plugins([("deq-core", Core()), ("fake", Fake()), broken_source()], include_builtin=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeqPluginWarning)
         m.plugins()
@@ -154,7 +154,7 @@ def test_conflicted_name_raises_and_other_names_work():
         def deq_solvers(self):
             return [SolverEntry("fixed-point", FixedPointIteration, "a second fixed-point")]
 
-    m = PluginManager.from_plugins([("deq-core", Core()), ("dup", Dup()), ("fake", Fake())])
+    m = PluginManager.from_plugins([("deq-core", Core()), ("dup", Dup()), ("fake", Fake())], include_builtin=False)
     with use_manager(m):
         with pytest.warns(DeqPluginWarning, match="'deq-core', 'dup' all provide solver 'fixed-point'"):
             with pytest.raises(NameConflictError, match="'deq-core', 'dup'"):
@@ -191,5 +191,5 @@ def test_default_manager_over_installed_entry_points_provides_fixed_point():
 
 
 def builtin_provides():
-    m = PluginManager.from_plugins([("deq-core", builtin)])
+    m = PluginManager.from_plugins([builtin])
     return m.plugins()[0].provides

@@ -90,6 +90,11 @@ class PluginSource:
             obj = plugin
             name = normalize_name(getattr(obj, "__name__", type(obj).__name__))
         module = getattr(obj, "__name__", type(obj).__qualname__)
+        if module == BUILTIN_MODULE:
+            from .. import __version__
+
+            name = plugin[0] if isinstance(plugin, tuple) else "deq-core"
+            return cls(name=name, load=lambda: obj, distribution="deq-core", version=__version__, module=module)
         return cls(name=name, load=lambda: obj, module=module)
 
 
@@ -166,11 +171,19 @@ class PluginManager:
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
-    def from_plugins(cls, plugins: Iterable[object], *, strict: bool = False,
-                     disabled: Iterable[str] = ()) -> PluginManager:
+    def from_plugins(cls, plugins: Iterable[object], *, strict: bool = False, disabled: Iterable[str] = (),
+                     include_builtin: bool = True) -> PluginManager:
         """A manager over given plugin objects (modules, instances with ``@hookimpl`` methods,
-        ``(name, object)`` pairs or :class:`PluginSource`); no entry points, no environment variables."""
-        return cls([PluginSource.of(p) for p in plugins], strict=strict, disabled=disabled)
+        ``(name, object)`` pairs or :class:`PluginSource`); no entry points, no environment variables.
+
+        With ``include_builtin`` (default), deq-core's own plugin (``fixed-point``, the default solver of
+        :func:`deq_core.fixed_point` and :class:`deq_core.DEQ`) is added unless it is among ``plugins``;
+        pass ``include_builtin=False`` for a manager holding exactly ``plugins``.
+        """
+        sources = [PluginSource.of(p) for p in plugins]
+        if include_builtin and not any(s.module == BUILTIN_MODULE for s in sources):
+            sources.append(_builtin_source(unique_from={s.name for s in sources}))
+        return cls(sources, strict=strict, disabled=disabled)
 
     @classmethod
     def from_entry_points(cls, group: str = ENTRY_POINT_GROUP, *, strict: bool | None = None,
@@ -192,11 +205,8 @@ class PluginManager:
             name = ep.name if ep.name not in names else f"{dist_name}:{ep.name}"
             names.add(name)
             sources.append(PluginSource(name, ep.load, dist_name, version, ep.value))
-        if include_builtin and not any(s.module == BUILTIN_MODULE for s in sources) and "deq-core" not in names:
-            from .. import __version__
-
-            sources.append(PluginSource("deq-core", lambda: importlib.import_module(BUILTIN_MODULE), "deq-core",
-                                        __version__, BUILTIN_MODULE))
+        if include_builtin and not any(s.module == BUILTIN_MODULE for s in sources):
+            sources.append(_builtin_source(unique_from=names))
         return cls(sources, strict=env_strict if strict is None else strict,
                    disabled=env_disabled if disabled is None else disabled)
 
@@ -379,6 +389,14 @@ class PluginManager:
                     if entry.name == n:
                         providers[kind][n] = owner
         return _State(loaded, names, providers, conflicts, commands), problems
+
+
+def _builtin_source(unique_from: set[str]) -> PluginSource:
+    from .. import __version__
+
+    name = "deq-core" if "deq-core" not in unique_from else "deq-core-builtin"
+    return PluginSource(name, lambda: importlib.import_module(BUILTIN_MODULE), "deq-core", __version__,
+                        BUILTIN_MODULE)
 
 
 def _check_kind(kind: str) -> str:
