@@ -16,13 +16,20 @@ __all__ = ["deq_commands", "deq_tasks"]
 
 
 def _lazy(module: str, attr: str) -> Callable[..., Any]:
-    """A factory that imports ``deq_tasks.<module>`` on first call; keeps the signature for option checks."""
+    """The task class ``deq_tasks.<module>.<attr>`` (imported when the hook runs: torch is already loaded by
+    deq-core, the task modules add little)."""
     mod = importlib.import_module(f"deq_tasks.{module}")
     return getattr(mod, attr)
 
 
 _TASKS: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
     # (name, module, class, summary, tags) -- other task modules append here with one line each
+    ("generative", "generative", "GenerativeTask",
+     "Decoder-only DEQ generative model, latents by JIIO vs Adam-40; GMM samples; VAE comparison (MNIST-5k).",
+     ("jiio", "generative")),
+    ("inverse", "inverse", "InverseTask",
+     "Denoising / inpainting (random or block mask) with a JIIO-trained DEQ decoder vs Adam-40; PSNR.",
+     ("jiio", "inverse")),
 )
 
 
