@@ -141,6 +141,16 @@ def _split(shape: tuple[int, ...], holdout: float | None, seed: int) -> tuple[Te
     return perm[:k].sort().values, perm[k:k + min(k, n - k)].sort().values, None
 
 
+def _imread(path: str, **kwargs: Any) -> np.ndarray:
+    """imageio on the file's bytes (no file handle left open when decoding fails)."""
+    import imageio.v3 as iio
+
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    ext = os.path.splitext(path)[1].lower() or None
+    return iio.imread(raw, extension=ext, **kwargs)
+
+
 def _to_float01(arr: np.ndarray, what: str) -> np.ndarray:
     if arr.dtype == np.bool_:
         return arr.astype(np.float32)
@@ -171,10 +181,8 @@ def load_image(name_or_path: str) -> np.ndarray:
             raise DeqInputError(
                 f"cannot load bundled image {name_or_path!r} offline: {type(e).__name__}: {e}") from None
     elif os.path.exists(name_or_path):
-        import imageio.v3 as iio
-
         try:
-            arr = np.asarray(iio.imread(name_or_path))
+            arr = np.asarray(_imread(name_or_path))
         except Exception as e:
             raise DeqInputError(f"cannot read image {name_or_path!r}: {type(e).__name__}: {e}") from None
     else:
@@ -310,10 +318,8 @@ def video_data(path: str | None = None, *, frames: int | None = None, holdout: f
     """A video as ``(t, y, x) -> RGB`` (default: scikit-image's bundled 24-frame 25x14 GIF), read with imageio."""
     _check_holdout(holdout)
     src = _video_gif() if path is None else path
-    import imageio.v3 as iio
-
     try:
-        arr = np.asarray(iio.imread(src, index=None))
+        arr = np.asarray(_imread(src, index=None))
     except Exception as e:
         raise DeqInputError(f"cannot read video {src!r}: {type(e).__name__}: {e}") from None
     if arr.ndim == 3:

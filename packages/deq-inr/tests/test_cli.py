@@ -1,0 +1,129 @@
+"""``deq inr fit`` / ``deq inr render`` end to end on tiny data, and bad input (one line, non-zero exit)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from deq_inr._cli import inr
+
+TINY = ["--steps", "3", "--width", "16", "--size", "16", "--no-progress"]
+
+
+def _run(args):
+    res = CliRunner().invoke(inr, args, catch_exceptions=False)
+    return res
+
+
+def _one_line_error(res, match):
+    assert res.exit_code != 0
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, res.output
+    assert match in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fit")
+    res = _run(["fit", "--model", "imfn-gabor", "--image", "camera", "--out", str(out), *TINY])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_fit_writes_metrics_pngs_checkpoint(fitted):
+    m = json.loads((fitted / "metrics.json").read_text())
+    assert {"psnr", "heldout_psnr", "ms_per_step", "peak_mem_mb", "train_psnr", "history"} <= set(m)
+    assert m["model"] == "imfn-gabor" and m["input_scale"] == 4.0 and m["data"]["shape"] == [16, 16]
+    for f in ("reconstruction.png", "psnr_curve.png", "model.safetensors"):
+        assert (fitted / f).stat().st_size > 1000
+
+
+def test_render_loads_checkpoint(fitted, tmp_path):
+    res = _run(["render", str(fitted / "model.safetensors"), "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    import imageio.v3 as iio
+
+    img = iio.imread(tmp_path / "render.png")
+    assert img.shape[:2] == (16, 16)
+    info = json.loads((tmp_path / "render.json").read_text())
+    assert info["model"]["model"] == "imfn-gabor"
+
+
+def test_render_reproduces_fit_prediction(fitted):
+    import torch
+    from deq_inr import image_data, load_checkpoint, psnr
+
+    model, cfg = load_checkpoint(fitted / "model.safetensors")
+    d = image_data("camera", size=16)
+    assert psnr(model.predict(d.coords), d.values) == pytest.approx(cfg["metrics"]["psnr"], abs=1e-4)
+    assert isinstance(model.predict(d.coords), torch.Tensor)
+
+
+def test_render_wrong_model_and_foreign_checkpoints(fitted, tmp_path):
+    _one_line_error(_run(["render", str(fitted / "model.safetensors"), "--out", str(tmp_path), "--model", "isiren"]),
+                    "holds model 'imfn-gabor', not 'isiren'")
+    import torch
+    from deq_core import save
+
+    save(tmp_path / "other.safetensors", torch.nn.Linear(2, 2), {"solver": "anderson"})
+    _one_line_error(_run(["render", str(tmp_path / "other.safetensors"), "--out", str(tmp_path)]),
+                    "not a deq-inr model checkpoint")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 20)
+    _one_line_error(_run(["render", str(tmp_path / "junk.safetensors"), "--out", str(tmp_path)]),
+                    "cannot be read as safetensors")
+    _one_line_error(_run(["render", str(tmp_path / "none.safetensors"), "--out", str(tmp_path)]), "does not exist")
+
+
+def test_audio_and_video_end_to_end(tmp_path):
+    res = _run(["fit", "--model", "isiren", "--audio", "--out", str(tmp_path / "a"), *TINY])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "a" / "reconstruction.wav").exists() and (tmp_path / "a" / "reconstruction.png").exists()
+    res = _run(["fit", "--model", "mfn-fourier", "--video", "--out", str(tmp_path / "v"), *TINY])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    assert m["data"]["kind"] == "video" and m["heldout_psnr"] is None
+    res = _run(["render", str(tmp_path / "v" / "model.safetensors"), "--out", str(tmp_path / "vr")])
+    assert res.exit_code == 0 and (tmp_path / "vr" / "render.png").exists()
+
+
+def test_siren_classic_and_explicit(tmp_path):
+    res = _run(["fit", "--model", "siren", "--no-injection", "--image", "text", "--out", str(tmp_path), *TINY])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "metrics.json").read_text())["config"]["injection"] is False
+
+
+@pytest.mark.parametrize("kind, match", [
+    ("unreadable", "cannot read image"),
+    ("one_pixel", "need at least 2x2"),
+    ("channels", "channels, got 2"),
+    ("holdout", "--holdout must be in (0, 1)"),
+    ("holdout_zero", "--holdout must be in (0, 1)"),
+])
+def test_fit_bad_input_one_line(tmp_path, kind, match):
+    import imageio.v3 as iio
+
+    img, extra = "camera", []
+    if kind == "unreadable":
+        img = str(tmp_path / "bad.png")
+        (tmp_path / "bad.png").write_text("garbage")
+    elif kind == "one_pixel":
+        img = str(tmp_path / "one.png")
+        iio.imwrite(img, np.zeros((1, 1), np.uint8))
+    elif kind == "channels":
+        img = str(tmp_path / "two.png")
+        iio.imwrite(img, np.zeros((6, 6, 2), np.uint8))
+    elif kind == "holdout":
+        extra = ["--holdout", "1.5"]
+    else:
+        extra = ["--holdout", "0"]
+    res = _run(["fit", "--model", "isiren", "--image", img, "--out", str(tmp_path / "o"), *TINY, *extra])
+    _one_line_error(res, match)
+    assert not os.path.exists(tmp_path / "o" / "metrics.json")
+
+
+def test_deq_console_script_has_inr_command(tmp_path):
+    cli_mod = pytest.importorskip("deq_core.cli")
+    code = cli_mod.main(["inr", "fit", "--model", "isiren", "--image", "nonexistent-image", "--out", str(tmp_path),
+                         *TINY])
+    assert code == 1

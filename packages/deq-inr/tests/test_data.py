@@ -1,0 +1,128 @@
+"""Datasets: grids, splits, loading, and bad input."""
+
+import numpy as np
+import pytest
+import torch
+from deq_core import DeqInputError
+from deq_inr import (
+    audio_data,
+    default_input_scale,
+    fit,
+    grid_coords,
+    image_data,
+    load_image,
+    psnr,
+    read_wav,
+    video_data,
+    write_wav,
+)
+
+
+def _png(path, arr):
+    import imageio.v3 as iio
+
+    iio.imwrite(path, arr)
+    return str(path)
+
+
+def test_image_split_is_paper_grid_with_full_grid_coords():
+    d = image_data("camera", size=16)
+    assert d.shape == (16, 16) and d.channels == 1 and d.stride == 2
+    train = d.coords[d.train_idx].reshape(8, 8, 2)
+    test = d.coords[d.test_idx].reshape(8, 8, 2)
+    full = grid_coords((16, 16)).reshape(16, 16, 2)
+    torch.testing.assert_close(train, full[::2, ::2])
+    torch.testing.assert_close(test, full[1::2, 1::2])
+    assert not set(d.train_idx.tolist()) & set(d.test_idx.tolist())
+    assert float(d.values.min()) >= -1 and float(d.values.max()) <= 1
+    assert default_input_scale(d) == 4.0   # half of 8 training points per side
+
+
+def test_rgb_bundled_and_gray_and_random_split():
+    d = image_data("astronaut", size=12, holdout=0.3)
+    assert d.channels == 3 and d.stride is None
+    assert len(d.train_idx) == round(0.3 * 144) and len(d.test_idx) == len(d.train_idx)
+    assert not set(d.train_idx.tolist()) & set(d.test_idx.tolist())
+    assert image_data("astronaut", size=12, gray=True).channels == 1
+    assert load_image("text").shape[2] == 1
+
+
+def test_user_image_path_rgba(tmp_path):
+    arr = np.zeros((10, 12, 4), np.uint8)
+    arr[..., 0] = 255
+    arr[..., 3] = 128
+    d = image_data(_png(tmp_path / "a.png", arr), size=None)
+    assert d.shape == (10, 12) and d.channels == 3
+    torch.testing.assert_close(d.values[:, 0], torch.ones(120))
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("unreadable", "cannot read image"),
+    ("one_pixel", "need at least 2x2"),
+    ("two_channels", "expected 1 \\(gray\\), 3 \\(RGB\\) or 4 \\(RGBA\\) channels, got 2"),
+    ("missing", "neither a file nor a bundled image"),
+])
+def test_bad_images(tmp_path, bad, match):
+    if bad == "unreadable":
+        p = tmp_path / "x.png"
+        p.write_bytes(b"not an image at all")
+    elif bad == "one_pixel":
+        p = _png(tmp_path / "one.png", np.zeros((1, 1, 3), np.uint8))
+    elif bad == "two_channels":
+        p = _png(tmp_path / "la.png", np.zeros((8, 8, 2), np.uint8))
+    else:
+        p = tmp_path / "nope.png"
+    with pytest.raises(DeqInputError, match=match):
+        image_data(str(p))
+
+
+def test_wrong_channel_request_and_holdout_range():
+    with pytest.raises(DeqInputError, match="expected 3 channel"):
+        image_data("camera", size=8, channels=3)
+    for h in (0, 1, 1.5, -0.1):
+        with pytest.raises(DeqInputError, match="hold-out fraction must be in \\(0, 1\\)"):
+            image_data("camera", size=8, holdout=h)
+
+
+def test_audio_synth_and_wav_roundtrip(tmp_path):
+    d = audio_data(seconds=0.05, sample_rate=8000)
+    assert d.kind == "audio" and d.shape == (400,) and d.stride == 2
+    assert float(d.values.abs().max()) == pytest.approx(1.0)
+    p = str(tmp_path / "a.wav")
+    write_wav(p, d.values[:, 0].numpy(), 8000)
+    x, rate = read_wav(p)
+    assert rate == 8000 and np.abs(x - d.values[:, 0].numpy()).max() < 1e-4
+    d2 = audio_data(p, holdout=0.25)
+    assert d2.stride == 4 and len(d2.test_idx) == 100
+    with pytest.raises(DeqInputError, match="cannot read WAV"):
+        read_wav(str(tmp_path / "missing.wav"))
+
+
+def test_video_bundled_gif():
+    d = video_data()
+    assert d.kind == "video" and d.shape == (24, 25, 14) and d.channels == 3 and d.in_features == 3
+    assert len(d.test_idx) == 0
+
+
+def test_psnr_clamps_and_maps_to_unit_range():
+    t = torch.zeros(10, 1)
+    assert psnr(t + 0.2, t) == pytest.approx(20.0)           # 0.1 on [0, 1]
+    assert psnr(torch.full((10, 1), 5.0), torch.ones(10, 1)) == float("inf")   # clamped to 1
+    assert psnr(t + 0.1, t, kind="audio") == pytest.approx(20.0)
+
+
+def test_fit_improves_psnr_image_audio_video():
+    from deq_inr import build_model
+
+    d = image_data("camera", size=16)
+    m = build_model("imfn-fourier", 2, 1, width=32, input_scale=default_input_scale(d))
+    r = fit(m, d, steps=30, lr=1e-2, progress=False, log_every=10)
+    assert r.history[-1]["psnr"] > r.history[0]["psnr"] + 1
+    assert r.metrics["solver_steps_per_step_late"] == 1.0 and r.metrics["peak_mem_mb"] > 0
+    assert {"psnr", "heldout_psnr", "ms_per_step", "peak_mem_mb"} <= set(r.metrics)
+    a = audio_data(seconds=0.02)
+    ra = fit(build_model("isiren", 1, 1, width=16, input_scale=default_input_scale(a)), a, steps=5, progress=False)
+    v = video_data(frames=4)
+    rv = fit(build_model("mfn-gabor", 3, 3, width=16, input_scale=default_input_scale(v)), v, steps=5,
+             batch_size=256, grad_clip=0.1, progress=False)
+    assert np.isfinite(ra.metrics["psnr"]) and np.isfinite(rv.metrics["psnr"])

@@ -1,0 +1,219 @@
+"""Model forms vs explicit formulas, contraction, one filter evaluation per forward, amortized step cost,
+exact implicit gradients vs a dense float64 reference."""
+
+import math
+
+import pytest
+import torch
+from deq_core import ImplicitAdjoint, NeumannAdjoint
+from deq_inr import MODELS, ExplicitINR, GaborFilter, ImplicitINR, Siren, build_model
+from hypothesis import given
+from hypothesis import strategies as st
+
+
+def _coords(n=7, d=2, dtype=torch.float32):
+    return (torch.rand(n, d, dtype=dtype) * 2 - 1)
+
+
+def _lin(lin, z):
+    return z @ lin.weight.T + lin.bias
+
+
+def test_gabor_filter_formula():
+    g = GaborFilter(2, 5, input_scale=4.0, k=1, alpha=3.0)
+    x = _coords()
+    env = torch.exp(-0.5 * torch.relu(g.gamma) * ((x[:, None, :] - g.mu[None]) ** 2).sum(-1))
+    ref = torch.sin(x @ g.linear.weight.T + g.linear.bias) * env
+    torch.testing.assert_close(g(x), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["fourier", "gabor", "siren"])
+def test_block_forms(family):
+    m = ImplicitINR(family, 2, 1, width=6, layers=2, input_scale=5.0)
+    m.eval()
+    x = _coords()
+    filt = m.filters(x)
+    z = torch.randn(7, 6)
+    lins = m.block.linears
+    out = z + filt[0]
+    for i, lin in enumerate(lins, start=1):
+        if family == "siren":
+            pre = x @ m.filters.filters[i - 1].linear.weight.T + m.filters.filters[i - 1].linear.bias
+            out = torch.sin(_lin(lin, out) + pre)
+        else:
+            out = filt[i] * _lin(lin, out)
+    torch.testing.assert_close(m.block(z, filt), out)
+    if family == "siren":   # injection = sin(Omega_0 x + phi_0)
+        inj = m.filters.injection.linear
+        torch.testing.assert_close(filt[0], torch.sin(x @ inj.weight.T + inj.bias))
+
+
+@pytest.mark.parametrize("family", ["fourier", "gabor", "siren"])
+def test_implicit_output_is_fixed_point_and_linear_readout(family):
+    m = ImplicitINR(family, 2, 3, width=8, input_scale=5.0, rtol=1e-6, atol=1e-9, max_steps=300)
+    m.eval()
+    x = _coords()
+    y, info = m(x)
+    assert info.result.name == "CONVERGED"
+    filt = m.filters(x)
+    z = m.deq(filt, z0=torch.zeros(7, 8))[0]
+    torch.testing.assert_close(m.block(z, filt), z, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y, _lin(m.readout, z), atol=1e-5, rtol=1e-5)
+
+
+def test_explicit_mfn_is_block_once_from_zero():
+    m = ExplicitINR("fourier", 2, 1, width=6, layers=4, input_scale=5.0)
+    x = _coords()
+    g = m.filters(x)
+    z = g[0]
+    for i, lin in enumerate(m.block.linears, start=1):
+        z = g[i] * _lin(lin, z)
+    torch.testing.assert_close(m(x)[0], _lin(m.readout, z))
+    assert len(g) == 5   # L + 1 filters
+
+
+def test_classic_siren_form():
+    m = Siren(2, 1, width=6, layers=2)
+    x = _coords()
+    h = torch.sin(30 * _lin(m.first, x))
+    for lin in m.hidden:
+        h = torch.sin(30 * _lin(lin, h))
+    torch.testing.assert_close(m(x)[0], _lin(m.readout, h))
+    assert float(m.first.weight.detach().abs().max()) <= 1 / 2
+
+
+def test_mfn_init_scale():
+    m = ExplicitINR("fourier", 2, 1, width=512, layers=3, input_scale=64.0)
+    w = m.filters.injection.linear.weight.detach()
+    bound = 64.0 / math.sqrt(4) / math.sqrt(2)   # default Linear U(+-1/sqrt(d_in)) x scale / sqrt(k + 1)
+    assert float(w.abs().max()) <= bound + 1e-4 and float(w.abs().max()) > 0.9 * bound
+    b = m.filters.injection.linear.bias.detach()
+    assert float(b.abs().max()) <= math.pi and float(b.abs().max()) > 3.0
+
+
+@pytest.mark.parametrize("name", ["isiren", "imfn-fourier", "imfn-gabor"])
+def test_spectral_norm_after_training_steps(name):
+    m = build_model(name, 2, 1, width=32, input_scale=8.0)
+    opt = torch.optim.Adam(m.parameters(), lr=5e-2)   # large steps push W's norm up
+    x, y = _coords(64), torch.rand(64, 1)
+    for _ in range(10):
+        opt.zero_grad()
+        loss = ((m(x, cache_key="train")[0] - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+    m(x, cache_key="train")
+    for lin in m.block.linears:
+        assert float(torch.linalg.matrix_norm(lin.weight_orig.detach(), ord=2)) > 0.97   # the constraint is active
+        assert float(torch.linalg.matrix_norm(lin.weight.detach(), ord=2)) <= 0.97 + 1e-3
+
+
+@given(st.sampled_from(["fourier", "gabor", "siren"]), st.integers(0, 10_000))
+def test_block_is_contraction(family, seed):
+    torch.manual_seed(seed)
+    m = ImplicitINR(family, 2, 1, width=16, input_scale=6.0)
+    m.eval()
+    x = _coords(5)
+    filt = m.filters(x)
+    with torch.no_grad():
+        z1, z2 = torch.randn(5, 16) * 3, torch.randn(5, 16) * 3
+        d_out = (m.block(z1, filt) - m.block(z2, filt)).norm(dim=1)
+        d_in = (z1 - z2).norm(dim=1)
+    assert bool((d_out <= 0.97 * d_in + 1e-4).all())
+
+
+def test_filters_computed_once_per_forward():
+    m = build_model("imfn-gabor", 2, 1, width=16, input_scale=6.0, amortize=False)
+    calls = {"filters": 0, "block": 0}
+    m.filters.register_forward_hook(lambda *a: calls.__setitem__("filters", calls["filters"] + 1))
+    m.block.register_forward_hook(lambda *a: calls.__setitem__("block", calls["block"] + 1))
+    y, info = m(_coords(20))
+    assert calls["filters"] == 1 and calls["block"] >= 3 and int(info.stats.steps.max()) >= 2
+
+
+def test_amortized_training_step_costs_one_block_application():
+    m = build_model("isiren", 2, 1, width=16, input_scale=6.0)   # amortize=True, reuse_steps=1, Neumann T=1
+    x, y = _coords(30), torch.rand(30, 1)
+    calls = []
+    m.block.register_forward_hook(lambda *a: calls.append(1))
+    _, info0 = m(x, cache_key="train")
+    assert not info0.warm and int(info0.stats.steps.max()) > 1
+    for _ in range(3):
+        calls.clear()
+        out, info = m(x, cache_key="train")
+        ((out - y) ** 2).mean().backward()
+        assert info.warm and len(calls) == 1 and int(info.stats.steps.max()) == 1 and info.stats.nfev == 1
+    m.eval()   # evaluation: full solve from zeros
+    _, info = m(x, cache_key="train")
+    assert not info.warm and int(info.stats.steps.max()) > 1
+
+
+def _dense_reference_grads(m, x, target):
+    """Exact IFT gradient in float64 with dense per-point Jacobians."""
+    params = [p for p in m.parameters()]
+    with torch.no_grad():
+        filt = m.filters(x)
+        z = torch.zeros_like(filt[0])
+        for _ in range(2000):
+            z = m.block(z, filt)
+    zs = z.clone().requires_grad_()
+    loss = ((m.readout(zs) - target) ** 2).sum()
+    (v,) = torch.autograd.grad(loss, zs)
+    filt_d = tuple(f.detach() for f in filt)
+    jac = torch.stack([torch.autograd.functional.jacobian(lambda zi: m.block(zi[None], tuple(f[i:i + 1] for f in filt_d))[0],
+                                                          z[i]) for i in range(len(z))])
+    eye = torch.eye(z.shape[1], dtype=z.dtype)
+    u = torch.linalg.solve(eye - jac.transpose(1, 2), v[..., None])[..., 0]
+    z_leaf = z.detach()
+    fz = m.block(z_leaf, m.filters(x))
+    out = m.readout(z_leaf)
+    total = (fz * u).sum() + ((out - target) ** 2).sum()
+    return torch.autograd.grad(total, params, allow_unused=True)
+
+
+@pytest.mark.parametrize("family", ["fourier", "gabor", "siren"])
+def test_exact_adjoint_gradient_matches_dense_reference_float64(family):
+    torch.manual_seed(1)
+    m = ImplicitINR(family, 2, 2, width=5, input_scale=3.0, adjoint=ImplicitAdjoint(rtol=1e-13, atol=1e-14,
+                                                                                    max_steps=3000),
+                    rtol=1e-13, atol=1e-14, max_steps=3000).double()
+    m.eval()   # eval: solve from zeros, spectral-norm power iteration frozen (same map for both computations)
+    x = _coords(4, dtype=torch.float64)
+    target = torch.rand(4, 2, dtype=torch.float64)
+    y, info = m(x)
+    loss = ((y - target) ** 2).sum()
+    grads = torch.autograd.grad(loss, list(m.parameters()), allow_unused=True)
+    ref = _dense_reference_grads(m, x, target)
+    for (name, _), g, r in zip(m.named_parameters(), grads, ref):
+        assert g is not None and r is not None, name
+        torch.testing.assert_close(g, r, rtol=1e-7, atol=1e-9, msg=name)
+
+
+def test_neumann_high_order_approaches_exact():
+    torch.manual_seed(2)
+    kw = dict(width=5, input_scale=3.0, rtol=1e-12, atol=1e-14, max_steps=2000)
+    x = _coords(4, dtype=torch.float64)
+    target = torch.rand(4, 1, dtype=torch.float64)
+    grads = {}
+    for key, adj in (("exact", ImplicitAdjoint(rtol=1e-13, atol=1e-14, max_steps=3000)),
+                     ("T1", NeumannAdjoint(1)), ("T200", NeumannAdjoint(200))):
+        torch.manual_seed(3)
+        m = ImplicitINR("gabor", 2, 1, adjoint=adj, **kw).double()
+        m.eval()
+        loss = ((m(x)[0] - target) ** 2).sum()
+        grads[key] = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(m.parameters()))])
+    err200 = (grads["T200"] - grads["exact"]).norm() / grads["exact"].norm()
+    err1 = (grads["T1"] - grads["exact"]).norm() / grads["exact"].norm()
+    assert err200 < 1e-6 and err1 > err200
+
+
+def test_build_model_names_and_errors():
+    for name in MODELS:
+        m = build_model(name, 2, 3, width=8, layers=2)
+        assert m.name == name and m(_coords())[0].shape == (7, 3)
+    assert isinstance(build_model("siren", 2, 1, width=8, injection=False), Siren)
+    with pytest.raises(KeyError, match="imfn-gabor"):
+        build_model("imfn-gaborr", 2, 1)
+    with pytest.raises(ValueError, match="width"):
+        build_model("isiren", 2, 1, width=0)
+    with pytest.raises(ValueError, match="takes no options"):
+        build_model("mfn-gabor", 2, 1, amortize=True)
