@@ -68,9 +68,10 @@ class PluginSource:
         >>> def fail(): raise ImportError("no module named 'missing'")
         >>> mgr = PluginManager([PluginSource("bad", fail)])
         >>> import warnings
-        >>> with warnings.catch_warnings(record=True):
-        ...     [p.status for p in mgr.plugins()]
-        ['broken']
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     [p.status for p in mgr.plugins()], caught[0].category.__name__
+        (['broken'], 'DeqPluginWarning')
     """
 
     name: str
