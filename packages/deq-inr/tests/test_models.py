@@ -159,8 +159,10 @@ def _dense_reference_grads(m, x, target):
     loss = ((m.readout(zs) - target) ** 2).sum()
     (v,) = torch.autograd.grad(loss, zs)
     filt_d = tuple(f.detach() for f in filt)
-    jac = torch.stack([torch.autograd.functional.jacobian(lambda zi: m.block(zi[None], tuple(f[i:i + 1] for f in filt_d))[0],
-                                                          z[i]) for i in range(len(z))])
+    def point_map(i):
+        return lambda zi: m.block(zi[None], tuple(f[i:i + 1] for f in filt_d))[0]
+
+    jac = torch.stack([torch.autograd.functional.jacobian(point_map(i), z[i]) for i in range(len(z))])
     eye = torch.eye(z.shape[1], dtype=z.dtype)
     u = torch.linalg.solve(eye - jac.transpose(1, 2), v[..., None])[..., 0]
     z_leaf = z.detach()
