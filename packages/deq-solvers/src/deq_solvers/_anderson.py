@@ -163,8 +163,9 @@ def mixing_weights(solver: Anderson, s: _AndersonState, slot: int, row: Tensor) 
         s.restarts += grow
     Hm = H * (valid[:, :, None] * valid[:, None, :])
     scale = torch.diagonal(Hm, dim1=1, dim2=2).amax(dim=1, keepdim=True).clamp_min_(s.tiny)
-    diag = torch.addcmul(1.0 - valid, valid, scale, value=solver.ridge)
-    y = torch.linalg.solve_ex(Hm + torch.diag_embed(diag), valid[:, :, None])[0][:, :, 0]
+    # diagonal: ridge * scale on live slots, 1 on dead ones (their weight solves to exactly 0)
+    torch.diagonal(Hm, dim1=1, dim2=2).add_(torch.addcmul(1.0 - valid, valid, scale, value=solver.ridge))
+    y = torch.linalg.solve_ex(Hm, valid[:, :, None])[0][:, :, 0]
     alpha = y / y.sum(dim=1, keepdim=True)
     bad = ~(alpha.abs().sum(dim=1) <= solver.max_alpha)
     alpha = torch.where(bad[:, None], onehot, alpha)

@@ -75,6 +75,11 @@ def _launch_guard():
     return contextlib.nullcontext()
 
 
+def meets_tolerance(res: Tensor, fnorm: Tensor, atol: float, rtol: float) -> Tensor:
+    """Per-sample ``res <= atol + rtol * fnorm`` (the driver's stopping test)."""
+    return torch.sub(res, fnorm, alpha=rtol) <= atol
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
@@ -160,8 +165,7 @@ class FusedAnderson(AbstractFixedPointSolver):
         st = _FusedState(self, z)
         nfev = 0
         res, fnorm = st.push(z, fz)
-        tol0 = control.atol + control.rtol * fnorm
-        loop = _Book(z, fz, res, fnorm, tol0, control)
+        loop = _Book(z, fz, res, fnorm, control)
         result = Result.CONVERGED
         every = max(self.check_every, control.check_every)
         if not bool(loop.done.all()):
@@ -237,54 +241,64 @@ class _FusedState:
 
 
 class _Book:
-    """Per-sample bookkeeping of the driver loop (same rules as ``deq_core.run_loop``), host-free per step."""
+    """Per-sample bookkeeping with the rules of ``deq_core.run_loop``, on the device (no host sync per step).
 
-    def __init__(self, z, fz, res, fnorm, tol, control: LoopControl) -> None:
+    Converged samples are frozen (value, residual, step count, trace); divergence and non-finite values are
+    judged on the samples still running; the host reads one small flag tensor every ``check_every`` steps.
+    """
+
+    def __init__(self, z, fz, res, fnorm, control: LoopControl) -> None:
         self.c = control
-        self.done = res <= tol
+        self.done = meets_tolerance(res, fnorm, control.atol, control.rtol)
+        self.limit = control.divergence * res
         self.best_z, self.best_fz, self.best_res, self.best_fn = z, fz, res, fnorm
-        self.res0 = res.clamp_min(torch.finfo(res.dtype).tiny)
-        self.res = res
-        self.steps = torch.zeros_like(res, dtype=torch.long)
-        tiny = torch.finfo(fnorm.dtype).tiny
-        self.trace = [res / fnorm.clamp_min(tiny)] if control.record_trace else []
+        self.done_at = torch.zeros_like(res, dtype=torch.long)
+        self.bad = torch.zeros_like(self.done)
+        self.nonfinite = torch.zeros_like(self.done)
+        self.hist = ([res], [fnorm]) if control.record_trace else None
+        self.k = 0
 
     def update(self, z, fz, res, fnorm) -> None:
         c = self.c
-        if c.record_trace:
-            self.trace.append(res / fnorm.clamp_min(torch.finfo(fnorm.dtype).tiny))
+        self.k += 1
+        if self.hist is not None:
+            self.hist[0].append(res)
+            self.hist[1].append(fnorm)
         active = ~self.done
-        newly = active & (res <= c.atol + c.rtol * fnorm)
+        newly = active & meets_tolerance(res, fnorm, c.atol, c.rtol)
         better = active & ((res < self.best_res) | newly)
-        self.best_z = torch.where(better[:, None], z, self.best_z)
-        self.best_fz = torch.where(better[:, None], fz, self.best_fz)
+        keep = better[:, None]
+        self.best_z = torch.where(keep, z, self.best_z)
+        self.best_fz = torch.where(keep, fz, self.best_fz)
         self.best_res = torch.where(better, res, self.best_res)
         self.best_fn = torch.where(better, fnorm, self.best_fn)
-        self.steps = self.steps + active.long()
+        self.done_at = torch.where(newly, self.k, self.done_at)
+        self.bad = self.bad | (active & ~(res <= self.limit))
+        self.nonfinite = self.nonfinite | (active & ~torch.isfinite(res))
         self.done = self.done | newly
-        self.res = res
 
     def check(self) -> Result | None:
-        flags = torch.stack([
-            ~torch.isfinite(self.res).all(),
-            (self.res > self.c.divergence * self.res0).any(),
-            self.done.all(),
-        ]).tolist()
-        if flags[0]:
-            self.done = self.done & torch.isfinite(self.res)
+        nonfinite, bad, done = torch.stack([self.nonfinite.any(), self.bad.any(), self.done.all()]).tolist()
+        if nonfinite:
             return Result.NONFINITE
-        if flags[1]:
+        if bad:
             return Result.DIVERGED
-        if flags[2]:
+        if done:
             return Result.CONVERGED
         return None
 
     def outcome(self, result: Result, nfev: int) -> LoopOutcome:
         c = self.c
-        converged = self.best_res <= c.atol + c.rtol * self.best_fn
+        converged = meets_tolerance(self.best_res, self.best_fn, c.atol, c.rtol)
         if result is Result.CONVERGED and not bool(converged.all()):
             result = Result.MAX_STEPS
-        res = self.best_res
-        trace = torch.stack(self.trace) if self.trace else res.new_zeros(0, res.numel())
-        return LoopOutcome(self.best_z, self.best_fz, result, self.steps, self.best_res, self.best_fn,
+        steps = torch.where(self.done, self.done_at, self.k)
+        if self.hist is not None:
+            tiny = torch.finfo(self.best_fn.dtype).tiny
+            rel = torch.stack(self.hist[0]) / torch.stack(self.hist[1]).clamp_min(tiny)
+            rows = torch.arange(rel.shape[0], device=rel.device)[:, None]
+            trace = rel.gather(0, torch.minimum(rows, steps[None, :]))
+        else:
+            trace = self.best_res.new_zeros(0, self.best_res.numel())
+        return LoopOutcome(self.best_z, self.best_fz, result, steps, self.best_res, self.best_fn,
                            converged, trace, nfev)
