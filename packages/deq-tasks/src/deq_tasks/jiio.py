@@ -70,7 +70,8 @@ __all__ = [
     "l2_ball",
 ]
 
-DEFAULT_SOLVER = "fixed-point"  # switches to "anderson" once deq-solvers registers it
+DEFAULT_SOLVER = "anderson"
+DEFAULT_ANDERSON_MEMORY = 20
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,8 @@ class JIIOConfig:
         beta_z, beta_mu: damping of the ``z`` and ``mu`` updates, in ``(0, 1]``.
         normalized_step: per-sample normalized step ``d_x / ||d_x||`` (adversarial setting).
         solver: solver object or registered name run on the stacked state.
-        solver_options: options for a named solver (e.g. ``{"m": 20}``).
+        solver_options: options for a named solver (e.g. ``{"m": 40}``); ``None`` with ``"anderson"`` means the
+            paper's memory ``{"m": 20}``.
         best_iterate: return each sample's best iterate by the release's rule (else the last iterate).
         divergence: a sample whose augmented residual exceeds this many times its initial one diverged.
         record_trace: keep per-iteration relative residuals, objectives and wall-clock times in ``stats``.
@@ -168,10 +170,13 @@ class JIIOConfig:
 
     def make_solver(self) -> AbstractFixedPointSolver:
         """The solver object (a name is resolved through the registry, with ``solver_options``)."""
-        if isinstance(self.solver, str) and self.solver_options:
+        options = self.solver_options
+        if options is None and self.solver == "anderson":
+            options = {"m": DEFAULT_ANDERSON_MEMORY}
+        if isinstance(self.solver, str) and options:
             from deq_core import registry
 
-            return registry.get_solver(self.solver, **dict(self.solver_options))
+            return registry.get_solver(self.solver, **dict(options))
         return resolve_solver(self.solver)
 
     def replace(self, **changes: Any) -> JIIOConfig:
@@ -422,6 +427,10 @@ def _run(G: AugmentedMap, solver: AbstractFixedPointSolver, v: Tensor, cfg: JIIO
 
 def _finish(G: AugmentedMap, v: Tensor, best_k: Tensor, best_rel: Tensor, cfg: JIIOConfig, steps: int,
             solver: AbstractFixedPointSolver, state: Any, traces: dict[str, list]) -> JIIOResult:
+    if G.problem.project is not None:
+        # a solver's extrapolated iterate (Anderson) need not be feasible: return the projected input
+        zf, muf, x = G.split(v)
+        v = G.stack(zf, muf, _project(G.problem.project, x))
     kkt, obj = G.kkt(v)
     zf, muf, x = G.split(v)
     stats: dict[str, Any] = {
@@ -526,7 +535,7 @@ def box(low: float | Tensor, high: float | Tensor) -> Callable[[Tensor], Tensor]
     Raises:
         DeqConfigError: ``low > high`` somewhere.
     """
-    lo, hi = torch.as_tensor(low), torch.as_tensor(high)
+    lo, hi = torch.as_tensor(low, dtype=torch.float64), torch.as_tensor(high, dtype=torch.float64)
     if bool((lo > hi).any()):
         raise DeqConfigError(f"box needs low <= high, got low={low!r}, high={high!r}")
 

@@ -1,0 +1,239 @@
+"""Properties of the JIIO engine, in float64 against dense references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deq_core import DeqConfigError, DeqInputError, DeqSolveError
+from deq_tasks.jiio import (
+    JIIOConfig,
+    JIIOProblem,
+    JIIOResult,
+    augmented_equilibrium,
+    augmented_map,
+    box,
+    equilibrium_with_grad,
+    jiio_solve,
+    l2_ball,
+)
+
+D = torch.float64
+
+
+def _toy(seed: int, n: int = 4, k: int = 3, B: int = 2, lam: float = 0.5, scale: float = 0.5):
+    """f(z, x) = z A + x Bm (row vectors), l = 1/2 ||z C - y||^2 + lam/2 ||x||^2: convex, closed-form optimum."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(n, n, generator=g, dtype=D)
+    A = scale * A / torch.linalg.matrix_norm(A, ord=2)
+    Bm = torch.randn(k, n, generator=g, dtype=D) / n ** 0.5
+    C = torch.randn(n, n, generator=g, dtype=D) / n ** 0.5
+    y = torch.randn(B, n, generator=g, dtype=D)
+    prob = JIIOProblem(f=lambda z, x: z @ A + x @ Bm,
+                       objective=lambda z, x: 0.5 * ((z @ C - y) ** 2).sum(1) + 0.5 * lam * (x ** 2).sum(1))
+    Inv = torch.linalg.inv(torch.eye(n, dtype=D) - A)       # z* = x Bm (I - A)^-1
+    MC = Bm @ Inv @ C                                      # z* C = x MC
+    x_star = y @ MC.T @ torch.linalg.inv(MC @ MC.T + lam * torch.eye(k, dtype=D))
+    z_star = x_star @ Bm @ Inv
+    grad_z = (z_star @ C - y) @ C.T                        # dl/dz
+    mu_star = grad_z @ torch.linalg.inv(torch.eye(n, dtype=D) - A.T)   # mu = mu A^T + dl/dz
+    return prob, (A, Bm, C, y, lam), (z_star, mu_star, x_star)
+
+
+@settings(max_examples=6)
+@given(seed=st.integers(0, 10_000), alpha=st.sampled_from([0.3, 0.5]))
+def test_fixed_point_satisfies_kkt_and_matches_closed_form(seed: int, alpha: float) -> None:
+    prob, _, (z_star, mu_star, x_star) = _toy(seed)
+    z0 = torch.zeros_like(z_star)
+    res = jiio_solve(prob, z0, torch.zeros_like(x_star), JIIOConfig(budget=150, alpha=alpha, solver="anderson"))
+    assert isinstance(res, JIIOResult)
+    torch.testing.assert_close(res.x, x_star, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(res.z, z_star, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(res.mu, mu_star, atol=1e-6, rtol=1e-6)   # the dense adjoint solution
+    for key in ("z", "mu", "x"):
+        assert res.kkt[key].shape == (2,)
+        assert float(res.kkt[key].max()) < 1e-6, (key, res.kkt)
+    assert res.objective.shape == (2,)
+    assert res.steps == 150
+
+
+def test_plain_damped_iteration_also_reaches_the_kkt_point() -> None:
+    # the paper's damped Jacobi iteration without Anderson: slower, and only for small enough alpha
+    prob, _, (z_star, mu_star, x_star) = _toy(3)
+    res = jiio_solve(prob, torch.zeros_like(z_star), torch.zeros_like(x_star),
+                     JIIOConfig(budget=600, alpha=0.1, solver="fixed-point"))
+    torch.testing.assert_close(res.x, x_star, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(res.mu, mu_star, atol=1e-9, rtol=1e-9)
+
+
+def test_augmented_map_is_the_papers_update_with_dense_jacobians() -> None:
+    g = torch.Generator().manual_seed(0)
+    n, k, B = 5, 3, 2
+    W = 0.4 * torch.randn(n, n, generator=g, dtype=D) / n ** 0.5
+    U = torch.randn(k, n, generator=g, dtype=D)
+    y = torch.randn(B, n, generator=g, dtype=D)
+
+    def f(z, x):
+        return torch.tanh(z @ W + x @ U)
+
+    def obj(z, x):
+        return ((z - y) ** 2).sum(1) + (x ** 4).sum(1)
+
+    cfg = JIIOConfig(alpha=0.07, beta_z=0.8, beta_mu=0.6, solver="fixed-point")
+    z, mu, x = (torch.randn(B, n, generator=g, dtype=D), torch.randn(B, n, generator=g, dtype=D),
+                torch.randn(B, k, generator=g, dtype=D))
+    G = augmented_map(JIIOProblem(f, obj), cfg, z, x)
+    out = G(torch.cat([z, mu, x], 1))
+    for b in range(B):
+        Jz = torch.autograd.functional.jacobian(lambda zz: f(zz[None], x[b:b + 1])[0], z[b])
+        Jx = torch.autograd.functional.jacobian(lambda xx: f(z[b:b + 1], xx[None])[0], x[b])
+        gz = 2 * (z[b] - y[b])
+        gx = 4 * x[b] ** 3
+        fz = f(z[b:b + 1], x[b:b + 1])[0]
+        torch.testing.assert_close(out[b, :n], z[b] + 0.8 * (fz - z[b]))
+        torch.testing.assert_close(out[b, n:2 * n], mu[b] + 0.6 * (Jz.T @ mu[b] + gz - mu[b]))
+        torch.testing.assert_close(out[b, 2 * n:], x[b] - 0.07 * (Jx.T @ mu[b] + gx))
+
+
+def test_tuple_states_and_box_constraint() -> None:
+    prob0, _, (z_star, _, x_star) = _toy(3)
+    n = z_star.shape[1]
+    h = n // 2
+
+    def f(z, x):
+        out = prob0.f(torch.cat(z, 1), x)
+        return out[:, :h], out[:, h:]
+
+    prob = JIIOProblem(f=f, objective=lambda z, x: prob0.objective(torch.cat(z, 1), x), project=box(-0.05, 0.05))
+    z0 = (torch.zeros(2, h, dtype=D), torch.zeros(2, n - h, dtype=D))
+    res = jiio_solve(prob, z0, torch.zeros_like(x_star), JIIOConfig(budget=150, alpha=0.3, solver="anderson"))
+    assert isinstance(res.z, tuple) and res.z[0].shape == (2, h)
+    assert float(res.x.abs().max()) <= 0.05 + 1e-12
+    assert float(res.kkt["x"].max()) < 1e-6      # projected-gradient stationarity on the box
+    assert float(res.kkt["z"].max()) < 1e-6
+
+
+def test_maximization_with_normalized_step_on_an_l2_ball() -> None:
+    g = torch.Generator().manual_seed(1)
+    n, k, B, eps = 4, 3, 3, 0.7
+    A = 0.3 * torch.eye(n, dtype=D)
+    Bm = torch.randn(k, n, generator=g, dtype=D)
+    w = torch.randn(B, n, generator=g, dtype=D)
+    prob = JIIOProblem(f=lambda z, x: z @ A + x @ Bm, objective=lambda z, x: (w * z).sum(1),
+                       project=l2_ball(eps), maximize=True)
+    res = jiio_solve(prob, torch.zeros(B, n, dtype=D), torch.zeros(B, k, dtype=D),
+                     JIIOConfig(budget=120, alpha=0.2, alpha_final=0.02, switch_at=60, normalized_step=True,
+                                solver="fixed-point"))
+    direction = w @ torch.linalg.inv(torch.eye(n, dtype=D) - A.T) @ Bm.T     # d<w, z*>/dx
+    expect = eps * direction / direction.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(res.x, expect, atol=1e-3, rtol=1e-3)
+    assert bool((res.x.norm(dim=1) <= eps + 1e-9).all())
+    assert bool((res.objective > 0).all())
+
+
+def test_alpha_schedule_and_config_validation() -> None:
+    cfg = JIIOConfig(budget=40, alpha=0.6, alpha_final=0.2)
+    assert cfg.switch_iteration == 50 and cfg.alpha_at(49) == 0.6
+    cfg = JIIOConfig(budget=160, alpha=0.6, alpha_final=0.2)
+    assert cfg.switch_iteration == 100 and cfg.alpha_at(99) == 0.6 and cfg.alpha_at(100) == 0.2
+    for bad in ({"alpha": -0.1}, {"alpha": 0.0}, {"alpha_final": -1.0}, {"budget": 0}, {"beta_z": 0.0},
+                {"beta_mu": 1.5}, {"switch_at": -1}, {"solver": 3}):
+        with pytest.raises(DeqConfigError):
+            JIIOConfig(**bad)
+    with pytest.raises(DeqConfigError, match="step size"):
+        JIIOConfig(alpha=-0.01)
+
+
+def test_bad_inputs_are_clear_errors() -> None:
+    prob, _, (z_star, _, x_star) = _toy(0)
+    z0, x0 = torch.zeros_like(z_star), torch.zeros_like(x_star)
+    cfg = JIIOConfig(budget=5, alpha=0.1, solver="fixed-point")
+    # a constraint (projection) of the wrong shape
+    wrong = JIIOProblem(prob.f, prob.objective, project=lambda x: x[:, :2])
+    with pytest.raises(DeqInputError, match="projection must return x's shape"):
+        jiio_solve(wrong, z0, x0, cfg)
+    with pytest.raises(DeqInputError, match="one per sample"):
+        jiio_solve(JIIOProblem(prob.f, prob.objective, project=l2_ball(torch.ones(5))), z0, x0, cfg)
+    # epsilon <= 0
+    for eps in (0.0, -1.0, float("nan")):
+        with pytest.raises(DeqConfigError, match="eps"):
+            l2_ball(eps)
+    # an objective that is not one scalar per sample
+    for bad_obj in (lambda z, x: z ** 2, lambda z, x: (z ** 2).sum()):
+        with pytest.raises(DeqInputError, match="one scalar per sample"):
+            jiio_solve(JIIOProblem(prob.f, bad_obj), z0, x0, cfg)
+    with pytest.raises(DeqInputError, match="batch size"):
+        jiio_solve(prob, z0, torch.zeros(3, x0.shape[1], dtype=D), cfg)
+    with pytest.raises(DeqInputError, match="dtype"):
+        jiio_solve(prob, z0, x0.float(), cfg)
+    with pytest.raises(DeqConfigError):
+        JIIOProblem(f=None, objective=prob.objective)  # type: ignore[arg-type]
+
+
+def test_divergence_names_the_samples_and_stops() -> None:
+    n = 3
+    scale = torch.tensor([1.0, 1e3, 1.0], dtype=D)    # sample 1's objective is 1e6 x steeper: alpha too large for it
+
+    prob = JIIOProblem(f=lambda z, x: 0.5 * z + x, objective=lambda z, x: (scale ** 2) * ((z - 1.0) ** 2).sum(1))
+    z0 = torch.zeros(3, n, dtype=D)
+    with pytest.raises(DeqSolveError, match=r"samples \[1\]") as info:
+        jiio_solve(prob, z0, z0.clone(), JIIOConfig(budget=200, alpha=0.01, solver="fixed-point"))
+    partial = info.value.solution
+    assert isinstance(partial, JIIOResult) and partial.steps < 200
+    assert bool(torch.isfinite(partial.x).all())
+
+
+def test_best_iterate_and_traces() -> None:
+    prob, _, (z_star, _, x_star) = _toy(5)
+    res = jiio_solve(prob, torch.zeros_like(z_star), torch.zeros_like(x_star),
+                     JIIOConfig(budget=50, alpha=0.3, solver="anderson"))
+    assert res.stats["trace"].shape == (51, 2) and res.stats["objective_trace"].shape == (51, 2)
+    assert res.stats["time_trace"].shape == (51,) and bool((res.stats["time_trace"].diff() >= 0).all())
+    it = res.stats["iteration"]
+    # the returned iterate is the one recorded at its iteration
+    for b in range(2):
+        torch.testing.assert_close(res.objective[b], res.stats["objective_trace"][it[b], b])
+    last = jiio_solve(prob, torch.zeros_like(z_star), torch.zeros_like(x_star),
+                      JIIOConfig(budget=50, alpha=0.3, solver="anderson", best_iterate=False))
+    assert bool((last.stats["iteration"] == 50).all())
+
+
+def test_training_gradient_with_x_constant_matches_dense_ift() -> None:
+    # theta = a scalar w in f(z, x) = w z A + x Bm; outer loss L = sum(z*)  (x held constant)
+    prob, (A, Bm, C, y, lam), (z_star, mu_star, x_star) = _toy(7)
+    w = torch.tensor(1.0, dtype=D, requires_grad=True)
+    z = equilibrium_with_grad(lambda z, x: w * (z @ A) + x @ Bm, z_star, x_star, rtol=1e-12, atol=1e-14,
+                              backward_steps=500, adjoint_init=torch.ones_like(z_star))
+    z.sum().backward()
+    n = A.shape[0]
+    Inv = torch.linalg.inv(torch.eye(n, dtype=D) - A)
+    # z = z A w + c  ->  dz/dw = (z A) (I - A)^-1
+    expect = ((z_star @ A) @ Inv).sum()
+    torch.testing.assert_close(w.grad, expect, atol=1e-8, rtol=1e-8)
+
+
+def test_full_augmented_ift_matches_finite_differences_of_the_optimum() -> None:
+    g = torch.Generator().manual_seed(11)
+    n, k, B, lam = 4, 3, 2, 0.5
+    A0 = torch.randn(n, n, generator=g, dtype=D)
+    A0 = 0.4 * A0 / torch.linalg.matrix_norm(A0, ord=2)
+    Bm = torch.randn(k, n, generator=g, dtype=D) / n ** 0.5
+    y = torch.randn(B, n, generator=g, dtype=D)
+
+    def x_opt(s: float) -> torch.Tensor:   # closed-form optimum for f = s z A0 + x Bm, l = 1/2||z - y||^2 + lam/2||x||^2
+        M = Bm @ torch.linalg.inv(torch.eye(n, dtype=D) - s * A0)
+        return y @ M.T @ torch.linalg.inv(M @ M.T + lam * torch.eye(k, dtype=D))
+
+    s = torch.tensor(1.0, dtype=D, requires_grad=True)
+    prob = JIIOProblem(f=lambda z, x: s * (z @ A0) + x @ Bm,
+                       objective=lambda z, x: 0.5 * ((z - y) ** 2).sum(1) + 0.5 * lam * (x ** 2).sum(1))
+    cfg = JIIOConfig(budget=150, alpha=0.3, solver="anderson")
+    res = jiio_solve(prob, torch.zeros(B, n, dtype=D), torch.zeros(B, k, dtype=D), cfg)
+    torch.testing.assert_close(res.x, x_opt(1.0), atol=1e-8, rtol=1e-8)
+    _, _, x = augmented_equilibrium(prob, cfg, res, backward_steps=2000, rtol=1e-12, atol=1e-14)
+    x.sum().backward()
+    h = 1e-6
+    fd = (x_opt(1.0 + h).sum() - x_opt(1.0 - h).sum()) / (2 * h)
+    torch.testing.assert_close(s.grad, fd, atol=1e-6, rtol=1e-6)
