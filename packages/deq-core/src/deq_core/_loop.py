@@ -78,26 +78,34 @@ def run_loop(solver: AbstractFixedPointSolver, f: Callable[[Tensor], Tensor], z:
     judged on the samples still running.
 
     Cost per step besides ``solver.step``: with ``check_every == 1`` (the host is consulted every step
-    anyway) and while every sample is still running and improving, about eight small kernels and one
-    host sync: best iterate, step counts and trace are kept by reference. Otherwise (a sample has
-    converged, a residual went up, or ``check_every > 1``, where the loop must not sync) the
-    bookkeeping runs on the device with ``torch.where`` and the host is consulted every
-    ``check_every`` steps.
+    anyway), a step in which every running sample improves and none converges costs about nine small
+    ``(B,)`` kernels and one host sync: the best iterate is the current one, kept by reference, and
+    converged samples sit in a separate store, written only on the steps where some sample converges.
+    Steps where a running residual goes up (e.g. float round-off near the fixed point) blend rows with
+    ``torch.lerp``. With ``check_every > 1`` (no host sync between checks, for accelerators) the
+    bookkeeping runs on the device with ``torch.where`` and the host is consulted every ``check_every``
+    steps.
     """
     counter = _Counter(f)
     atol, rtol, every, max_steps = control.atol, control.rtol, control.check_every, control.max_steps
     res, fnorm = residual_norms(z, fz)
     done = meets_tolerance(res, fnorm, atol, rtol)
     limit = control.divergence * res  # a running sample diverges when its residual exceeds this
+    # best iterate; on the host path only its rows of running samples are meaningful, converged samples
+    # live in `frozen` (z, fz, res, fnorm; rows valid where done)
     best_z, best_fz, best_res, best_fn = z, fz, res, fnorm
+    frozen: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
     res_hist, fn_hist = ([res], [fnorm]) if control.record_trace else (None, None)
     done_at = torch.zeros_like(res, dtype=torch.long)  # step at which each done sample converged
     state = solver.init(counter, z, fz)
     result = Result.CONVERGED
+    host = every == 1
     k = 0
     if not bool(done.all()):
         result = Result.MAX_STEPS
-        fast = every == 1 and not bool(done.any())  # fast path: every sample running, host knows it
+        any_done = host and bool(done.any())
+        if any_done:
+            frozen = (z, fz, res, fnorm)
         for k in range(1, max_steps + 1):
             z, fz, state = solver.step(counter, z, fz, state)
             res, fnorm = residual_norms(z, fz)
@@ -106,9 +114,40 @@ def run_loop(solver: AbstractFixedPointSolver, f: Callable[[Tensor], Tensor], z:
                 fn_hist.append(fnorm)
             excess = torch.sub(res, fnorm, alpha=rtol)
             improved = res < best_res  # False for nan; implies res < divergence limit
-            if fast and bool(((excess > atol) & improved).all()):
-                # nobody converged, everybody improved (hence finite, not diverging): best = current
-                best_z, best_fz, best_res, best_fn = z, fz, res, fnorm
+            if host:
+                going = (excess > atol) & improved  # running on, improving (hence finite, not diverging)
+                if bool((going | done).all() if any_done else going.all()):
+                    best_z, best_fz, best_res, best_fn = z, fz, res, fnorm
+                    continue
+                conv = excess <= atol
+                newly = conv & ~done if any_done else conv
+                running = ~(conv | done) if any_done else ~conv
+                off = ~(res <= limit)  # nan, inf or diverged
+                # one host sync for both questions: did a running sample go bad, did a sample converge?
+                bad_any, newly_any = torch.stack([(running & off).any(), newly.any()]).tolist()
+                if bad_any:
+                    bad = running & off
+                    result = Result.NONFINITE if bool((bad & ~torch.isfinite(res)).any()) else Result.DIVERGED
+                    break
+                if newly_any:
+                    current = (z, fz, res, fnorm)
+                    if frozen is None:
+                        frozen = current
+                    else:
+                        rows = newly[:, None]
+                        frozen = (torch.where(rows, z, frozen[0]), torch.where(rows, fz, frozen[1]),
+                                  torch.where(newly, res, frozen[2]), torch.where(newly, fnorm, frozen[3]))
+                    done_at = torch.where(newly, k, done_at)
+                    done = done | newly
+                    any_done = True
+                    if bool(done.all()):
+                        result = Result.CONVERGED
+                        break
+                # running rows of z and fz are finite here, so a 0/1 lerp selects rows exactly
+                better = running & improved
+                w = better.to(z.dtype).unsqueeze(1)
+                best_z, best_fz = torch.lerp(best_z, z, w), torch.lerp(best_fz, fz, w)
+                best_res, best_fn = torch.where(better, res, best_res), torch.where(better, fnorm, best_fn)
                 continue
             active = ~done
             newly = active & (excess <= atol)
@@ -121,22 +160,25 @@ def run_loop(solver: AbstractFixedPointSolver, f: Callable[[Tensor], Tensor], z:
             done_at = torch.where(newly, k, done_at)
             done = done | newly
             if k % every == 0 or k == max_steps:
-                bad = active & ~(res <= limit)  # nan, inf or diverged, among samples still running
+                bad = active & ~newly & ~(res <= limit)  # nan, inf or diverged, among samples still running
                 if bool(bad.any()):
                     result = Result.NONFINITE if bool((bad & ~torch.isfinite(res)).any()) else Result.DIVERGED
                     break
                 if bool(done.all()):
                     result = Result.CONVERGED
                     break
-                fast = False if every != 1 else fast and not bool(done.any())
+    if frozen is not None:  # host path: converged samples from their store, the others' best iterate
+        rows = done[:, None]
+        best_z, best_fz = torch.where(rows, frozen[0], best_z), torch.where(rows, frozen[1], best_fz)
+        best_res, best_fn = torch.where(done, frozen[2], best_res), torch.where(done, frozen[3], best_fn)
     converged = meets_tolerance(best_res, best_fn, atol, rtol)
     if result is Result.CONVERGED and not bool(converged.all()):
         result = Result.MAX_STEPS
     steps = torch.where(done, done_at, k)
     if res_hist is not None:
         rel = torch.stack(res_hist) / torch.stack(fn_hist).clamp_min(torch.finfo(best_fn.dtype).tiny)
-        rows = torch.arange(rel.shape[0], device=rel.device)[:, None]
-        trace = rel.gather(0, torch.minimum(rows, steps[None, :]))  # frozen after each sample converged
+        rows_t = torch.arange(rel.shape[0], device=rel.device)[:, None]
+        trace = rel.gather(0, torch.minimum(rows_t, steps[None, :]))  # frozen after each sample converged
     else:
         trace = best_res.new_zeros(0, best_res.numel())
     return LoopOutcome(best_z, best_fz, result, steps, best_res, best_fn, converged, trace,
