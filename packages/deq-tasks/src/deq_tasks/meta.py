@@ -103,7 +103,7 @@ class MetaConfig:
     maml_steps: int = 5
     maml_lr: float = 0.005
     maml_unroll: int = 30
-    meta_steps: int = 300
+    meta_steps: int = 200
     tasks_per_batch: int = 16
     lr: float = 2e-3
     eval_tasks: int = 64

@@ -99,6 +99,7 @@ class MDEQClassifier(nn.Module):
         solver: fixed-point solver (object or registered name) for the forward and backward solves.
         max_steps, rtol: forward budget and relative tolerance of the equilibrium solve.
         backward_steps: budget of the implicit backward solve.
+        jac_reg_probes: Hutchinson probes for the Jacobian regularizer ``model.last_info.jac_loss`` (training).
 
     Example:
         >>> import torch
@@ -111,14 +112,14 @@ class MDEQClassifier(nn.Module):
 
     def __init__(self, channels: tuple[int, int] = (16, 24), expansion: int = 2, groups: int = 4,
                  num_classes: int = 10, solver: Any = "anderson", max_steps: int = 18, rtol: float = 1e-4,
-                 backward_steps: int = 20) -> None:
+                 backward_steps: int = 20, jac_reg_probes: int = 0) -> None:
         super().__init__()
         if len(channels) != 2 or min(channels) < 1:
             raise DeqConfigError(f"channels must be two positive ints, got {channels!r}")
         c1, c2 = channels
         self.hparams = {"channels": list(channels), "expansion": expansion, "groups": groups,
                         "num_classes": num_classes, "max_steps": max_steps, "rtol": rtol,
-                        "backward_steps": backward_steps}
+                        "backward_steps": backward_steps, "jac_reg_probes": jac_reg_probes}
         self.stem = nn.Sequential(
             nn.Conv2d(1, c1, 3, stride=2, padding=1, bias=False), _gn(c1, groups), nn.ReLU(),
             nn.Conv2d(c1, c1, 3, padding=1, bias=False), _gn(c1, groups), nn.ReLU(),
@@ -132,7 +133,7 @@ class MDEQClassifier(nn.Module):
         self.solver = solver_obj
         self.deq = DEQ(self.layer, solver=solver_obj,
                        adjoint=ImplicitAdjoint(rtol=rtol, max_steps=backward_steps),
-                       rtol=rtol, atol=1e-8, max_steps=max_steps)
+                       rtol=rtol, atol=1e-8, max_steps=max_steps, jac_reg_probes=jac_reg_probes)
         self.last_info = None
 
     def check_images(self, u: Tensor) -> None:
