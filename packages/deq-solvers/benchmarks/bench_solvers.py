@@ -183,13 +183,18 @@ def td_backward(name: str, p: Problem, z0, nfev_hint=None):
     return grad_fn(None, p.counted, z)[0]
 
 
+CPU_MS: list[float] = []  # process CPU time of the last timeit (robust to other processes on the machine)
+
+
 def timeit(fn, repeats: int) -> tuple[float, object]:
     fn()  # warm-up
-    times, out = [], None
+    times, cpu, out = [], [], None
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = fn()
         times.append((time.perf_counter() - t) * 1e3)
+        cpu.append((time.process_time() - c) * 1e3)
+    CPU_MS[:] = [statistics.median(cpu)]
     return statistics.median(times), out
 
 
@@ -253,7 +258,8 @@ def run_problem(p: Problem, repeats: int, progress) -> list[dict]:
 
         ms, (z, nfev) = timeit(fwd, repeats)
         bms, vjps = time_backward(lambda name=name, hint=hint: td_backward(name, p, z0, hint), p, max(3, repeats // 2))
-        row = {"problem": p.name, "library": "torchdeq", "solver": name, "forward_ms": round(ms, 3), "nfev": nfev,
+        row = {"problem": p.name, "library": "torchdeq", "solver": name, "forward_ms": round(ms, 3),
+               "forward_cpu_ms": round(CPU_MS[0], 3), "nfev": nfev,
                "rel_residual": rel_residual(p, z), "backward_ms": round(bms, 3), "backward_vjps": vjps,
                "f_ms": round(tf, 4)}
         row["overhead_per_iter_f"] = round((ms - nfev * tf) / max(nfev, 1) / tf, 3)
@@ -284,7 +290,8 @@ def run_problem(p: Problem, repeats: int, progress) -> list[dict]:
         bms, vjps = time_backward(lambda solver=solver: ours_backward(solver, p, z0), p, max(3, repeats // 2))
         ref = td_rows[match]
         row.update({
-            "forward_ms": round(ms, 3), "nfev": nfev, "rel_residual": rel_residual(p, z),
+            "forward_ms": round(ms, 3), "forward_cpu_ms": round(CPU_MS[0], 3), "nfev": nfev,
+            "rel_residual": rel_residual(p, z),
             "backward_ms": round(bms, 3), "backward_vjps": vjps, "f_ms": round(tf, 4),
             "overhead_per_iter_f": round((ms - nfev * tf) / max(nfev, 1) / tf, 3),
             "fwd_ratio_vs_match": round(ms / ref["forward_ms"], 3),

@@ -169,7 +169,7 @@ def mixing_weights(solver: Anderson, s: _AndersonState, slot: int, row: Tensor) 
     alpha = y / y.sum(dim=1, keepdim=True)
     bad = ~(alpha.abs().sum(dim=1) <= solver.max_alpha)
     alpha = torch.where(bad[:, None], onehot, alpha)
-    s.valid = torch.where(bad[:, None], onehot, valid)
+    s.valid.copy_(torch.where(bad[:, None], onehot, valid))  # in place: CUDA-graph safe
     s.restarts += bad
     s.k += 1
     return alpha

@@ -163,30 +163,76 @@ class FusedAnderson(AbstractFixedPointSolver):
     def solve(self, f: FlatMap, z: Tensor, fz: Tensor, control: LoopControl) -> LoopOutcome:
         z, fz = z.contiguous(), fz.contiguous()
         st = _FusedState(self, z)
-        nfev = 0
         res, fnorm = st.push(z, fz)
-        loop = _Book(z, fz, res, fnorm, control)
+        book = _Book(z, fz, res, fnorm, control)
         result = Result.CONVERGED
         every = max(self.check_every, control.check_every)
-        if not bool(loop.done.all()):
+        if not bool(book.done.all()):
             result = Result.MAX_STEPS
-            k = 0
-            while k < control.max_steps:
-                n = min(every, control.max_steps - k)
-                for _ in range(n):
-                    z = st.mix()
-                    fz = f(z).contiguous()
-                    nfev += 1
-                    res, fnorm = st.push(z, fz)
-                    loop.update(z, fz, res, fnorm)
-                k += n
-                verdict = loop.check()
+
+            def body() -> None:
+                z = st.mix()
+                fz = f(z).contiguous()
+                book.update(z, fz, *st.push(z, fz))
+
+            graph = None
+            if z.device.type == "cuda" and self.cuda_graph:
+                graph, st.graph_note = _Graph.build(self, st, book, body, every, control.max_steps)
+            while book.k < control.max_steps:
+                if graph is not None and book.k + graph.steps <= control.max_steps:
+                    graph.replay(st, book)
+                else:
+                    for _ in range(min(every, control.max_steps - book.k)):
+                        body()
+                        st.nfev += 1
+                verdict = book.check()
                 if verdict is not None:
                     result = verdict
                     break
-        out = loop.outcome(result, nfev)
+        out = book.outcome(result, st.nfev)
         out.solver_stats = self.stats(st)
         return out
+
+
+class _Graph:
+    """A block of ``steps`` loop iterations captured once as a CUDA graph, replayed until the loop ends."""
+
+    def __init__(self, graph, steps: int) -> None:
+        self.graph, self.steps = graph, steps
+
+    @staticmethod
+    def build(solver, st, book, body, every, max_steps):
+        m = solver.m
+        steps = m * max(1, -(-every // m))  # a multiple of m: ring slots repeat identically on every replay
+        # warm-up (real, counted iterations) on a side stream: compiles the kernels, aligns the ring slot
+        warm = (-st.a.k) % m or m
+        if book.k + warm + steps > max_steps:
+            return None, "not used: step budget too small for a captured block"
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warm):
+                body()
+                st.nfev += 1
+        torch.cuda.current_stream().wait_stream(side)
+        saved = (st.a.k, book.k)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                for _ in range(steps):
+                    body()
+        except Exception as e:  # f (or a library call) is not capturable: run eagerly instead
+            st.a.k, book.k = saved
+            torch.cuda.synchronize()
+            return None, f"not used: capture failed ({type(e).__name__}: {str(e)[:100]})"
+        st.a.k, book.k = saved  # capture ran no kernels: the host counters advance on replay
+        return _Graph(graph, steps), f"captured blocks of {steps} steps"
+
+    def replay(self, st, book) -> None:
+        self.graph.replay()
+        st.a.k += self.steps
+        book.k += self.steps
+        st.nfev += self.steps
 
 
 class _FusedState:
@@ -206,8 +252,9 @@ class _FusedState:
         self.S = -(-N // self.CHUNK)
         self.part = torch.empty(B, self.S, self.M_PAD + 2, dtype=self.a.G.dtype, device=z.device)
         self.out_dtype = z.dtype
-        self.slot = 0
-        self.graph_note = "not used"
+        self.alpha = torch.zeros(B, self.m, dtype=self.a.F.dtype, device=z.device)
+        self.nfev = 0
+        self.graph_note = "not used" if z.device.type == "cuda" else "not used: not a CUDA device"
 
     def push(self, z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor]:
         a, m = self.a, self.m
@@ -220,17 +267,16 @@ class _FusedState:
         acc = torch.promote_types(z.dtype, torch.float32)
         res = sums[:, self.M_PAD].to(acc).sqrt()
         fnorm = sums[:, self.M_PAD + 1].to(acc).sqrt()
-        self.slot = slot
         if m > 1:
-            self.alpha = mixing_weights(self.cfg, a, slot, sums[:, :m])
+            self.alpha.copy_(mixing_weights(self.cfg, a, slot, sums[:, :m]))
         else:
             a.k += 1
-            self.alpha = a.eye[0].expand(self.B, 1)
+            self.alpha.fill_(1.0)
         return res, fnorm
 
     def mix(self) -> Tensor:
         a = self.a
-        alpha = self.alpha.to(a.F.dtype).contiguous()
+        alpha = self.alpha
         out = torch.empty(self.B, self.N, dtype=self.out_dtype, device=a.F.device)
         beta = self.solver.beta
         grid = (self.B, -(-self.N // self.BLOCK))
@@ -245,37 +291,44 @@ class _Book:
 
     Converged samples are frozen (value, residual, step count, trace); divergence and non-finite values are
     judged on the samples still running; the host reads one small flag tensor every ``check_every`` steps.
+    Every tensor is updated in place and the step counter lives on the device, so the update can be
+    captured in a CUDA graph and replayed.
     """
 
     def __init__(self, z, fz, res, fnorm, control: LoopControl) -> None:
         self.c = control
         self.done = meets_tolerance(res, fnorm, control.atol, control.rtol)
         self.limit = control.divergence * res
-        self.best_z, self.best_fz, self.best_res, self.best_fn = z, fz, res, fnorm
+        self.best_z, self.best_fz = z.clone(), fz.clone()
+        self.best_res, self.best_fn = res.clone(), fnorm.clone()
         self.done_at = torch.zeros_like(res, dtype=torch.long)
         self.bad = torch.zeros_like(self.done)
         self.nonfinite = torch.zeros_like(self.done)
-        self.hist = ([res], [fnorm]) if control.record_trace else None
+        self.step = torch.zeros((), dtype=torch.long, device=res.device)  # device twin of self.k
         self.k = 0
+        self.trace = None
+        if control.record_trace:
+            self.trace = res.new_zeros(control.max_steps + 1, 2, res.numel())
+            self.trace[0, 0], self.trace[0, 1] = res, fnorm
 
     def update(self, z, fz, res, fnorm) -> None:
         c = self.c
         self.k += 1
-        if self.hist is not None:
-            self.hist[0].append(res)
-            self.hist[1].append(fnorm)
+        self.step += 1
+        if self.trace is not None:
+            self.trace.index_copy_(0, self.step[None], torch.stack([res, fnorm])[None])
         active = ~self.done
         newly = active & meets_tolerance(res, fnorm, c.atol, c.rtol)
         better = active & ((res < self.best_res) | newly)
         keep = better[:, None]
-        self.best_z = torch.where(keep, z, self.best_z)
-        self.best_fz = torch.where(keep, fz, self.best_fz)
-        self.best_res = torch.where(better, res, self.best_res)
-        self.best_fn = torch.where(better, fnorm, self.best_fn)
-        self.done_at = torch.where(newly, self.k, self.done_at)
-        self.bad = self.bad | (active & ~(res <= self.limit))
-        self.nonfinite = self.nonfinite | (active & ~torch.isfinite(res))
-        self.done = self.done | newly
+        self.best_z.copy_(torch.where(keep, z, self.best_z))
+        self.best_fz.copy_(torch.where(keep, fz, self.best_fz))
+        self.best_res.copy_(torch.where(better, res, self.best_res))
+        self.best_fn.copy_(torch.where(better, fnorm, self.best_fn))
+        self.done_at.copy_(torch.where(newly, self.step, self.done_at))
+        self.bad |= active & ~(res <= self.limit)
+        self.nonfinite |= active & ~torch.isfinite(res)
+        self.done |= newly
 
     def check(self) -> Result | None:
         nonfinite, bad, done = torch.stack([self.nonfinite.any(), self.bad.any(), self.done.all()]).tolist()
@@ -293,9 +346,9 @@ class _Book:
         if result is Result.CONVERGED and not bool(converged.all()):
             result = Result.MAX_STEPS
         steps = torch.where(self.done, self.done_at, self.k)
-        if self.hist is not None:
-            tiny = torch.finfo(self.best_fn.dtype).tiny
-            rel = torch.stack(self.hist[0]) / torch.stack(self.hist[1]).clamp_min(tiny)
+        if self.trace is not None:
+            t = self.trace[: self.k + 1]
+            rel = t[:, 0] / t[:, 1].clamp_min(torch.finfo(t.dtype).tiny)
             rows = torch.arange(rel.shape[0], device=rel.device)[:, None]
             trace = rel.gather(0, torch.minimum(rows, steps[None, :]))
         else:
