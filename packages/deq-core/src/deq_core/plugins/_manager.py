@@ -145,7 +145,9 @@ class PluginManager:
             recording it and warning.
         disabled: plugin or distribution names to skip without importing them.
 
-    Example (tests inject a fresh manager instead of mutating a global registry):
+    Tests inject a fresh manager instead of mutating a global registry.
+
+    Example:
         >>> from deq_core.plugins import PluginManager, SolverEntry, hookimpl, use_manager
         >>> from deq_core import FixedPointIteration, registry
         >>> class MyPlugin:
