@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["load_mnist", "make_solver", "progress_bar", "save_checkpoint", "load_checkpoint", "seed_all"]
+__all__ = ["coerce_options", "load_mnist", "make_solver", "progress_bar", "save_checkpoint", "load_checkpoint",
+           "seed_all"]
 
 
 def seed_all(seed: int) -> None:
@@ -93,3 +94,21 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2)
+
+
+def coerce_options(options: dict[str, Any], aliases: dict[str, tuple[str, type]]) -> dict[str, Any]:
+    """Map command-line spellings onto config fields: ``aliases`` renames (``epochs`` -> ``clean_epochs``) with a
+    type; comma-separated strings become tuples (``--channels 16,24``, ``--datasets sinusoid``)."""
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        key = key.replace("-", "_")
+        if key in aliases:
+            key, typ = aliases[key]
+            value = typ(value)
+        if key in ("channels", "datasets") and isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            value = tuple(int(p) for p in parts) if key == "channels" else tuple(parts)
+        elif key in ("channels", "datasets") and isinstance(value, (int, list)):
+            value = tuple(value) if isinstance(value, list) else (value,)
+        out[key] = value
+    return out

@@ -43,7 +43,15 @@ import torch.nn.functional as F
 from deq_core import DeqConfigError, DeqInputError
 from torch import Tensor
 
-from ._adv_meta_utils import load_checkpoint, load_mnist, make_solver, progress_bar, save_checkpoint, seed_all
+from ._adv_meta_utils import (
+    coerce_options,
+    load_checkpoint,
+    load_mnist,
+    make_solver,
+    progress_bar,
+    save_checkpoint,
+    seed_all,
+)
 from .models.classifier import MDEQClassifier
 
 __all__ = [
@@ -448,7 +456,7 @@ def _as_config(config: AdversarialConfig | dict[str, Any] | None) -> Adversarial
     if isinstance(config, AdversarialConfig):
         return config
     if isinstance(config, dict):
-        d = dict(config)
+        d = coerce_options(dict(config), {"epochs": ("clean_epochs", int)})
         quick = bool(d.pop("quick", False))
         known = set(AdversarialConfig.__dataclass_fields__)
         unknown = sorted(set(d) - known)

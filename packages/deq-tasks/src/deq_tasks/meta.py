@@ -49,7 +49,15 @@ import torch.nn.functional as F
 from deq_core import DeqConfigError, DeqInputError
 from torch import Tensor
 
-from ._adv_meta_utils import load_checkpoint, load_mnist, make_solver, progress_bar, save_checkpoint, seed_all
+from ._adv_meta_utils import (
+    coerce_options,
+    load_checkpoint,
+    load_mnist,
+    make_solver,
+    progress_bar,
+    save_checkpoint,
+    seed_all,
+)
 from .models.meta_net import ContextDEQ
 
 __all__ = [
@@ -566,7 +574,7 @@ def _as_config(config: MetaConfig | dict[str, Any] | None) -> MetaConfig:
     if isinstance(config, MetaConfig):
         return config
     if isinstance(config, dict):
-        d = dict(config)
+        d = coerce_options(dict(config), {"steps": ("meta_steps", int)})
         quick = bool(d.pop("quick", False))
         known = set(MetaConfig.__dataclass_fields__)
         unknown = sorted(set(d) - known)
