@@ -199,7 +199,7 @@ def timeit(fn, repeats: int) -> tuple[float, object]:
 
 
 def time_backward(make_z, p: Problem, repeats: int) -> tuple[float, int]:
-    times, vjps = [], 0
+    times, cpu, vjps = [], [], 0
     cot = torch.randn(p.shape, generator=torch.Generator().manual_seed(1), dtype=p.params[0].dtype)
     for i in range(repeats + 1):
         for q in p.params:
@@ -207,27 +207,36 @@ def time_backward(make_z, p: Problem, repeats: int) -> tuple[float, int]:
         z = make_z()
         loss = (z * cot).sum()
         _CountVJP.calls = 0
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         loss.backward()
-        dt = (time.perf_counter() - t) * 1e3
+        dt, dc = (time.perf_counter() - t) * 1e3, (time.process_time() - c) * 1e3
         if i:  # first one is a warm-up
             times.append(dt)
+            cpu.append(dc)
             vjps = _CountVJP.calls
+    CPU_MS[:] = [statistics.median(cpu)]
     return statistics.median(times), vjps
 
 
-def time_f(p: Problem, repeats: int = 50) -> float:
+def time_f(p: Problem, repeats: int = 50) -> tuple[float, float]:
+    """Median wall and CPU ms of one evaluation of ``f`` (no autograd)."""
     z = torch.zeros(p.shape, dtype=p.params[0].dtype)
     with torch.no_grad():
         z = p.f(z)
         for _ in range(5):
             p.f(z)
-        times = []
+        times, cpu = [], []
         for _ in range(repeats):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             p.f(z)
             times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+            cpu.append((time.process_time() - c) * 1e3)
+    return statistics.median(times), statistics.median(cpu)
+
+
+def _costs(row: dict, ms: float, cpu_ms: float, nfev: int, tf: float, tf_cpu: float) -> None:
+    row["overhead_per_iter_f"] = round((ms - nfev * tf) / max(nfev, 1) / tf, 3)
+    row["overhead_per_iter_f_cpu"] = round((cpu_ms - nfev * tf_cpu) / max(nfev, 1) / tf_cpu, 3)
 
 
 OURS = {
@@ -244,7 +253,7 @@ TORCHDEQ = ["anderson", "broyden", "fixed_point_iter", "simple_fixed_point_iter"
 def run_problem(p: Problem, repeats: int, progress) -> list[dict]:
     rows: list[dict] = []
     z0 = torch.zeros(p.shape, dtype=p.params[0].dtype)
-    tf = time_f(p)
+    tf, tf_cpu = time_f(p)
     td_rows: dict[str, dict] = {}
     fp_nfev = None
     for name in TORCHDEQ:
@@ -257,20 +266,25 @@ def run_problem(p: Problem, repeats: int, progress) -> list[dict]:
             return z, p.nfev
 
         ms, (z, nfev) = timeit(fwd, repeats)
+        cpu_ms = CPU_MS[0]
         bms, vjps = time_backward(lambda name=name, hint=hint: td_backward(name, p, z0, hint), p, max(3, repeats // 2))
         row = {"problem": p.name, "library": "torchdeq", "solver": name, "forward_ms": round(ms, 3),
-               "forward_cpu_ms": round(CPU_MS[0], 3), "nfev": nfev,
-               "rel_residual": rel_residual(p, z), "backward_ms": round(bms, 3), "backward_vjps": vjps,
-               "f_ms": round(tf, 4)}
-        row["overhead_per_iter_f"] = round((ms - nfev * tf) / max(nfev, 1) / tf, 3)
+               "forward_cpu_ms": round(cpu_ms, 3), "nfev": nfev,
+               "rel_residual": rel_residual(p, z), "backward_ms": round(bms, 3),
+               "backward_cpu_ms": round(CPU_MS[0], 3), "backward_vjps": vjps,
+               "f_ms": round(tf, 4), "f_cpu_ms": round(tf_cpu, 4)}
+        _costs(row, ms, cpu_ms, nfev, tf, tf_cpu)
         if name == "simple_fixed_point_iter":
             row["note"] = "no tolerance: max_iter set to fixed_point_iter's f-evaluations"
         if name == "fixed_point_iter":
             fp_nfev = nfev
         td_rows[name] = row
         rows.append(row)
-    fastest = min((r for r in td_rows.values() if r["rel_residual"] <= RTOL * 1.0001), key=lambda r: r["forward_ms"],
-                  default=min(td_rows.values(), key=lambda r: r["forward_ms"]))
+    ok = [r for r in td_rows.values() if r["rel_residual"] <= RTOL * 1.0001]
+    fastest = min(ok or td_rows.values(), key=lambda r: r["forward_ms"])
+    fastest_cpu = min(ok or td_rows.values(), key=lambda r: r["forward_cpu_ms"])
+    tol_driven = [r for r in ok if r["solver"] != "simple_fixed_point_iter"] or ok or list(td_rows.values())
+    fastest_tol = min(tol_driven, key=lambda r: r["forward_cpu_ms"])
     for name, (solver, match) in OURS.items():
         progress(f"{p.name} deq/{name}")
         row = {"problem": p.name, "library": "deq", "solver": name, "matches": match}
@@ -287,18 +301,27 @@ def run_problem(p: Problem, repeats: int, progress) -> list[dict]:
             return z, p.nfev, st
 
         ms, (z, nfev, st) = timeit(fwd, repeats)
+        cpu_ms = CPU_MS[0]
         bms, vjps = time_backward(lambda solver=solver: ours_backward(solver, p, z0), p, max(3, repeats // 2))
+        bcpu = CPU_MS[0]
         ref = td_rows[match]
         row.update({
-            "forward_ms": round(ms, 3), "forward_cpu_ms": round(CPU_MS[0], 3), "nfev": nfev,
+            "forward_ms": round(ms, 3), "forward_cpu_ms": round(cpu_ms, 3), "nfev": nfev,
             "rel_residual": rel_residual(p, z),
-            "backward_ms": round(bms, 3), "backward_vjps": vjps, "f_ms": round(tf, 4),
-            "overhead_per_iter_f": round((ms - nfev * tf) / max(nfev, 1) / tf, 3),
+            "backward_ms": round(bms, 3), "backward_cpu_ms": round(bcpu, 3), "backward_vjps": vjps,
+            "f_ms": round(tf, 4), "f_cpu_ms": round(tf_cpu, 4),
             "fwd_ratio_vs_match": round(ms / ref["forward_ms"], 3),
+            "fwd_cpu_ratio_vs_match": round(cpu_ms / ref["forward_cpu_ms"], 3),
             "bwd_ratio_vs_match": round(bms / ref["backward_ms"], 3),
+            "bwd_cpu_ratio_vs_match": round(bcpu / ref["backward_cpu_ms"], 3),
             "fwd_ratio_vs_td_fastest": round(ms / fastest["forward_ms"], 3), "td_fastest": fastest["solver"],
+            "fwd_cpu_ratio_vs_td_fastest": round(cpu_ms / fastest_cpu["forward_cpu_ms"], 3),
+            "td_fastest_cpu": fastest_cpu["solver"],
+            "fwd_cpu_ratio_vs_td_fastest_tol": round(cpu_ms / fastest_tol["forward_cpu_ms"], 3),
+            "td_fastest_tol": fastest_tol["solver"],
             "stats": {k: v for k, v in st.items() if isinstance(v, (int, float, str))},
         })
+        _costs(row, ms, cpu_ms, nfev, tf, tf_cpu)
         rows.append(row)
     return rows
 
@@ -326,19 +349,25 @@ def half_precision_check() -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| problem | library | solver | fwd ms | f-evals | rel. residual | overhead/iter (x f) | bwd ms | VJPs "
-            "| fwd / match | bwd / match | fwd / td fastest |")
-    lines = [head, "|" + "---|" * 12]
+    cols = ["problem", "library", "solver", "fwd ms", "fwd CPU ms", "f-evals", "rel. residual",
+            "overhead/iter (x f, CPU)", "bwd ms", "bwd CPU ms", "VJPs", "fwd/match (wall, CPU)",
+            "bwd/match (wall, CPU)", "fwd CPU / td fastest tol-driven", "fwd CPU / td fastest any"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['problem']} | {r['library']} | {r['solver']} | skipped: {r['skipped'][:60]} |"
-                         + " |" * 8)
+            lines.append(f"| {r['problem']} | {r['library']} | {r['solver']} | skipped: {r['skipped'][:70]} |"
+                         + " |" * (len(cols) - 4))
             continue
+        ratio = lambda a, b, r=r: f"{r[a]}, {r[b]}" if a in r else ""  # noqa: E731
+        tol = f"{r['fwd_cpu_ratio_vs_td_fastest_tol']} ({r['td_fastest_tol']})" if "td_fastest_tol" in r else ""
         lines.append(
-            f"| {r['problem']} | {r['library']} | {r['solver']} | {r['forward_ms']:.2f} | {r['nfev']} | "
-            f"{r['rel_residual']:.2e} | {r['overhead_per_iter_f']:.2f} | {r['backward_ms']:.2f} | "
-            f"{r['backward_vjps']} | {r.get('fwd_ratio_vs_match', '')} | {r.get('bwd_ratio_vs_match', '')} | "
-            f"{r.get('fwd_ratio_vs_td_fastest', '')} |")
+            f"| {r['problem']} | {r['library']} | {r['solver']} | {r['forward_ms']:.2f} | {r['forward_cpu_ms']:.2f} "
+            f"| {r['nfev']} | {r['rel_residual']:.2e} | {r['overhead_per_iter_f_cpu']:.2f} | {r['backward_ms']:.2f} "
+            f"| {r['backward_cpu_ms']:.2f} | {r['backward_vjps']} "
+            f"| {ratio('fwd_ratio_vs_match', 'fwd_cpu_ratio_vs_match')} "
+            f"| {ratio('bwd_ratio_vs_match', 'bwd_cpu_ratio_vs_match')} "
+            f"| {tol} "
+            f"| {r.get('fwd_cpu_ratio_vs_td_fastest', '')} |")
     return "\n".join(lines)
 
 

@@ -119,7 +119,8 @@ class Anderson(AbstractFixedPointSolver):
 class _AndersonState:
     """Ring buffers ``F``, ``G`` ``(B, m, N)``, Gram ``H`` ``(B, m, m)``, live-slot mask, counters."""
 
-    __slots__ = ("F", "G", "H", "valid", "eye", "k", "restarts", "tiny", "growth2")
+    __slots__ = ("F", "G", "H", "valid", "eye", "k", "restarts", "tiny", "growth2", "ones", "host_sync",
+                 "masked_until")
 
     def __init__(self, solver: Anderson, z: Tensor) -> None:
         B, N = z.shape
@@ -135,6 +136,9 @@ class _AndersonState:
         self.restarts = torch.zeros(B, dtype=torch.long, device=z.device)
         self.tiny = float(torch.finfo(sd).tiny)
         self.growth2 = solver.restart_growth ** 2
+        self.ones = torch.ones(B, m, 1, dtype=sd, device=z.device)
+        self.host_sync = z.device.type == "cpu"  # a host sync is free on the CPU: take the short path
+        self.masked_until = 0
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.F, self.G, self.H, self.valid))
@@ -143,24 +147,56 @@ class _AndersonState:
 def mixing_weights(solver: Anderson, s: _AndersonState, slot: int, row: Tensor) -> Tensor:
     """Absorb the new Gram row ``<g_i, g_slot>`` into ``s.H`` and return the mixing weights ``(B, m)``.
 
-    Everything stays on the device (no host sync): live-slot mask, residual-growth restart, the ridge
+    The general path stays on the device (no host sync): live-slot mask, residual-growth restart, the ridge
     scaled by the largest live diagonal entry, the ``(m, m)`` solve in ``s.H.dtype`` and the safeguard
     (non-finite or ``||alpha||_1 > max_alpha``: plain step from the newest entry, history restarted).
+    On the CPU, where a host sync costs nothing, a shorter path without the mask is taken while every
+    stored slot is live and no safeguard fires (it falls back to the general path when one does).
     """
     m, H = solver.m, s.H
     H[:, slot].copy_(row)
     H[:, :, slot].copy_(row)
-    onehot = s.eye[slot]
-    valid = s.valid
-    valid[:, slot] = 1.0
+    s.valid[:, slot] = 1.0
     if s.k == 0:
         s.k += 1
-        return onehot.expand(H.shape[0], m)
+        return s.eye[slot].expand(H.shape[0], m)
+    if s.host_sync and s.k >= s.masked_until:
+        alpha = _unmasked_weights(solver, s, slot)
+        if alpha is not None:
+            s.k += 1
+            return alpha
+    return _masked_weights(solver, s, slot)
+
+
+def _unmasked_weights(solver: Anderson, s: _AndersonState, slot: int) -> Tensor | None:
+    m, H = solver.m, s.H
+    n = min(s.k + 1, m)  # slots 0..n-1 hold entries (the ring fills in order)
+    if solver.restart_growth != float("inf"):
+        prev = (s.k - 1) % m
+        if bool((H[:, slot, slot] > s.growth2 * H[:, prev, prev]).any()):
+            return None
+    Hs = H[:, :n, :n]
+    scale = torch.diagonal(Hs, dim1=1, dim2=2).amax(dim=1, keepdim=True).clamp_min_(s.tiny)
+    A = Hs.clone()
+    torch.diagonal(A, dim1=1, dim2=2).add_(scale, alpha=solver.ridge)
+    y = torch.linalg.solve_ex(A, s.ones[:, :n])[0][:, :, 0]
+    alpha = y / y.sum(dim=1, keepdim=True)
+    if not bool((alpha.abs().sum(dim=1) <= solver.max_alpha).all()):
+        return None
+    return alpha if n == m else torch.nn.functional.pad(alpha, (0, m - n))
+
+
+def _masked_weights(solver: Anderson, s: _AndersonState, slot: int) -> Tensor:
+    m, H = solver.m, s.H
+    onehot = s.eye[slot]
+    valid = s.valid
+    restarted = None
     if solver.restart_growth != float("inf"):
         prev = (s.k - 1) % m
         grow = H[:, slot, slot] > s.growth2 * H[:, prev, prev]
         valid = torch.where(grow[:, None], onehot, valid)
         s.restarts += grow
+        restarted = grow
     Hm = H * (valid[:, :, None] * valid[:, None, :])
     scale = torch.diagonal(Hm, dim1=1, dim2=2).amax(dim=1, keepdim=True).clamp_min_(s.tiny)
     # diagonal: ridge * scale on live slots, 1 on dead ones (their weight solves to exactly 0)
@@ -171,5 +207,9 @@ def mixing_weights(solver: Anderson, s: _AndersonState, slot: int, row: Tensor) 
     alpha = torch.where(bad[:, None], onehot, alpha)
     s.valid.copy_(torch.where(bad[:, None], onehot, valid))  # in place: CUDA-graph safe
     s.restarts += bad
+    if s.host_sync:
+        restarted = bad if restarted is None else restarted | bad
+        if bool(restarted.any()):  # dead slots until the ring has been rewritten once
+            s.masked_until = s.k + m
     s.k += 1
     return alpha
