@@ -35,7 +35,7 @@ CLOSURES: dict[str, tuple[list[str], list[str]]] = {
     "deq-tasks": ([CORE, SOLVERS, f"{TASKS}[testing]"], ["deq_inr"]),
     "deq-inr": ([CORE, SOLVERS, f"{INR}[testing]"], ["deq_tasks"]),
 }
-EXAMPLES = ["examples/deq-solver-example", "examples/deq-broken-plugin"]
+EXAMPLES = ["examples/deq-solver-example[testing]", "examples/deq-broken-plugin"]
 BENCHES = {
     "core": f"{CORE}/benchmarks/bench_core.py",
     "solvers": f"{SOLVERS}/benchmarks/bench_solvers.py",
@@ -66,6 +66,7 @@ def tests(session: nox.Session, package: str) -> None:
     if package == "integration":
         _install_all(session, *EXAMPLES)
         session.run("pytest", "tests/integration", *session.posargs, env=ENV)
+        session.run("pytest", "examples/deq-solver-example/tests", *session.posargs, env=ENV)
         return
     reqs, forbidden = CLOSURES[package]
     _install(session, *reqs)
