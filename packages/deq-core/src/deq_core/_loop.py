@@ -74,7 +74,8 @@ def run_loop(solver: AbstractFixedPointSolver, f: Callable[[Tensor], Tensor], z:
     Converged samples are frozen: their returned iterate, residual, step count and trace entries no
     longer change (their rows are still computed, as batched ``f`` cannot skip rows, but what happens
     to them afterwards, noise or non-finite values included, is ignored). For samples that do not
-    converge the iterate with the lowest residual is returned. Divergence and non-finite values are
+    converge the iterate with the lowest residual is returned (residuals below ``4 eps ||f(z)||``, i.e.
+    round-off, count as equal: the latest such iterate is kept). Divergence and non-finite values are
     judged on the samples still running.
 
     Cost per step besides ``solver.step``: with ``check_every == 1`` (the host is consulted every step
@@ -100,6 +101,7 @@ def run_loop(solver: AbstractFixedPointSolver, f: Callable[[Tensor], Tensor], z:
     state = solver.init(counter, z, fz)
     result = Result.CONVERGED
     host = every == 1
+    floor = 4 * torch.finfo(res.dtype).eps  # residuals below floor * ||f(z)|| are round-off: all equally good
     k = 0
     if not bool(done.all()):
         result = Result.MAX_STEPS
@@ -113,7 +115,8 @@ def run_loop(solver: AbstractFixedPointSolver, f: Callable[[Tensor], Tensor], z:
                 res_hist.append(res)
                 fn_hist.append(fnorm)
             excess = torch.sub(res, fnorm, alpha=rtol)
-            improved = res < best_res  # False for nan; implies res < divergence limit
+            # lower than the best so far, or at round-off level (where residuals only jitter); False for nan
+            improved = res < torch.maximum(best_res, fnorm * floor)
             if host:
                 going = (excess > atol) & improved  # running on, improving (hence finite, not diverging)
                 if bool((going | done).all() if any_done else going.all()):
