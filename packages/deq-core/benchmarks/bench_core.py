@@ -14,7 +14,9 @@ measured for deq-core's ``fixed_point(f, z0, solver="fixed-point")`` and for tor
 
 * ``fixed``: a fixed number of steps (an unreachable tolerance), the pure per-step cost;
 * ``to-tol``: a realistic solve to ``rtol = 1e-4`` (per-sample convergence, freezing and the tail
-  included); time per step = total / steps taken.
+  included); time per step = total / steps taken. Here the whole call counts: argument checks, the
+  driver's evaluation of ``f(z0)`` (torchdeq starts iterating without measuring ``z0``), statistics; with
+  ~9 steps these fixed costs weigh more per step.
 
 Run: ``python packages/deq-core/benchmarks/bench_core.py [--repeats 15] [--steps 50] [--device cpu]``
 (on a busy machine: ``OMP_NUM_THREADS=1 python ... --clock cpu``).
