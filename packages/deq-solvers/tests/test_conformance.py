@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from deq_core.testing import check_solver
-from deq_solvers import Anderson, Broyden, FusedAnderson, Neumann, Picard
+from deq_solvers import Anderson, Broyden, FusedAnderson, Neumann, Picard, triton_status
 
 
 @pytest.mark.parametrize("solver", [
@@ -20,6 +20,7 @@ def test_check_solver_by_name():
     check_solver("anderson", dtype=torch.float64, max_examples=3)
 
 
+@pytest.mark.skipif(triton_status() is not None, reason=str(triton_status()))
 def test_check_solver_fused_interpreter():
     # Triton interpreter on CPU: small examples only (it is slow)
     check_solver(FusedAnderson(check_every=2, block=16), dtype=torch.float64, max_examples=2, max_steps=200)

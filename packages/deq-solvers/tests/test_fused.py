@@ -76,3 +76,16 @@ def test_fused_options_are_validated():
         FusedAnderson(block=100)
     with pytest.raises(DeqConfigError, match="check_every"):
         FusedAnderson(check_every=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_fused_cuda_agrees_with_anderson(cuda_graph):
+    c = make_contraction("tanh", [(16, 512)], rho=0.9, seed=6, dtype=torch.float32, device="cuda")
+    ref = _solve(Anderson(), c, atol=1e-7, rtol=1e-6)
+    fused = _solve(FusedAnderson(cuda_graph=cuda_graph), c, atol=1e-7, rtol=1e-6)
+    assert fused.result is Result.CONVERGED
+    assert torch.allclose(fused.value, ref.value, rtol=1e-5, atol=1e-5)
+    if cuda_graph:
+        assert fused.stats.solver["cuda_graph"].startswith("captured"), fused.stats.solver["cuda_graph"]
