@@ -116,6 +116,10 @@ class JIIOConfig:
         best_iterate: return each sample's best iterate by the release's rule (else the last iterate).
         divergence: a sample whose augmented residual exceeds this many times its initial one diverged.
         record_trace: keep per-iteration relative residuals, objectives and wall-clock times in ``stats``.
+        x_scale: the stacked state holds ``x / x_scale`` (``"alpha"`` = ``alpha_0``, ``None`` = 1). The fixed point is
+            the same; it weights ``x`` in the solver's metric: with ``x / alpha`` the ``x`` residual is ``d_x`` itself,
+            comparable to the ``z`` / ``mu`` residuals, so Anderson's least squares weighs the ``x`` update (with raw
+            ``x`` its residual ``alpha d_x`` is tiny). Default ``None``: the stacked state of the authors' code.
     """
 
     budget: int = 100
@@ -130,6 +134,7 @@ class JIIOConfig:
     best_iterate: bool = True
     divergence: float = 1e6
     record_trace: bool = True
+    x_scale: float | str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
@@ -154,6 +159,9 @@ class JIIOConfig:
                 "JIIOConfig.solver must be a registered name or an AbstractFixedPointSolver, "
                 f"got {type(self.solver).__name__}"
             )
+        xs = self.x_scale
+        if not (xs is None or xs == "alpha" or (isinstance(xs, (int, float)) and not isinstance(xs, bool) and xs > 0)):
+            raise DeqConfigError(f"JIIOConfig.x_scale must be None, 'alpha' or a number > 0, got {xs!r}")
         if self.solver_options and not isinstance(self.solver, str):
             raise DeqConfigError("JIIOConfig.solver_options are only accepted with a solver name")
 
@@ -222,6 +230,8 @@ class AugmentedMap:
         self.z_layout, self.x_shape = z_layout, torch.Size(x_shape)
         self.nz, self.nx = z_layout.numel, math.prod(self.x_shape[1:])
         self.alpha = config.alpha_at(0)
+        xs = config.x_scale
+        self.x_scale = 1.0 if xs is None else float(config.alpha) if xs == "alpha" else float(xs)
         self.create_graph = create_graph
         self.sign = -1.0 if problem.maximize else 1.0
         self.calls = 0
@@ -233,10 +243,13 @@ class AugmentedMap:
     def split(self, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(B, 2 N_z + N_x)`` -> flat ``z``, ``mu`` ``(B, N_z)`` and shaped ``x``."""
         zf, muf, xf = v.split([self.nz, self.nz, self.nx], dim=1)
+        if self.x_scale != 1.0:
+            xf = xf * self.x_scale
         return zf, muf, xf.reshape(self.x_shape)
 
     def stack(self, zf: Tensor, muf: Tensor, x: Tensor) -> Tensor:
-        return torch.cat([zf, muf, x.reshape(x.shape[0], -1)], dim=1)
+        xf = x.reshape(x.shape[0], -1)
+        return torch.cat([zf, muf, xf if self.x_scale == 1.0 else xf / self.x_scale], dim=1)
 
     # ----------------------------------------------------------------- pieces
     def pieces(self, v: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -1,7 +1,8 @@
 """A small multi-resolution conv DEQ decoder in the spirit of MDEQ (papers.md section 4), sized for a CPU.
 
 State ``z = (z1, z2)``: ``z1`` is ``(B, C1, S/2, S/2)``, ``z2`` is ``(B, C2, S/4, S/4)`` (``S`` = image side).
-The latent ``x in R^L`` enters every branch through its own ``Linear(L -> C H W)``. The layer::
+The latent ``x in R^L`` enters every branch through its own ``Linear(L -> C H W)`` (no normalization after it:
+a scale-invariant injection would make the latent's norm drift without bound under gradient steps). The layer::
 
     y_i  = GN(ReLU(GN(conv3x3(ReLU(GN(conv3x3(z_i))))) + inj_i) + z_i)      residual block per branch
     u_1  = y_1 + upsample(conv1x1(y_2));  u_2 = y_2 + conv3x3_stride2(y_1)  multiscale fusion
@@ -57,7 +58,7 @@ class _Branch(nn.Module):
 class DecoderLayer(nn.Module):
     """The DEQ layer ``f((z1, z2), x)`` of :class:`MDEQDecoder` (two branches, fusion, latent injection).
 
-    ``f_i = tanh(gain * u_i + GN(inj_i(x)))`` with ``u`` the fused branch outputs; the convolutions are
+    ``f_i = tanh(gain * u_i + inj_i(x))`` with ``u`` the fused branch outputs; the convolutions are
     spectral-normalized (block path 0.7 c, fusion 0.3 c, c = ``contraction``; norms of the reshaped kernels) and
     scaled by a fixed ``gain``, so the map stays close to a
     contraction with a rate set by ``contraction`` (the solve then needs tens of iterations, as MDEQ's does).
@@ -77,7 +78,6 @@ class DecoderLayer(nn.Module):
         self.contraction = contraction
         self.branches = nn.ModuleList([_Branch(c, expansion, 0.7 * contraction) for c in (c1, c2)])
         self.inject = nn.ModuleList([nn.Linear(latent_dim, c * r * r) for c, r in zip(self.channels, self.res)])
-        self.inject_gn = nn.ModuleList([nn.GroupNorm(_groups(c), c) for c in self.channels])
         self.down = _sn(nn.Conv2d(c1, c2, 3, stride=2, padding=1, bias=False), 0.3 * contraction)
         self.up = _sn(nn.Conv2d(c2, c1, 1, bias=False), 0.3 * contraction)
 
@@ -90,8 +90,8 @@ class DecoderLayer(nn.Module):
         if x.dim() != 2 or x.shape[1] != self.latent_dim:
             raise DeqInputError(f"latent x must have shape (B, {self.latent_dim}), got {tuple(x.shape)}")
         B = x.shape[0]
-        return tuple(gn(lin(x).view(B, c, r, r))  # type: ignore[return-value]
-                     for lin, gn, c, r in zip(self.inject, self.inject_gn, self.channels, self.res))
+        return tuple(lin(x).view(B, c, r, r)  # type: ignore[return-value]
+                     for lin, c, r in zip(self.inject, self.channels, self.res))
 
     def forward(self, z: tuple[Tensor, Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
         inj1, inj2 = self.injection(x)

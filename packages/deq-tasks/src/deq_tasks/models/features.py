@@ -6,6 +6,8 @@ comparable between models scored with the same classifier, in the same run.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -69,7 +71,12 @@ def frechet_distance(a: Tensor, b: Tensor) -> float:
     x, y = a.detach().double().cpu().numpy(), b.detach().double().cpu().numpy()
     m1, m2 = x.mean(0), y.mean(0)
     s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-    covmean = linalg.sqrtm(s1 @ s2)
+    with warnings.catch_warnings():  # near-singular covariances (few samples): regularize as pytorch-fid does
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(s1 @ s2)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(s1.shape[0]) * 1e-6
+            covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
     if np.iscomplexobj(covmean):
         covmean = covmean.real
     return float(((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2.0 * covmean))
