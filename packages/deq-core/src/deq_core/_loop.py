@@ -170,7 +170,9 @@ def run_loop(solver: AbstractFixedPointSolver, f: Callable[[Tensor], Tensor], z:
                 if bool(done.all()):
                     result = Result.CONVERGED
                     break
-    if frozen is not None:  # host path: converged samples from their store, the others' best iterate
+    if frozen is not None and result is Result.CONVERGED:  # host path, everybody converged: all in the store
+        best_z, best_fz, best_res, best_fn = frozen
+    elif frozen is not None:  # host path: converged samples from their store, the others' best iterate
         rows = done[:, None]
         best_z, best_fz = torch.where(rows, frozen[0], best_z), torch.where(rows, frozen[1], best_fz)
         best_res, best_fn = torch.where(done, frozen[2], best_res), torch.where(done, frozen[3], best_fn)
