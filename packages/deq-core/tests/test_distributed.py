@@ -25,6 +25,7 @@ from deq_core.nn import spectral_norm
 from torch import nn
 
 STEPS, BATCH, WIDTH, LR = 5, 8, 6, 0.5
+VARIANTS = {"find_unused_parameters": {"find_unused_parameters": True}, "static_graph": {"static_graph": True}}
 TOL = dict(atol=1e-12, rtol=1e-11)
 
 
@@ -91,9 +92,16 @@ def worker(out: Path) -> None:
     ddp = DDP(model)
     result = train(ddp, x[shard], y[shard])
     result["rank"], result["world"] = rank, world
-    (out / f"rank{rank}.json").write_text(json.dumps(result))
     del ddp  # free DDP's reducer (and the gloo work it holds) before the process group goes away
     gc.collect()
+    result["variants"] = {}
+    for name, options in VARIANTS.items():  # DDP's other graph modes must not change a thing
+        model, x, y = setup()
+        ddp = DDP(model, **options)
+        result["variants"][name] = train(ddp, x[shard], y[shard])["params"]
+        del ddp
+        gc.collect()
+    (out / f"rank{rank}.json").write_text(json.dumps(result))
     dist.barrier()
     dist.destroy_process_group()
 
@@ -132,6 +140,15 @@ def test_ddp_matches_one_process_full_batch(ddp_run, single_run):
     assert ref_curve[-1] < ref_curve[0]  # it trained
     # float64 + tight tolerances: far better than the 1e-5 asked for
     assert (torch.tensor(ddp_run[0]["params"]) - ref_params).abs().max() < 1e-9
+
+
+def test_ddp_graph_modes_agree(ddp_run):
+    # find_unused_parameters traverses the graph from the outputs (z, DEQInfo); static_graph replays the
+    # first iteration's bucket order: both must coexist with the implicit-adjoint hook
+    for r in ddp_run:
+        assert set(r["variants"]) == set(VARIANTS)
+        for name, params in r["variants"].items():
+            assert params == r["params"], name
 
 
 def test_ranks_took_different_solver_steps(ddp_run):
