@@ -90,25 +90,27 @@ class Anderson(AbstractFixedPointSolver):
         s = state
         m, slot = self.m, s.k % self.m
         F, G = s.F, s.G
-        # newest history entry, written in place
-        g_slot = G[:, slot]
+        # newest history entry, written in place (per-slot views are precomputed: no indexing per step)
+        g_slot = s.G_slot[slot]
         if g_slot.dtype == fz.dtype:
             torch.sub(fz, z, out=g_slot)
         else:
             g_slot.copy_(fz - z)
-        F[:, slot].copy_(fz)
+        s.F_slot[slot].copy_(fz)
         if m == 1:
             s.k += 1
             z_next = fz if self.beta == 1.0 else z.lerp(fz, self.beta)
             return z_next, f(z_next), s
         # incremental Gram update: row/column `slot` = <g_i, g_slot>
-        row = torch.bmm(G[:, slot:slot + 1], G.transpose(1, 2))[:, 0]
+        row = torch.bmm(s.G_row[slot], s.GT).squeeze(1)
         alpha = mixing_weights(self, s, slot, row)
-        a = alpha.to(F.dtype)[:, None, :]
+        a = (alpha if alpha.dtype == F.dtype else alpha.to(F.dtype)).unsqueeze(1)
         mix = torch.bmm(a, F)
         if self.beta != 1.0:
             mix = torch.baddbmm(mix, a, G, alpha=-(1.0 - self.beta))
-        z_next = mix[:, 0].to(z.dtype)
+        z_next = mix.squeeze(1)
+        if z_next.dtype != z.dtype:
+            z_next = z_next.to(z.dtype)
         return z_next, f(z_next), s
 
     def stats(self, state: _AndersonState) -> dict[str, Any]:
@@ -120,7 +122,7 @@ class _AndersonState:
     """Ring buffers ``F``, ``G`` ``(B, m, N)``, Gram ``H`` ``(B, m, m)``, live-slot mask, counters."""
 
     __slots__ = ("F", "G", "H", "valid", "eye", "k", "restarts", "tiny", "growth2", "ones", "host_sync",
-                 "masked_until")
+                 "masked_until", "G_slot", "F_slot", "G_row", "GT", "H_row", "H_col", "valid_col")
 
     def __init__(self, solver: Anderson, z: Tensor) -> None:
         B, N = z.shape
@@ -139,6 +141,14 @@ class _AndersonState:
         self.ones = torch.ones(B, m, 1, dtype=sd, device=z.device)
         self.host_sync = z.device.type == "cpu"  # a host sync is free on the CPU: take the short path
         self.masked_until = 0
+        # views reused every step (the buffers are never reallocated)
+        self.G_slot = [self.G[:, j] for j in range(m)]
+        self.F_slot = [self.F[:, j] for j in range(m)]
+        self.G_row = [self.G[:, j:j + 1] for j in range(m)]
+        self.GT = self.G.transpose(1, 2)
+        self.H_row = [self.H[:, j] for j in range(m)]
+        self.H_col = [self.H[:, :, j] for j in range(m)]
+        self.valid_col = [self.valid[:, j] for j in range(m)]
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.F, self.G, self.H, self.valid))
@@ -153,13 +163,13 @@ def mixing_weights(solver: Anderson, s: _AndersonState, slot: int, row: Tensor) 
     On the CPU, where a host sync costs nothing, a shorter path without the mask is taken while every
     stored slot is live and no safeguard fires (it falls back to the general path when one does).
     """
-    m, H = solver.m, s.H
-    H[:, slot].copy_(row)
-    H[:, :, slot].copy_(row)
-    s.valid[:, slot] = 1.0
+    m = solver.m
+    s.H_row[slot].copy_(row)
+    s.H_col[slot].copy_(row)
+    s.valid_col[slot].fill_(1.0)
     if s.k == 0:
         s.k += 1
-        return s.eye[slot].expand(H.shape[0], m)
+        return s.eye[slot].expand(s.H.shape[0], m)
     if s.host_sync and s.k >= s.masked_until:
         alpha = _unmasked_weights(solver, s, slot)
         if alpha is not None:
@@ -173,15 +183,15 @@ def _unmasked_weights(solver: Anderson, s: _AndersonState, slot: int) -> Tensor 
     n = min(s.k + 1, m)  # slots 0..n-1 hold entries (the ring fills in order)
     if solver.restart_growth != float("inf"):
         prev = (s.k - 1) % m
-        if bool((H[:, slot, slot] > s.growth2 * H[:, prev, prev]).any()):
+        if bool((s.H_row[slot][:, slot] > s.growth2 * s.H_row[prev][:, prev]).any()):
             return None
-    Hs = H[:, :n, :n]
-    scale = torch.diagonal(Hs, dim1=1, dim2=2).amax(dim=1, keepdim=True).clamp_min_(s.tiny)
+    Hs = H if n == m else H[:, :n, :n]
     A = Hs.clone()
-    torch.diagonal(A, dim1=1, dim2=2).add_(scale, alpha=solver.ridge)
-    y = torch.linalg.solve_ex(A, s.ones[:, :n])[0][:, :, 0]
+    d = torch.diagonal(A, dim1=1, dim2=2)
+    d.add_(d.amax(dim=1, keepdim=True).clamp_min_(s.tiny), alpha=solver.ridge)
+    y = torch.linalg.solve_ex(A, s.ones[:, :n, 0]).result
     alpha = y / y.sum(dim=1, keepdim=True)
-    if not bool((alpha.abs().sum(dim=1) <= solver.max_alpha).all()):
+    if not float(torch.linalg.vector_norm(alpha, ord=1, dim=1).max()) <= solver.max_alpha:
         return None
     return alpha if n == m else torch.nn.functional.pad(alpha, (0, m - n))
 
