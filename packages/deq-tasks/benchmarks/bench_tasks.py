@@ -5,9 +5,10 @@ Same trained model, same batch, ``time.perf_counter`` around the whole inner loo
 * generative: latents of 32 held-out MNIST-5k digits for the MDEQ-style decoder (trained here briefly through
   JIIO, or ``--checkpoint`` = a ``model.safetensors`` of ``deq tasks run generative``). Baseline Adam-40 (lr 1.0,
   each step a plain DEQ forward solve + implicit backward, Anderson m = 5, rtol 1e-4). Target = Adam-40's final
-  mean objective (sum of squared errors per image); JIIO's time is re-measured for the smallest budget whose
-  returned objective reaches it. If JIIO (budget <= 100) never reaches it, the reverse is reported too: the time
-  Adam needs to reach JIIO-100's objective.
+  mean objective (sum of squared errors per image). JIIO is timed (whole call, plus one plain DEQ solve at x* that
+  scores x* on a true equilibrium, as Adam's objective is) at budgets 10, 20, 40, 100; for each,
+  the objective it returns and the time Adam needs to first reach that objective (ratio = speed-up at equal
+  objective), and whether it reaches Adam-40's final objective.
 * inverse: the same model, inpainting with one 8x8 block hole and denoising (sigma 0.2), objective on the
   visible / noisy pixels, PSNR vs the clean digits ([-1, 1] convention: -10 log10 MSE).
 * adversarial, meta-learning: the sections of ``bench_adv_meta.py`` (same directory).
@@ -49,7 +50,7 @@ def _model(quick: bool, checkpoint: str | None):
         model = build_decoder(size=28, latent_dim=32, seed=0)
         steps = 30 if quick else 80
         logs = train_decoder(model, data.train_x, steps=steps, batch=32, lr=2e-3,
-                             config=default_jiio_config(30, alpha=0.1, alpha_final=0.03), seed=0)
+                             config=default_jiio_config(20, alpha=0.03, alpha_final=0.01), seed=0)
         info = {"train_steps": steps, "train_loss_first": logs[0]["loss"], "train_loss_last": logs[-1]["loss"]}
     info["train_seconds"] = time.perf_counter() - t
     return model.eval(), data, info
@@ -74,43 +75,38 @@ def _compare(model, target_img, clean, mask, *, label: str, batch: int, alpha: f
     recs.append(_line({"bench": label, "method": "Adam-40", "batch": batch, "seconds": t_adam,
                        "objective": target, "psnr": psnr(base["image"], clean), "lr": adam_lr,
                        "plain_deq_iterations": base["forward_steps"]}))
-    cfg = default_jiio_config(max_budget, alpha=alpha, alpha_final=alpha / 3)
-    full = jiio_latents(model, target_img, mask, cfg)
-    t_full = float(full.stats["time_trace"][-1])
-    obj_trace = full.stats["objective_trace"].mean(1)
-    with torch.no_grad():
-        img_full = model.head(full.z)
-    recs.append(_line({"bench": label, "method": f"JIIO-{max_budget}", "batch": batch, "seconds": t_full,
-                       "objective": float(full.objective.mean()), "psnr": psnr(img_full, clean),
-                       "speedup_vs_adam40": t_adam / t_full, "kkt": {k: float(v.mean()) for k, v in full.kkt.items()}}))
-    hit = (obj_trace <= target).nonzero().flatten()
-    chosen = None
-    if len(hit):
-        k = max(int(hit[0]), 1)
-        for budget in sorted({k, min(max_budget, k + 5), max_budget}):
-            t = time.perf_counter()
-            res = jiio_latents(model, target_img, mask, default_jiio_config(budget, alpha=alpha, alpha_final=alpha / 3))
-            secs = time.perf_counter() - t
-            if float(res.objective.mean()) <= target:
-                with torch.no_grad():
-                    img = model.head(res.z)
-                chosen = _line({"bench": label, "method": f"JIIO-{budget}", "batch": batch, "seconds": secs,
-                                "objective": float(res.objective.mean()), "psnr": psnr(img, clean),
-                                "speedup_vs_adam40": t_adam / secs, "reaches_adam40_objective": True})
-                recs.append(chosen)
-                break
-    reverse = None
-    jiio_final = float(full.objective.mean())
-    adam_hit = [i for i, v in enumerate(base["trace"]) if v <= jiio_final]
-    if adam_hit:
-        reverse = base["time_trace"][adam_hit[0]]
+    chosen, best = None, None
+    for budget in (10, 20, 40, max_budget):
+        t = time.perf_counter()
+        res = jiio_latents(model, target_img, mask, default_jiio_config(budget, alpha=alpha, alpha_final=alpha / 3))
+        # score x* on a re-solved equilibrium z = f(z, x*) (the JIIO iterate's z need not be one); timed as JIIO's
+        with torch.no_grad():
+            img, _ = model(res.x)
+        secs = time.perf_counter() - t
+        err = (img - target_img) ** 2
+        obj = float((err if mask is None else err * mask).flatten(1).sum(1).mean())
+        # the baseline's wall time to first reach JIIO's objective (its trace is the objective before each step)
+        reach = [i for i, v in enumerate(base["trace"]) if v <= obj]
+        t_reach = base["time_trace"][reach[0]] if reach else None
+        rec = _line({"bench": label, "method": f"JIIO-{budget}", "batch": batch, "seconds": secs, "objective": obj,
+                     "psnr": psnr(img, clean), "speedup_vs_adam40": t_adam / secs,
+                     "adam_steps_to_reach": reach[0] if reach else None,
+                     "adam_seconds_to_reach": t_reach,
+                     "speedup_at_equal_objective": None if t_reach is None else t_reach / secs,
+                     "reaches_adam40_objective": obj <= target, "jiio_iterate_objective": float(res.objective.mean()),
+                     "kkt": {k: float(v.mean()) for k, v in res.kkt.items()}})
+        recs.append(rec)
+        if chosen is None and obj <= target:
+            chosen = rec
+        if rec["speedup_at_equal_objective"] is not None and (best is None or rec["objective"] < best["objective"]):
+            best = rec
     recs.append(_line({
         "bench": label, "summary": True, "baseline": "Adam-40", "baseline_seconds": t_adam, "target_objective": target,
         "method": None if chosen is None else chosen["method"],
         "speedup": None if chosen is None else chosen["speedup_vs_adam40"],
-        "jiio_100_objective": jiio_final,
-        "adam_seconds_to_reach_jiio_100": reverse,
-        "speedup_at_jiio_100_objective": None if reverse is None else reverse / t_full,
+        "best_equal_objective": None if best is None else {
+            "method": best["method"], "objective": best["objective"], "adam_steps": best["adam_steps_to_reach"],
+            "speedup": best["speedup_at_equal_objective"]},
         "plain_deq_iterations_per_solve": plain_iters, "target": 9.0}))
     return recs
 
@@ -120,7 +116,7 @@ def bench_generative(quick: bool, checkpoint: str | None = None, model_data=None
     _line({"bench": "generative", "model": info})
     B = 16 if quick else 32
     y = data.test_x[:B]
-    return _compare(model, y, y, None, label="generative", batch=B, alpha=0.1, adam_lr=1.0)
+    return _compare(model, y, y, None, label="generative", batch=B, alpha=0.03, adam_lr=1.0)
 
 
 def bench_inverse(quick: bool, checkpoint: str | None = None, model_data=None) -> list[dict[str, Any]]:
@@ -134,31 +130,36 @@ def bench_inverse(quick: bool, checkpoint: str | None = None, model_data=None) -
     for name, corrupt in (("inverse-block", make_corruption("block")),
                           ("inverse-denoise", make_corruption("none", sigma=0.2))):
         obs, mask = corrupt(y, g)
-        recs += _compare(model, obs, y, mask, label=name, batch=B, alpha=0.1, adam_lr=1.0)
+        recs += _compare(model, obs, y, mask, label=name, batch=B, alpha=0.03, adam_lr=1.0)
     return recs
 
 
 def markdown(recs: list[dict[str, Any]]) -> str:
-    rows = ["| task | method | batch | ms | objective | PSNR [-1,1] (dB) | speed-up vs Adam-40 |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| task | method | batch | ms | objective (sum sq. err / image) | PSNR [-1,1] dB | Adam time to equal "
+            "objective / JIIO time |", "|---|---|---|---|---|---|---|"]
     for r in recs:
         if r.get("summary") or "method" not in r:
             continue
-        sp = r.get("speedup_vs_adam40")
-        rows.append(f"| {r['bench']} | {r['method']} | {r['batch']} | {1000 * r['seconds']:.0f} | {r['objective']:.2f} | "
-                    f"{r['psnr']:.2f} | {'' if sp is None else f'{sp:.2f}x'} |")
+        sp = r.get("speedup_at_equal_objective")
+        if r["method"].startswith("Adam"):
+            sp_txt = "baseline"
+        else:
+            sp_txt = "Adam never reaches it" if sp is None else f"{sp:.2f}x ({r['adam_steps_to_reach']} Adam steps)"
+        rows.append(f"| {r['bench']} | {r['method']} | {r['batch']} | {1000 * r['seconds']:.0f} | "
+                    f"{r['objective']:.2f} | {r['psnr']:.2f} | {sp_txt} |")
     rows.append("")
     for r in recs:
         if r.get("summary"):
             if r["speedup"] is not None:
-                sp = f"**{r['speedup']:.2f}x** ({r['method']} reaches Adam-40's objective {r['target_objective']:.2f})"
+                txt = f"{r['method']} reaches Adam-40's objective {r['target_objective']:.2f}: **{r['speedup']:.2f}x**"
             else:
-                sp = f"n/a: JIIO-100 stops at {r['jiio_100_objective']:.2f} > Adam-40's {r['target_objective']:.2f}"
-                if r["speedup_at_jiio_100_objective"] is not None:
-                    sp += (f"; Adam needs {r['adam_seconds_to_reach_jiio_100']:.2f} s to reach JIIO-100's objective: "
-                           f"{r['speedup_at_jiio_100_objective']:.2f}x")
-            rows.append(f"- {r['bench']}: {sp}; plain DEQ solve {r['plain_deq_iterations_per_solve']:.1f} iterations "
-                        f"(target >= {r['target']}x)")
+                txt = f"no JIIO budget <= 100 reaches Adam-40's final objective {r['target_objective']:.2f}"
+            b = r["best_equal_objective"]
+            if b is not None:
+                txt += (f"; at JIIO's best objective {b['objective']:.2f} ({b['method']}, Adam needs {b['adam_steps']} "
+                        f"steps): **{b['speedup']:.2f}x**")
+            rows.append(f"- {r['bench']}: {txt}; plain DEQ solve {r['plain_deq_iterations_per_solve']:.1f} "
+                        f"iterations (target >= {r['target']}x)")
     return "\n".join(rows)
 
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from deq_core import DeqConfigError, DeqInputError, DeqSolveError
 from deq_tasks.jiio import (
     JIIOConfig,
@@ -19,6 +16,8 @@ from deq_tasks.jiio import (
     jiio_solve,
     l2_ball,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 D = torch.float64
 
@@ -87,8 +86,9 @@ def test_augmented_map_is_the_papers_update_with_dense_jacobians() -> None:
     G = augmented_map(JIIOProblem(f, obj), cfg, z, x)
     out = G(torch.cat([z, mu, x], 1))
     for b in range(B):
-        Jz = torch.autograd.functional.jacobian(lambda zz: f(zz[None], x[b:b + 1])[0], z[b])
-        Jx = torch.autograd.functional.jacobian(lambda xx: f(z[b:b + 1], xx[None])[0], x[b])
+        xb, zb = x[b:b + 1], z[b:b + 1]
+        Jz = torch.autograd.functional.jacobian(lambda zz, xb=xb: f(zz[None], xb)[0], z[b])
+        Jx = torch.autograd.functional.jacobian(lambda xx, zb=zb: f(zb, xx[None])[0], x[b])
         gz = 2 * (z[b] - y[b])
         gx = 4 * x[b] ** 3
         fz = f(z[b:b + 1], x[b:b + 1])[0]
@@ -222,7 +222,7 @@ def test_full_augmented_ift_matches_finite_differences_of_the_optimum() -> None:
     Bm = torch.randn(k, n, generator=g, dtype=D) / n ** 0.5
     y = torch.randn(B, n, generator=g, dtype=D)
 
-    def x_opt(s: float) -> torch.Tensor:   # closed-form optimum for f = s z A0 + x Bm, l = 1/2||z - y||^2 + lam/2||x||^2
+    def x_opt(s: float) -> torch.Tensor:   # closed form for f = s z A0 + x Bm, l = 1/2||z - y||^2 + lam/2||x||^2
         M = Bm @ torch.linalg.inv(torch.eye(n, dtype=D) - s * A0)
         return y @ M.T @ torch.linalg.inv(M @ M.T + lam * torch.eye(k, dtype=D))
 

@@ -113,8 +113,8 @@ class InverseTask:
     epochs: float | None = None
     batch: int = 32
     lr: float = 2e-3
-    train_budget: int = 40
-    budget: int = 100
+    train_budget: int = 20
+    budget: int = 20
     alpha: float = 0.03
     adam_steps: int = 40
     adam_lr: float = 1.0

@@ -30,6 +30,12 @@ _TASKS: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
     ("inverse", "inverse", "InverseTask",
      "Denoising / inpainting (random or block mask) with a JIIO-trained DEQ decoder vs Adam-40; PSNR.",
      ("jiio", "inverse")),
+    ("adversarial", "adversarial", "AdversarialTask",
+     "Adversarial training of an MDEQ classifier (L2 eps 1, MNIST-5k): JIO vs PGD-20; clean/PGD/JIO accuracy table.",
+     ("jiio", "adversarial")),
+    ("meta-learning", "meta", "MetaLearningTask",
+     "Meta-learning with the task context as JIIO input (sinusoids, 5-way MNIST) vs Adam-20 and MAML-style loops.",
+     ("jiio", "meta-learning")),
 )
 
 
