@@ -50,3 +50,54 @@ def test_recipe_runs_with_two_gloo_processes(tmp_path):
     assert config["world_size"] == 2
     logits, info = model(torch.rand(3, 64))
     assert logits.shape == (3, 10) and info.result.ok
+
+
+_INR_WORKER = '''
+import gc, sys, torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from deq_inr import build_model, image_data
+
+def setup():
+    torch.manual_seed(0)
+    xs, ys = image_data("camera", size=32).train()
+    return build_model("isiren", 2, 1, width=32, input_scale=16.0).double(), xs.double(), ys.double()
+
+def train(model, xs, ys):
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses, steps = [], []
+    for _ in range(6):
+        y, info = model(xs, cache_key="train")        # amortized: warm start from this rank's previous step
+        loss = (y - ys).square().mean()
+        opt.zero_grad(); loss.backward(); opt.step()  # truncated Neumann backward, then DDP's all-reduce
+        losses.append(loss.item()); steps.append(int(info.stats.steps.max()))
+    return {"losses": losses, "steps": steps, "p": torch.cat([p.detach().flatten() for p in model.parameters()])}
+
+out = sys.argv[1]
+if len(sys.argv) > 2:
+    torch.save(train(*setup()), out + "/single.pt")
+else:
+    dist.init_process_group("gloo"); r = dist.get_rank()
+    model, xs, ys = setup(); n = xs.shape[0] // 2
+    ddp = DDP(model)
+    torch.save(train(ddp, xs[r * n:(r + 1) * n], ys[r * n:(r + 1) * n]), f"{out}/rank{r}.pt")
+    del ddp; gc.collect(); dist.barrier(); dist.destroy_process_group()
+'''
+
+
+def test_inr_model_under_ddp_matches_one_process(tmp_path):
+    """An amortized iSIREN (deq-inr) with Neumann backward under DDP = one process on the full batch."""
+    import torch
+
+    script = tmp_path / "inr_worker.py"
+    script.write_text(_INR_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    for argv in ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+                  str(tmp_path)], [sys.executable, str(script), str(tmp_path), "single"]):
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{shlex.join(argv)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    r0, r1, one = (torch.load(tmp_path / f"{n}.pt") for n in ("rank0", "rank1", "single"))
+    assert torch.equal(r0["p"], r1["p"])
+    assert torch.allclose(r0["p"], one["p"], rtol=0, atol=1e-9)
+    curve = [(a + b) / 2 for a, b in zip(r0["losses"], r1["losses"])]
+    assert torch.allclose(torch.tensor(curve), torch.tensor(one["losses"]), rtol=0, atol=1e-9)
+    assert r0["steps"][1:] == [1] * 5  # amortized: one application per step after the first solve
