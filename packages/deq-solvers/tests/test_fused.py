@@ -89,3 +89,17 @@ def test_fused_cuda_agrees_with_anderson(cuda_graph):
     assert torch.allclose(fused.value, ref.value, rtol=1e-5, atol=1e-5)
     if cuda_graph:
         assert fused.stats.solver["cuda_graph"].startswith("captured"), fused.stats.solver["cuda_graph"]
+
+
+@needs_kernels
+def test_fused_step_protocol_through_run_loop():
+    """init/step work under deq-core's shared loop too (same iterates as its own loop)."""
+    from deq_core import LoopControl, run_loop
+
+    c = make_contraction("affine", [(2, 12)], rho=0.5, seed=7, dtype=torch.float64)
+    control = LoopControl(atol=1e-12, rtol=1e-10, max_steps=100)
+    solver = FusedAnderson(block=16, check_every=1)
+    shared = run_loop(solver, c.f, c.z0, c.f(c.z0), control)
+    own = solver.solve(c.f, c.z0, c.f(c.z0), control)
+    assert shared.result is Result.CONVERGED and own.result is Result.CONVERGED
+    assert torch.allclose(shared.z, own.z, rtol=1e-12, atol=1e-12)
