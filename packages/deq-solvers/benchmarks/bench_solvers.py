@@ -183,41 +183,6 @@ def td_backward(name: str, p: Problem, z0, nfev_hint=None):
     return grad_fn(None, p.counted, z)[0]
 
 
-CPU_MS: list[float] = []  # process CPU time of the last timeit (robust to other processes on the machine)
-
-
-def timeit(fn, repeats: int) -> tuple[float, object]:
-    fn()  # warm-up
-    times, cpu, out = [], [], None
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        out = fn()
-        times.append((time.perf_counter() - t) * 1e3)
-        cpu.append((time.process_time() - c) * 1e3)
-    CPU_MS[:] = [statistics.median(cpu)]
-    return statistics.median(times), out
-
-
-def time_backward(make_z, p: Problem, repeats: int) -> tuple[float, int]:
-    times, cpu, vjps = [], [], 0
-    cot = torch.randn(p.shape, generator=torch.Generator().manual_seed(1), dtype=p.params[0].dtype)
-    for i in range(repeats + 1):
-        for q in p.params:
-            q.grad = None
-        z = make_z()
-        loss = (z * cot).sum()
-        _CountVJP.calls = 0
-        t, c = time.perf_counter(), time.process_time()
-        loss.backward()
-        dt, dc = (time.perf_counter() - t) * 1e3, (time.process_time() - c) * 1e3
-        if i:  # first one is a warm-up
-            times.append(dt)
-            cpu.append(dc)
-            vjps = _CountVJP.calls
-    CPU_MS[:] = [statistics.median(cpu)]
-    return statistics.median(times), vjps
-
-
 def time_f(p: Problem, repeats: int = 50) -> tuple[float, float]:
     """Median wall and CPU ms of one evaluation of ``f`` (no autograd)."""
     z = torch.zeros(p.shape, dtype=p.params[0].dtype)
@@ -250,34 +215,85 @@ OURS = {
 TORCHDEQ = ["anderson", "broyden", "fixed_point_iter", "simple_fixed_point_iter"]
 
 
+def _backward_once(make_z, p: Problem, cot: torch.Tensor) -> tuple[float, float, int]:
+    for q in p.params:
+        q.grad = None
+    z = make_z()
+    loss = (z * cot).sum()
+    _CountVJP.calls = 0
+    t, c = time.perf_counter(), time.process_time()
+    loss.backward()
+    return (time.perf_counter() - t) * 1e3, (time.process_time() - c) * 1e3, _CountVJP.calls
+
+
+def _interleaved(jobs: dict[str, Callable[[], tuple[float, float, object]]], repeats: int, progress):
+    """Run every job once per round (after one warm-up round), so background load hits all of them alike.
+
+    A job returns ``(wall_ms, cpu_ms, extra)``; returns ``{name: (median wall, median cpu, last extra)}``.
+    """
+    for name, job in jobs.items():
+        progress(f"warm-up {name}")
+        job()
+    acc: dict[str, tuple[list[float], list[float], list[object]]] = {k: ([], [], []) for k in jobs}
+    for _ in range(repeats):
+        for name, job in jobs.items():
+            w, c, extra = job()
+            acc[name][0].append(w)
+            acc[name][1].append(c)
+            acc[name][2][:] = [extra]
+    return {k: (statistics.median(w), statistics.median(c), e[0]) for k, (w, c, e) in acc.items()}
+
+
 def run_problem(p: Problem, repeats: int, progress) -> list[dict]:
-    rows: list[dict] = []
     z0 = torch.zeros(p.shape, dtype=p.params[0].dtype)
+    cot = torch.randn(p.shape, generator=torch.Generator().manual_seed(1), dtype=p.params[0].dtype)
     tf, tf_cpu = time_f(p)
-    td_rows: dict[str, dict] = {}
-    fp_nfev = None
-    for name in TORCHDEQ:
-        progress(f"{p.name} torchdeq/{name}")
-        hint = fp_nfev
+    p.nfev = 0
+    td_forward("fixed_point_iter", p, z0)
+    fp_nfev = p.nfev  # budget of simple_fixed_point_iter, which has no tolerance
+    fused_skip = None
+    why = triton_status("cuda" if torch.cuda.is_available() else "cpu")
+    if why is not None or not torch.cuda.is_available():
+        fused_skip = why or "CPU: the Triton interpreter is for tests only, not timing"
 
-        def fwd(name=name, hint=hint):
+    def timed(fn):
+        def job():
             p.nfev = 0
-            z, _ = td_forward(name, p, z0, hint)
-            return z, p.nfev
+            t, c = time.perf_counter(), time.process_time()
+            z = fn()
+            return (time.perf_counter() - t) * 1e3, (time.process_time() - c) * 1e3, (z, p.nfev)
+        return job
 
-        ms, (z, nfev) = timeit(fwd, repeats)
-        cpu_ms = CPU_MS[0]
-        bms, vjps = time_backward(lambda name=name, hint=hint: td_backward(name, p, z0, hint), p, max(3, repeats // 2))
-        row = {"problem": p.name, "library": "torchdeq", "solver": name, "forward_ms": round(ms, 3),
-               "forward_cpu_ms": round(cpu_ms, 3), "nfev": nfev,
-               "rel_residual": rel_residual(p, z), "backward_ms": round(bms, 3),
-               "backward_cpu_ms": round(CPU_MS[0], 3), "backward_vjps": vjps,
+    fwd, bwd = {}, {}
+    for name in TORCHDEQ:
+        key = ("torchdeq", name)
+        fwd[key] = timed(lambda name=name: td_forward(name, p, z0, fp_nfev)[0])
+        bwd[key] = lambda name=name: _backward_once(lambda: td_backward(name, p, z0, fp_nfev), p, cot)
+    for name, (solver, _) in OURS.items():
+        if name == "fused-anderson" and fused_skip:
+            continue
+        key = ("deq", name)
+        fwd[key] = timed(lambda solver=solver: ours_forward(solver, p, z0)[0])
+        bwd[key] = lambda solver=solver: _backward_once(lambda: ours_backward(solver, p, z0), p, cot)
+    F_ = _interleaved(fwd, repeats, progress)
+    B_ = _interleaved(bwd, max(3, repeats // 2), progress)
+
+    def base_row(key):
+        ms, cpu_ms, (z, nfev) = F_[key]
+        bms, bcpu, vjps = B_[key]
+        row = {"problem": p.name, "library": key[0], "solver": key[1], "forward_ms": round(ms, 3),
+               "forward_cpu_ms": round(cpu_ms, 3), "nfev": nfev, "rel_residual": rel_residual(p, z),
+               "backward_ms": round(bms, 3), "backward_cpu_ms": round(bcpu, 3), "backward_vjps": vjps,
                "f_ms": round(tf, 4), "f_cpu_ms": round(tf_cpu, 4)}
         _costs(row, ms, cpu_ms, nfev, tf, tf_cpu)
+        return row
+
+    rows: list[dict] = []
+    td_rows = {}
+    for name in TORCHDEQ:
+        row = base_row(("torchdeq", name))
         if name == "simple_fixed_point_iter":
             row["note"] = "no tolerance: max_iter set to fixed_point_iter's f-evaluations"
-        if name == "fixed_point_iter":
-            fp_nfev = nfev
         td_rows[name] = row
         rows.append(row)
     ok = [r for r in td_rows.values() if r["rel_residual"] <= RTOL * 1.0001]
@@ -286,42 +302,27 @@ def run_problem(p: Problem, repeats: int, progress) -> list[dict]:
     tol_driven = [r for r in ok if r["solver"] != "simple_fixed_point_iter"] or ok or list(td_rows.values())
     fastest_tol = min(tol_driven, key=lambda r: r["forward_cpu_ms"])
     for name, (solver, match) in OURS.items():
-        progress(f"{p.name} deq/{name}")
-        row = {"problem": p.name, "library": "deq", "solver": name, "matches": match}
-        if name == "fused-anderson":
-            why = triton_status("cuda" if torch.cuda.is_available() else "cpu")
-            if why is not None or not torch.cuda.is_available():
-                row["skipped"] = why or "CPU: the Triton interpreter is for tests only, not timing"
-                rows.append(row)
-                continue
-
-        def fwd(solver=solver):
-            p.nfev = 0
-            z, st = ours_forward(solver, p, z0)
-            return z, p.nfev, st
-
-        ms, (z, nfev, st) = timeit(fwd, repeats)
-        cpu_ms = CPU_MS[0]
-        bms, vjps = time_backward(lambda solver=solver: ours_backward(solver, p, z0), p, max(3, repeats // 2))
-        bcpu = CPU_MS[0]
+        if ("deq", name) not in F_:
+            rows.append({"problem": p.name, "library": "deq", "solver": name, "matches": match,
+                         "skipped": fused_skip})
+            continue
+        row = base_row(("deq", name))
         ref = td_rows[match]
+        st = ours_forward(solver, p, z0)[1]
         row.update({
-            "forward_ms": round(ms, 3), "forward_cpu_ms": round(cpu_ms, 3), "nfev": nfev,
-            "rel_residual": rel_residual(p, z),
-            "backward_ms": round(bms, 3), "backward_cpu_ms": round(bcpu, 3), "backward_vjps": vjps,
-            "f_ms": round(tf, 4), "f_cpu_ms": round(tf_cpu, 4),
-            "fwd_ratio_vs_match": round(ms / ref["forward_ms"], 3),
-            "fwd_cpu_ratio_vs_match": round(cpu_ms / ref["forward_cpu_ms"], 3),
-            "bwd_ratio_vs_match": round(bms / ref["backward_ms"], 3),
-            "bwd_cpu_ratio_vs_match": round(bcpu / ref["backward_cpu_ms"], 3),
-            "fwd_ratio_vs_td_fastest": round(ms / fastest["forward_ms"], 3), "td_fastest": fastest["solver"],
-            "fwd_cpu_ratio_vs_td_fastest": round(cpu_ms / fastest_cpu["forward_cpu_ms"], 3),
-            "td_fastest_cpu": fastest_cpu["solver"],
-            "fwd_cpu_ratio_vs_td_fastest_tol": round(cpu_ms / fastest_tol["forward_cpu_ms"], 3),
-            "td_fastest_tol": fastest_tol["solver"],
+            "matches": match,
             "stats": {k: v for k, v in st.items() if isinstance(v, (int, float, str))},
+            "fwd_ratio_vs_match": round(row["forward_ms"] / ref["forward_ms"], 3),
+            "fwd_cpu_ratio_vs_match": round(row["forward_cpu_ms"] / ref["forward_cpu_ms"], 3),
+            "bwd_ratio_vs_match": round(row["backward_ms"] / ref["backward_ms"], 3),
+            "bwd_cpu_ratio_vs_match": round(row["backward_cpu_ms"] / ref["backward_cpu_ms"], 3),
+            "fwd_ratio_vs_td_fastest": round(row["forward_ms"] / fastest["forward_ms"], 3),
+            "td_fastest": fastest["solver"],
+            "fwd_cpu_ratio_vs_td_fastest": round(row["forward_cpu_ms"] / fastest_cpu["forward_cpu_ms"], 3),
+            "td_fastest_cpu": fastest_cpu["solver"],
+            "fwd_cpu_ratio_vs_td_fastest_tol": round(row["forward_cpu_ms"] / fastest_tol["forward_cpu_ms"], 3),
+            "td_fastest_tol": fastest_tol["solver"],
         })
-        _costs(row, ms, cpu_ms, nfev, tf, tf_cpu)
         rows.append(row)
     return rows
 
@@ -384,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover
         tqdm = None
     problems = [problem_dense(0, slow=False), problem_dense(1, slow=True), problem_conv(2)]
-    total = len(problems) * (len(TORCHDEQ) + len(OURS))
+    total = len(problems) * 2 * (len(TORCHDEQ) + len(OURS))
     bar = tqdm(total=total, file=sys.stderr, leave=False) if tqdm and sys.stderr.isatty() else None
 
     def progress(msg):
