@@ -111,9 +111,11 @@ def main() -> None:
         for fn in [bare, *cases.values()]:  # warm-up
             fn()
         for _ in range(args.repeats):
+            bare()
             t_f = timed(bare) / K
             f_times.append(t_f)
             for key, fn in cases.items():
+                fn()  # back-to-back: the allocator is in this case's steady state, not the previous case's
                 box: list[int] = []
                 t = timed(lambda fn=fn, box=box: box.append(fn()))
                 steps = max(int(box[0]), 1)
