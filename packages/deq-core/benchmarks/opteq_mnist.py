@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--max-steps", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--l1", type=str, default="0.05,0.2", help="comma-separated l1 weights for the prior runs")
+    p.add_argument("--l1", type=str, default="0.05,0.2,1.0", help="comma-separated l1 weights for the prior runs")
     p.add_argument("--models", type=str, default="", help="comma-separated subset of model kinds")
     p.add_argument("--quick", action="store_true", help="2 epochs (smoke run)")
     p.add_argument("--json", type=Path, default=None, help="also write the JSON lines here")
