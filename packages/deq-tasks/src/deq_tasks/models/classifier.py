@@ -11,8 +11,9 @@ Layer (one application of ``f``), following MDEQ (Bai, Koltun, Kolter 2020)::
 
 The input image ``u`` (plus an adversarial perturbation ``delta``) enters through a stem
 (conv3x3-GN-ReLU, twice; the first with stride 2) into branch 1, and a strided conv of it into branch 2.
-Head: branch 1 is downsampled onto branch 2, summed, 1x1 conv to 64 channels, GN, ReLU, global average
-pool, Linear to the classes.
+Head: branch 1 is downsampled onto branch 2, summed, 1x1 conv to 32 channels, ReLU, 2x2 average pool,
+Linear to the classes (a GroupNorm before a global pool left the pooled features nearly constant across images
+and the classifier did not train in a CPU budget).
 """
 
 from __future__ import annotations
@@ -127,8 +128,8 @@ class MDEQClassifier(nn.Module):
         self.inj2 = nn.Conv2d(c1, c2, 3, stride=2, padding=1, bias=False)
         self.layer = MDEQClassifierLayer(channels, expansion, groups)
         self.head_down = nn.Conv2d(c1, c2, 3, stride=2, padding=1, bias=False)
-        self.head = nn.Sequential(nn.Conv2d(c2, 64, 1, bias=False), _gn(64, groups), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+        self.head = nn.Sequential(nn.Conv2d(c2, 32, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                                  nn.Linear(128, num_classes))
         solver_obj = resolve_solver(solver)
         self.solver = solver_obj
         self.deq = DEQ(self.layer, solver=solver_obj,
