@@ -44,7 +44,7 @@ def bench_adversarial(quick: bool, checkpoint: str | None = None) -> list[dict[s
         train_classifier,
     )
 
-    cfg = AdversarialConfig(n_train=512 if quick else 2000, n_test=64, clean_epochs=1)
+    cfg = AdversarialConfig(n_train=1024 if quick else 4000, n_test=64, clean_epochs=1)
     torch.manual_seed(0)
     Xtr, Ytr, Xte, Yte = load_mnist(cfg.n_train, cfg.n_test, seed=0)
     model = build_classifier(cfg)
