@@ -75,7 +75,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jsonl", default=None, help="also append the JSON lines to this file")
+    ap.add_argument("--from-jsonl", nargs="+", default=None, help="only print the tables from saved JSON lines")
     args = ap.parse_args(argv)
+    if args.from_jsonl:
+        from_jsonl(args.from_jsonl)
+        return 0
     steps = args.steps or (100 if args.quick else 300)
     abl_steps = args.ablation_steps or (60 if args.quick else 150)
     images = args.images or (["camera", "text"] if args.quick else [*NATURAL, *TEXT])
@@ -122,15 +126,23 @@ def main(argv=None) -> int:
                            "neumann", neumann_terms=t)
                 ablations.append({"kind": "neumann", "variant": f"T={'inf' if t is None else t}", **r})
     total = time.perf_counter() - t_start
-
     print(f"\n## (Implicit)² generalization, {args.size}x{args.size}, train [::2, ::2], test [1::2, 1::2], "
           f"{steps} Adam steps lr 1e-3, torch threads {torch.get_num_threads()}, total {total / 60:.1f} min\n")
+    report(rows, equal_time, ablations, args.families)
+    if sink:
+        sink.close()
+    return 0
+
+
+def report(rows, equal_time, ablations, families=tuple(FAMILIES)):
+    """Markdown tables from the JSON rows (also usable on saved JSON lines: ``--from-jsonl``)."""
+    abl_steps = ablations[0]["steps"] if ablations else 0
     print("| set | model | size | held-out PSNR | train PSNR | ms/step (median) | peak mem MB | "
           "solver steps/step (late) |")
     print("|---|---|---|---|---|---|---|---|")
     sets = [s for s in ("natural", "text") if any(r["set"] == s for r in rows)]
     for s in sets:
-        for fam in args.families:
+        for fam in families:
             for name, size in ((FAMILIES[fam][0], "1L-256D"), (FAMILIES[fam][1], "1L-256D"),
                                (FAMILIES[fam][1], "4L-256D")):
                 sel = [r for r in rows if r["set"] == s and r["model"] == name and r["size"] == size]
@@ -142,21 +154,29 @@ def main(argv=None) -> int:
                       f"{statistics.median(r['ms_per_step_median'] for r in sel):.1f} | "
                       f"{statistics.mean(r['peak_mem_mb'] for r in sel):.1f} | "
                       f"{f'{statistics.mean(late):.2f}' if late else '-'} |")
-    print("\n### Differences in mean held-out PSNR (dB), implicit 1L-256D minus explicit\n")
+    print("\n### Held-out PSNR differences (dB), implicit 1L-256D minus explicit, mean over images (paired)\n")
     print("| set | family | vs explicit 1L-256D | vs explicit 4L-256D | vs explicit 4L-256D at equal wall-clock |")
     print("|---|---|---|---|---|")
     for s in sets:
-        for fam in args.families:
+        for fam in families:
             imp, exp = FAMILIES[fam]
 
-            def mean(name, size, s=s):
-                v = [r["heldout_psnr"] for r in rows if r["set"] == s and r["model"] == name and r["size"] == size]
-                return statistics.mean(v) if v else float("nan")
+            def per_image(name, size, s=s):
+                return {r["image"]: r["heldout_psnr"] for r in rows
+                        if r["set"] == s and r["model"] == name and r["size"] == size}
+
+            def paired(a, b):   # mean over the images that have both runs, and how many
+                common = sorted(set(a) & set(b))
+                if not common:
+                    return "n/a"
+                return f"{statistics.mean(a[i] - b[i] for i in common):+.2f} (n={len(common)})"
 
             eq = [e for e in equal_time if e["set"] == s and e["family"] == fam]
-            d_eq = statistics.mean(e["implicit_heldout"] - e["explicit4L_heldout"] for e in eq) if eq else float("nan")
-            print(f"| {s} | {fam} | {mean(imp, '1L-256D') - mean(exp, '1L-256D'):+.2f} | "
-                  f"{mean(imp, '1L-256D') - mean(exp, '4L-256D'):+.2f} | {d_eq:+.2f} |")
+            d_eq = (f"{statistics.mean(e['implicit_heldout'] - e['explicit4L_heldout'] for e in eq):+.2f} "
+                    f"(n={len(eq)})") if eq else "n/a"
+            imp1 = per_image(imp, "1L-256D")
+            print(f"| {s} | {fam} | {paired(imp1, per_image(exp, '1L-256D'))} | "
+                  f"{paired(imp1, per_image(exp, '4L-256D'))} | {d_eq} |")
     if ablations:
         print(f"\n### Ablations (Gabor iMFN 1L-256D, {abl_steps} steps)\n")
         print("| image | ablation | variant | held-out PSNR | train PSNR | ms/step (median) | "
@@ -167,9 +187,29 @@ def main(argv=None) -> int:
             print(f"| {a['image']} | {a['kind']} | {a['variant']} | {a['heldout_psnr']:.2f} | {a['train_psnr']:.2f} | "
                   f"{a['ms_per_step_median']:.1f} | {a['solver_steps_per_step_late']:.2f} | "
                   f"{'-' if f_late is None else f'{f_late:.2f}'} |")
-    if sink:
-        sink.close()
-    return 0
+
+
+def from_jsonl(paths):
+    rows, equal_time, ablations = [], [], []
+    for path in paths:
+        with open(path) as fh:
+            for line in fh:
+                r = json.loads(line)
+                for k, v in r.items():
+                    if v is None and k in ("heldout_psnr", "explicit4L_heldout"):
+                        r[k] = float("nan")
+                if r["bench"] == "same-steps":
+                    rows.append(r)
+                elif r["bench"] == "equal-time":
+                    equal_time.append(r)
+                elif r["bench"] == "amortization":
+                    label = ("cold solve every step" if not r.get("amortize") else
+                             "amortized k=1" if r.get("reuse_steps") == 1 else "warm start, solve to tol")
+                    ablations.append({"kind": "amortization", "variant": label, **r})
+                else:
+                    t = r.get("neumann_terms")
+                    ablations.append({"kind": "neumann", "variant": f"T={'inf' if t is None else t}", **r})
+    report(rows, equal_time, ablations)
 
 
 if __name__ == "__main__":
