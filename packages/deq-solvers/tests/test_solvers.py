@@ -17,7 +17,7 @@ def solve(f, z0, **kw):
 SOLVERS = [
     Picard(), Picard(damping=0.8), Picard(adaptive=True),
     Anderson(), Anderson(m=1), Anderson(m=3, beta=0.7), Anderson(history_dtype="float64"),
-    Anderson(solve_dtype="float32"),
+    Anderson(solve_dtype="float32"), Anderson(adaptive=False), Anderson(switch_ratio=1.0),
     Broyden(), Broyden(memory=2), Broyden(line_search=True),
     Neumann(terms=500),
 ]
@@ -157,6 +157,7 @@ def test_per_sample_convergence_freezes_samples():
 @pytest.mark.parametrize("cls,kwargs", [
     (Anderson, {"m": 0}), (Anderson, {"beta": 0.0}), (Anderson, {"ridge": -1.0}), (Anderson, {"max_alpha": 1.0}),
     (Anderson, {"history_dtype": "float16"}), (Anderson, {"solve_dtype": "auto"}), (Anderson, {"m": 2.5}),
+    (Anderson, {"adaptive": 1}), (Anderson, {"switch_ratio": 0.0}), (Anderson, {"switch_ratio": 1.5}),
     (Broyden, {"memory": 0}), (Broyden, {"line_search": 1}), (Broyden, {"restart_growth": 0.5}),
     (Picard, {"damping": 1.5}), (Picard, {"adaptive": "yes"}), (Picard, {"min_damping": 0.0}),
     (Picard, {"recover": 0.5}), (Neumann, {"terms": 0}), (Neumann, {"tol": -1.0}),
@@ -180,7 +181,7 @@ def test_nonfinite_is_detected():
 def test_anderson_cpu_short_path_matches_device_path():
     """The CPU shortcut (no live-slot mask, host checks) gives the same iterates as the sync-free path."""
     f, _ = tanh_map(13, B=3, N=20)
-    solver = Anderson(m=4)
+    solver = Anderson(m=4, adaptive=False)
     outs = []
     for sync in (True, False):
         z = torch.zeros(3, 20, dtype=torch.float64)
@@ -191,3 +192,35 @@ def test_anderson_cpu_short_path_matches_device_path():
             z, fz, st = solver.step(f, z, fz, st)
         outs.append(z)
     assert torch.allclose(outs[0], outs[1], rtol=1e-12, atol=1e-12)
+
+
+def test_anderson_adaptive_picard_phase_then_mixing():
+    """Adaptive mode: plain steps (same iterates as Picard) while contraction is fast, mixing once it slows."""
+    f, _ = tanh_map(14, B=3, N=20, rho=0.3)
+    z0 = torch.zeros(3, 20, dtype=torch.float64)
+    fast = solve(f, z0, solver=Anderson(switch_ratio=0.9), atol=0.0, rtol=1e-10, max_steps=200)
+    plain = solve(f, z0, solver=Picard(), atol=0.0, rtol=1e-10, max_steps=200)
+    assert fast.stats.solver["picard_steps"] == fast.stats.nfev - 1  # never switched: Picard's iterates
+    assert torch.equal(fast.value, plain.value)
+    # slow contraction: switches after a few plain steps and keeps Anderson's advantage
+    g, z_star, _, _ = affine(15, B=3, N=40, rho=0.95, sym=True)
+    z0 = torch.zeros(3, 40, dtype=torch.float64)
+    kw = {"atol": 0.0, "rtol": 1e-10, "max_steps": 2000}
+    adaptive = solve(g, z0, solver=Anderson(), **kw)
+    full = solve(g, z0, solver=Anderson(adaptive=False), **kw)
+    picard = solve(g, z0, solver=Picard(), **kw)
+    assert adaptive.result is Result.CONVERGED
+    assert 1 <= adaptive.stats.solver["picard_steps"] < 5
+    assert full.stats.solver["picard_steps"] == 0
+    assert adaptive.stats.nfev <= full.stats.nfev + 3 and adaptive.stats.nfev * 3 < picard.stats.nfev
+    assert torch.allclose(adaptive.value, z_star, atol=1e-8)
+
+
+def test_anderson_adaptive_is_off_on_the_sync_free_path():
+    """Off the CPU the adaptive test would be a host sync: the state starts mixing at once."""
+    z = torch.zeros(2, 10, dtype=torch.float64)
+    assert Anderson().init(None, z, z).picard
+    assert not Anderson(adaptive=False).init(None, z, z).picard
+    assert not Anderson(m=1).init(None, z, z).picard
+    meta = torch.zeros(2, 10, dtype=torch.float64, device="meta")
+    assert not Anderson().init(None, meta, meta).picard

@@ -39,6 +39,14 @@ class Anderson(AbstractFixedPointSolver):
     history restarts from the newest entry; it also restarts when a residual grows by more than
     ``restart_growth`` over the previous one.
 
+    Adaptive mode (``adaptive=True``, the default; CPU states only): while every sample's residual contracts
+    well, ``||g_k|| <= switch_ratio * ||g_{k-1}||``, the step is the plain damped step
+    ``z_{k+1} = z_k + beta g_k`` (the Anderson step with the newest entry only) and only the ring buffers
+    are written, no Gram matrix and no small solve. The first time some sample contracts worse, the Gram
+    matrix of the stored Picard history is formed in one batched product and Anderson mixing takes over
+    for good, so no evaluation is wasted. The test is one host check per step, free on the CPU; on other
+    devices (where it would be a host synchronisation) ``adaptive`` is ignored and every step mixes.
+
     Arguments:
         m: history size (``>= 1``; ``m = 1`` is damped fixed-point iteration).
         beta: mixing parameter in ``(0, 1]``.
@@ -47,8 +55,11 @@ class Anderson(AbstractFixedPointSolver):
         restart_growth: restart when ``||g_new|| > restart_growth * ||g_prev||`` (``> 1``; ``inf`` disables).
         history_dtype: ``"auto"`` (state dtype, float32 for half states), ``"float32"`` or ``"float64"``.
         solve_dtype: dtype of the small system, ``"float64"`` (default) or ``"float32"``.
+        adaptive: plain damped steps while the residual contracts by ``switch_ratio`` per step (CPU only).
+        switch_ratio: contraction ratio in ``(0, 1]`` above which adaptive mode switches Anderson on.
 
-    Statistics: ``restarts`` (total per-sample restarts), ``history_bytes``, ``m``.
+    Statistics: ``restarts`` (total per-sample restarts), ``history_bytes``, ``m``, ``picard_steps``
+    (steps taken as plain damped steps by adaptive mode).
 
     Example:
         >>> import torch
@@ -69,6 +80,8 @@ class Anderson(AbstractFixedPointSolver):
     restart_growth: float = 4.0
     history_dtype: str = "auto"
     solve_dtype: str = "float64"
+    adaptive: bool = True
+    switch_ratio: float = 0.5
 
     def __post_init__(self) -> None:
         check_int(self, "m", self.m, 1)
@@ -76,6 +89,11 @@ class Anderson(AbstractFixedPointSolver):
         check_positive(self, "ridge", self.ridge, allow_zero=True)
         check_range(self, "max_alpha", self.max_alpha, 1.0, float("inf"))
         check_range(self, "restart_growth", self.restart_growth, 1.0, float("inf"))
+        if not isinstance(self.adaptive, bool):
+            from deq_core import DeqConfigError
+
+            raise DeqConfigError(f"Anderson.adaptive must be a bool, got {self.adaptive!r}")
+        check_range(self, "switch_ratio", self.switch_ratio, 0.0, 1.0)
         resolve_dtype(self, "history_dtype", self.history_dtype)
         resolve_dtype(self, "solve_dtype", self.solve_dtype)
         if self.solve_dtype == "auto":
@@ -97,8 +115,9 @@ class Anderson(AbstractFixedPointSolver):
         else:
             g_slot.copy_(fz - z)
         s.F_slot[slot].copy_(fz)
-        if m == 1:
+        if m == 1 or (s.picard and _stay_picard(self, s, g_slot)):
             s.k += 1
+            s.picard_steps += 1
             z_next = fz if self.beta == 1.0 else z.lerp(fz, self.beta)
             return z_next, f(z_next), s
         # incremental Gram update: row/column `slot` = <g_i, g_slot>
@@ -115,14 +134,34 @@ class Anderson(AbstractFixedPointSolver):
 
     def stats(self, state: _AndersonState) -> dict[str, Any]:
         s = state
-        return {"restarts": int(s.restarts.sum()), "history_bytes": s.nbytes(), "m": self.m}
+        return {"restarts": int(s.restarts.sum()), "history_bytes": s.nbytes(), "m": self.m,
+                "picard_steps": s.picard_steps}
+
+
+def _stay_picard(solver: Anderson, s: _AndersonState, g: Tensor) -> bool:
+    """Adaptive mode: True while every residual contracted by ``switch_ratio``; else switch Anderson on.
+
+    On the switch the Gram matrix of the stored entries (slots ``0..n-1``, the newest one included) is
+    formed in one batched product, so the Anderson step that follows sees the whole Picard history.
+    """
+    res = torch.linalg.vector_norm(g, dim=1)
+    prev, s.prev_res = s.prev_res, res
+    if prev is None or not bool((res > prev.mul_(solver.switch_ratio)).any()):
+        return True
+    s.picard = False
+    n = min(s.k + 1, solver.m)
+    G = s.G[:, :n]
+    s.H[:, :n, :n].copy_(torch.bmm(G, G.transpose(1, 2)))
+    s.valid[:, :n].fill_(1.0)
+    return False
 
 
 class _AndersonState:
     """Ring buffers ``F``, ``G`` ``(B, m, N)``, Gram ``H`` ``(B, m, m)``, live-slot mask, counters."""
 
     __slots__ = ("F", "G", "H", "valid", "eye", "k", "restarts", "tiny", "growth2", "ones", "host_sync",
-                 "masked_until", "G_slot", "F_slot", "G_row", "GT", "H_row", "H_col", "valid_col")
+                 "masked_until", "picard", "prev_res", "picard_steps", "G_slot", "F_slot", "G_row", "GT", "H_row",
+                 "H_col", "valid_col")
 
     def __init__(self, solver: Anderson, z: Tensor) -> None:
         B, N = z.shape
@@ -141,6 +180,9 @@ class _AndersonState:
         self.ones = torch.ones(B, m, 1, dtype=sd, device=z.device)
         self.host_sync = z.device.type == "cpu"  # a host sync is free on the CPU: take the short path
         self.masked_until = 0
+        self.picard = getattr(solver, "adaptive", False) and self.host_sync and m > 1  # FusedAnderson: no
+        self.prev_res: Tensor | None = None
+        self.picard_steps = 0
         # views reused every step (the buffers are never reallocated)
         self.G_slot = [self.G[:, j] for j in range(m)]
         self.F_slot = [self.F[:, j] for j in range(m)]
