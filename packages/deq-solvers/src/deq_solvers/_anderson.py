@@ -123,7 +123,10 @@ class Anderson(AbstractFixedPointSolver):
         # incremental Gram update: row/column `slot` = <g_i, g_slot>
         row = torch.bmm(s.G_row[slot], s.GT).squeeze(1)
         alpha = mixing_weights(self, s, slot, row)
-        a = (alpha if alpha.dtype == F.dtype else alpha.to(F.dtype)).unsqueeze(1)
+        # into a contiguous (B, 1, m) buffer: the solver's output is column-major, and a strided left factor
+        # sends torch.bmm on the CPU down a per-sample loop (~10x slower); the copy also converts the dtype
+        s.alpha_view.copy_(alpha)
+        a = s.alpha_row
         mix = torch.bmm(a, F)
         if self.beta != 1.0:
             mix = torch.baddbmm(mix, a, G, alpha=-(1.0 - self.beta))
@@ -161,7 +164,7 @@ class _AndersonState:
 
     __slots__ = ("F", "G", "H", "valid", "eye", "k", "restarts", "tiny", "growth2", "ones", "host_sync",
                  "masked_until", "picard", "prev_res", "picard_steps", "G_slot", "F_slot", "G_row", "GT", "H_row",
-                 "H_col", "valid_col")
+                 "H_col", "valid_col", "diag", "diag_col", "alpha_row", "alpha_view")
 
     def __init__(self, solver: Anderson, z: Tensor) -> None:
         B, N = z.shape
@@ -191,6 +194,10 @@ class _AndersonState:
         self.H_row = [self.H[:, j] for j in range(m)]
         self.H_col = [self.H[:, :, j] for j in range(m)]
         self.valid_col = [self.valid[:, j] for j in range(m)]
+        self.diag = torch.diagonal(self.H, dim1=1, dim2=2)
+        self.diag_col = [self.diag[:, j] for j in range(m)]
+        self.alpha_row = torch.empty(B, 1, m, dtype=hd, device=z.device)  # mixing weights, contiguous
+        self.alpha_view = self.alpha_row[:, 0]
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.F, self.G, self.H, self.valid))
@@ -224,15 +231,16 @@ def _unmasked_weights(solver: Anderson, s: _AndersonState, slot: int) -> Tensor 
     m, H = solver.m, s.H
     n = min(s.k + 1, m)  # slots 0..n-1 hold entries (the ring fills in order)
     if solver.restart_growth != float("inf"):
-        prev = (s.k - 1) % m
-        if bool((s.H_row[slot][:, slot] > s.growth2 * s.H_row[prev][:, prev]).any()):
+        if bool(torch.gt(s.diag_col[slot], s.diag_col[(s.k - 1) % m] * s.growth2).any()):
             return None
-    Hs = H if n == m else H[:, :n, :n]
-    A = Hs.clone()
-    d = torch.diagonal(A, dim1=1, dim2=2)
-    d.add_(d.amax(dim=1, keepdim=True).clamp_min_(s.tiny), alpha=solver.ridge)
-    y = torch.linalg.solve_ex(A, s.ones[:, :n, 0]).result
-    alpha = y / y.sum(dim=1, keepdim=True)
+    if n == m:
+        Hs, diag, eye = H, s.diag, s.eye
+    else:
+        Hs, diag, eye = H[:, :n, :n], s.diag[:, :n], s.eye[:n, :n]
+    # A = H + ridge * max_i H_ii * I in one kernel (no clone of H)
+    A = torch.addcmul(Hs, diag.amax(dim=1, keepdim=True).clamp_min_(s.tiny).unsqueeze(2), eye, value=solver.ridge)
+    y = torch.linalg.solve_ex(A, s.ones[:, :n]).result  # (B, n, 1)
+    alpha = y.div_(y.sum(dim=1, keepdim=True)).squeeze(2)
     if not float(torch.linalg.vector_norm(alpha, ord=1, dim=1).max()) <= solver.max_alpha:
         return None
     return alpha if n == m else torch.nn.functional.pad(alpha, (0, m - n))
