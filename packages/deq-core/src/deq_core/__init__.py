@@ -9,8 +9,8 @@ from ._adjoint import AbstractAdjoint, ImplicitAdjoint, NeumannAdjoint, PhantomA
 from ._checkpoint import load, save
 from ._deq import DEQ, DEQInfo
 from ._driver import fixed_point, resolve_solver
-from ._jacobian import jacobian_frobenius
 from ._errors import DeqConfigError, DeqError, DeqInputError, DeqSolveError, PluginError, UnknownNameError
+from ._jacobian import jacobian_frobenius
 from ._loop import LoopControl, LoopOutcome, residual_norms, run_loop
 from ._picard import FixedPointIteration
 from ._solution import Result, Solution, SolveStats
@@ -21,9 +21,9 @@ from .distributed import reduce_stats
 __version__ = "0.1.0"
 
 __all__ = [
-    "AbstractAdjoint", "AbstractFixedPointSolver", "DEQ", "DEQInfo", "jacobian_frobenius", "DeqConfigError", "DeqError", "DeqInputError", "DeqSolveError",
-    "FixedPointIteration", "FlatMap", "ImplicitAdjoint", "LoopControl", "LoopOutcome", "NeumannAdjoint",
+    "AbstractAdjoint", "AbstractFixedPointSolver", "DEQ", "DEQInfo", "DeqConfigError", "DeqError", "DeqInputError",
+    "DeqSolveError", "FixedPointIteration", "FlatMap", "ImplicitAdjoint", "LoopControl", "LoopOutcome", "NeumannAdjoint",
     "PhantomAdjoint", "PluginError", "Result", "Solution", "SolveStats", "State", "StateLayout", "UnknownNameError",
-    "UnrolledAdjoint", "check_positive", "check_range", "fixed_point", "resolve_adjoint", "resolve_solver",
-    "reduce_stats", "residual_norms", "run_loop", "__version__", "load", "plugins", "registry", "save",
+    "UnrolledAdjoint", "__version__", "check_positive", "check_range", "fixed_point", "jacobian_frobenius", "load",
+    "plugins", "reduce_stats", "registry", "resolve_adjoint", "resolve_solver", "residual_norms", "run_loop", "save",
 ]

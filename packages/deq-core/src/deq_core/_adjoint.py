@@ -25,7 +25,9 @@ from ._errors import DeqConfigError, UnknownNameError
 from ._loop import LoopControl
 from ._solver import AbstractFixedPointSolver, FlatMap, check_positive, check_range
 
-__all__ = ["AbstractAdjoint", "ImplicitAdjoint", "NeumannAdjoint", "PhantomAdjoint", "UnrolledAdjoint", "resolve_adjoint"]
+__all__ = [
+    "AbstractAdjoint", "ImplicitAdjoint", "NeumannAdjoint", "PhantomAdjoint", "UnrolledAdjoint", "resolve_adjoint",
+]
 
 
 class AbstractAdjoint(abc.ABC):
@@ -92,7 +94,9 @@ class ImplicitAdjoint(AbstractAdjoint):
                 "pass e.g. ImplicitAdjoint('anderson', m=5)"
             )
         elif solver is not None and not isinstance(solver, AbstractFixedPointSolver):
-            raise DeqConfigError(f"ImplicitAdjoint.solver must be a solver, a name or None, got {type(solver).__name__}")
+            raise DeqConfigError(
+                f"ImplicitAdjoint.solver must be a solver, a name or None, got {type(solver).__name__}"
+            )
         from ._driver import check_tolerances
 
         check_tolerances(1.0 if atol is None else atol, 1.0 if rtol is None else rtol,
