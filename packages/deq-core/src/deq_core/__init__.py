@@ -22,7 +22,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AbstractAdjoint", "AbstractFixedPointSolver", "DEQ", "DEQInfo", "DeqConfigError", "DeqError", "DeqInputError",
-    "DeqSolveError", "FixedPointIteration", "FlatMap", "ImplicitAdjoint", "LoopControl", "LoopOutcome", "NeumannAdjoint",
+    "DeqSolveError", "FixedPointIteration", "FlatMap", "ImplicitAdjoint", "LoopControl", "LoopOutcome",
+    "NeumannAdjoint",
     "PhantomAdjoint", "PluginError", "Result", "Solution", "SolveStats", "State", "StateLayout", "UnknownNameError",
     "UnrolledAdjoint", "__version__", "check_positive", "check_range", "fixed_point", "jacobian_frobenius", "load",
     "plugins", "reduce_stats", "registry", "resolve_adjoint", "resolve_solver", "residual_norms", "run_loop", "save",
