@@ -83,7 +83,7 @@ def test_anderson_restarts_when_residual_grows():
 
 def test_anderson_stats_and_history_bytes():
     f, z_star = tanh_map(7, B=3, N=10)
-    sol = solve(f, torch.zeros(3, 10, dtype=torch.float64), solver=Anderson(m=4), rtol=1e-8)
+    sol = solve(f, torch.zeros(3, 10, dtype=torch.float64), solver=Anderson(m=4, adaptive=False), rtol=1e-8)
     st = sol.stats.solver
     assert st["m"] == 4 and st["restarts"] >= 0
     assert st["history_bytes"] == 2 * 3 * 4 * 10 * 8 + 3 * 4 * 4 * 8 + 3 * 4 * 8
@@ -224,3 +224,35 @@ def test_anderson_adaptive_is_off_on_the_sync_free_path():
     assert not Anderson(m=1).init(None, z, z).picard
     meta = torch.zeros(2, 10, dtype=torch.float64, device="meta")
     assert not Anderson().init(None, meta, meta).picard
+
+
+def test_anderson_adaptive_history_bytes_before_and_after_the_switch():
+    f, _ = tanh_map(17, B=3, N=10, rho=0.3)
+    z0 = torch.zeros(3, 10, dtype=torch.float64)
+    never = solve(f, z0, solver=Anderson(m=4, switch_ratio=1.0), rtol=1e-8).stats.solver
+    assert never["picard_steps"] > 0 and never["history_bytes"] == 2 * 3 * 4 * 10 * 8  # no Gram matrix
+    g, _, _, _ = affine(18, B=3, N=10, rho=0.95, sym=True)
+    switched = solve(g, z0, solver=Anderson(m=4), rtol=1e-8).stats.solver
+    assert switched["history_bytes"] == 2 * 3 * 4 * 10 * 8 + 3 * 4 * 4 * 8 + 3 * 4 * 8
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.7])
+def test_anderson_adaptive_switch_rebuilds_the_history_of_plain_steps(beta):
+    """Plain steps store only g_i; on the switch f(z_i) is rebuilt from z_{i+1} = z_i + beta g_i."""
+    f, _ = tanh_map(19, B=3, N=12)
+    solver = Anderson(m=4, beta=beta)
+    z = torch.zeros(3, 12, dtype=torch.float64)
+    fz = f(z)
+    st = solver.init(f, z, fz)
+    seen = []
+    for _ in range(3):
+        seen.append(fz)
+        z, fz, st = solver.step(f, z, fz, st)
+    assert st.picard and st.picard_steps == 3
+    st.prev_res = torch.zeros(3, dtype=torch.float64)  # any growth now switches mixing on
+    seen.append(fz)
+    solver.step(f, z, fz, st)
+    assert not st.picard
+    for i, fzi in enumerate(seen):
+        assert torch.allclose(st.F[:, i], fzi, rtol=0, atol=1e-13)
+    assert torch.allclose(st.H, st.G @ st.G.mT, rtol=1e-12, atol=0)

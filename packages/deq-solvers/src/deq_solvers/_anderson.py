@@ -41,8 +41,8 @@ class Anderson(AbstractFixedPointSolver):
 
     Adaptive mode (``adaptive=True``, the default; CPU states only): while every sample's residual contracts
     well, ``||g_k|| <= switch_ratio * ||g_{k-1}||``, the step is the plain damped step
-    ``z_{k+1} = z_k + beta g_k`` (the Anderson step with the newest entry only) and only the ring buffers
-    are written, no Gram matrix and no small solve. The first time some sample contracts worse, the Gram
+    ``z_{k+1} = z_k + beta g_k`` (the Anderson step with the newest entry only) and only the residual ring
+    buffer is written, no Gram matrix and no small solve. The first time some sample contracts worse, the Gram
     matrix of the stored Picard history is formed in one batched product and Anderson mixing takes over
     for good, so no evaluation is wasted. The test is one host check per step, free on the CPU; on other
     devices (where it would be a host synchronisation) ``adaptive`` is ignored and every step mixes.
@@ -114,10 +114,14 @@ class Anderson(AbstractFixedPointSolver):
             torch.sub(fz, z, out=g_slot)
         else:
             g_slot.copy_(fz - z)
-        s.F_slot[slot].copy_(fz)
-        if m == 1 or (s.picard and _stay_picard(self, s, g_slot)):
+        if s.picard and _stay_picard(self, s, g_slot, z):  # adaptive mode: F is rebuilt on the switch
             s.k += 1
             s.picard_steps += 1
+            z_next = fz if self.beta == 1.0 else z.lerp(fz, self.beta)
+            return z_next, f(z_next), s
+        s.F_slot[slot].copy_(fz)
+        if m == 1:
+            s.k += 1
             z_next = fz if self.beta == 1.0 else z.lerp(fz, self.beta)
             return z_next, f(z_next), s
         # incremental Gram update: row/column `slot` = <g_i, g_slot>
@@ -141,18 +145,30 @@ class Anderson(AbstractFixedPointSolver):
                 "picard_steps": s.picard_steps}
 
 
-def _stay_picard(solver: Anderson, s: _AndersonState, g: Tensor) -> bool:
+def _stay_picard(solver: Anderson, s: _AndersonState, g: Tensor, z: Tensor) -> bool:
     """Adaptive mode: True while every residual contracted by ``switch_ratio``; else switch Anderson on.
 
-    On the switch the Gram matrix of the stored entries (slots ``0..n-1``, the newest one included) is
-    formed in one batched product, so the Anderson step that follows sees the whole Picard history.
+    Plain steps store only the residuals ``g_i``. On the switch (at step ``k``, with ``z = z_k``) the values
+    ``f(z_i) = z_i + g_i`` of the stored entries are rebuilt backwards from ``z_{i+1} = z_i + beta g_i``
+    (exact up to rounding), and their Gram matrix is formed in one batched product, so the Anderson step that
+    follows sees the whole plain-step history and no evaluation is wasted.
     """
     res = torch.linalg.vector_norm(g, dim=1)
     prev, s.prev_res = s.prev_res, res
     if prev is None or not bool((res > prev.mul_(solver.switch_ratio)).any()):
         return True
+    m, k = solver.m, s.k
     s.picard = False
-    n = min(s.k + 1, solver.m)
+    s.mixing_buffers(solver)
+    n = min(k + 1, m)
+    if n < m:  # slots never written hold garbage: zero them (the mix multiplies them by 0)
+        s.G[:, n:].zero_()
+        s.F[:, n:].zero_()
+    zi = z if z.dtype == s.G.dtype else z.to(s.G.dtype)
+    for i in range(k - 1, k - n, -1):  # z_i = z_{i+1} - beta g_i, f(z_i) = z_i + g_i
+        gi = s.G_slot[i % m]
+        zi = zi - gi if solver.beta == 1.0 else torch.sub(zi, gi, alpha=solver.beta)
+        torch.add(zi, gi, out=s.F_slot[i % m])
     G = s.G[:, :n]
     s.H[:, :n, :n].copy_(torch.bmm(G, G.transpose(1, 2)))
     s.valid[:, :n].fill_(1.0)
@@ -170,25 +186,35 @@ class _AndersonState:
         B, N = z.shape
         m = solver.m
         hd = history_dtype(solver.history_dtype, z.dtype)
-        sd = torch.float64 if solver.solve_dtype == "float64" else torch.float32
-        self.F = torch.zeros(B, m, N, dtype=hd, device=z.device)
-        self.G = torch.zeros(B, m, N, dtype=hd, device=z.device)
-        self.H = torch.zeros(B, m, m, dtype=sd, device=z.device)
-        self.valid = torch.zeros(B, m, dtype=sd, device=z.device)
-        self.eye = torch.eye(m, dtype=sd, device=z.device)
+        self.host_sync = z.device.type == "cpu"  # a host sync is free on the CPU: take the short path
+        self.picard = getattr(solver, "adaptive", False) and self.host_sync and m > 1  # FusedAnderson: no
+        # adaptive mode writes every slot before reading it (unwritten ones are zeroed on the switch)
+        alloc = torch.empty if self.picard else torch.zeros
+        self.F = alloc(B, m, N, dtype=hd, device=z.device)
+        self.G = alloc(B, m, N, dtype=hd, device=z.device)
         self.k = 0
         self.restarts = torch.zeros(B, dtype=torch.long, device=z.device)
-        self.tiny = float(torch.finfo(sd).tiny)
-        self.growth2 = solver.restart_growth ** 2
-        self.ones = torch.ones(B, m, 1, dtype=sd, device=z.device)
-        self.host_sync = z.device.type == "cpu"  # a host sync is free on the CPU: take the short path
         self.masked_until = 0
-        self.picard = getattr(solver, "adaptive", False) and self.host_sync and m > 1  # FusedAnderson: no
         self.prev_res: Tensor | None = None
         self.picard_steps = 0
         # views reused every step (the buffers are never reallocated)
         self.G_slot = [self.G[:, j] for j in range(m)]
         self.F_slot = [self.F[:, j] for j in range(m)]
+        self.H = None
+        if not self.picard:
+            self.mixing_buffers(solver)
+
+    def mixing_buffers(self, solver: Anderson) -> None:
+        """Allocate what mixing needs besides the histories (adaptive mode: only once it switches)."""
+        B, m, _ = self.G.shape
+        dev = self.G.device
+        sd = torch.float64 if solver.solve_dtype == "float64" else torch.float32
+        self.H = torch.zeros(B, m, m, dtype=sd, device=dev)
+        self.valid = torch.zeros(B, m, dtype=sd, device=dev)
+        self.eye = torch.eye(m, dtype=sd, device=dev)
+        self.tiny = float(torch.finfo(sd).tiny)
+        self.growth2 = solver.restart_growth ** 2
+        self.ones = torch.ones(B, m, 1, dtype=sd, device=dev)
         self.G_row = [self.G[:, j:j + 1] for j in range(m)]
         self.GT = self.G.transpose(1, 2)
         self.H_row = [self.H[:, j] for j in range(m)]
@@ -196,11 +222,13 @@ class _AndersonState:
         self.valid_col = [self.valid[:, j] for j in range(m)]
         self.diag = torch.diagonal(self.H, dim1=1, dim2=2)
         self.diag_col = [self.diag[:, j] for j in range(m)]
-        self.alpha_row = torch.empty(B, 1, m, dtype=hd, device=z.device)  # mixing weights, contiguous
+        self.alpha_row = torch.empty(B, 1, m, dtype=self.G.dtype, device=dev)  # mixing weights, contiguous
         self.alpha_view = self.alpha_row[:, 0]
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.F, self.G, self.H, self.valid))
+        """Bytes of the allocated buffers (``H`` and the mask only once mixing has started)."""
+        live = (self.F, self.G) if self.H is None else (self.F, self.G, self.H, self.valid)
+        return sum(t.numel() * t.element_size() for t in live)
 
 
 def mixing_weights(solver: Anderson, s: _AndersonState, slot: int, row: Tensor) -> Tensor:
