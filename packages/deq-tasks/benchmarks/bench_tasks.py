@@ -2,7 +2,8 @@
 
 Same trained model, same batch, ``time.perf_counter`` around the whole inner loop (CPU):
 
-* generative: latents of 32 held-out MNIST-5k digits for the MDEQ-style decoder (trained here briefly through
+* generative: latents of 32 held-out MNIST-5k digits for the MDEQ-style decoder (gain 3, latents in the L2 ball
+  of radius sqrt(32) for JIIO, for projected Adam and in training; trained here briefly through
   JIIO, or ``--checkpoint`` = a ``model.safetensors`` of ``deq tasks run generative``). Baseline Adam-40 (lr 1.0,
   each step a plain DEQ forward solve + implicit backward, Anderson m = 5, rtol 1e-4). Target = Adam-40's final
   mean objective (sum of squared errors per image). JIIO is timed (whole call, plus one plain DEQ solve at x* that
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 
 SECTIONS = ("generative", "inverse", "adversarial", "meta-learning")
+ALPHA = 0.05   # JIIO step on the latent (sum-of-squares loss over 784 pixels), dropped to ALPHA / 3 at 5T/8
 
 
 def _line(rec: dict[str, Any]) -> dict[str, Any]:
@@ -39,7 +41,7 @@ def _line(rec: dict[str, Any]) -> dict[str, Any]:
 
 def _model(quick: bool, checkpoint: str | None):
     from deq_tasks.data import load_digits
-    from deq_tasks.generative import build_decoder, default_jiio_config, load_decoder, train_decoder
+    from deq_tasks.generative import build_decoder, default_jiio_config, latent_radius, load_decoder, train_decoder
 
     data = load_digits("mnist", n_train=2000, n_test=200, seed=0)
     t = time.perf_counter()
@@ -50,7 +52,8 @@ def _model(quick: bool, checkpoint: str | None):
         model = build_decoder(size=28, latent_dim=32, seed=0)
         steps = 30 if quick else 80
         logs = train_decoder(model, data.train_x, steps=steps, batch=32, lr=2e-3,
-                             config=default_jiio_config(20, alpha=0.03, alpha_final=0.01), seed=0)
+                             config=default_jiio_config(20, alpha=ALPHA, alpha_final=ALPHA / 3), seed=0,
+                             radius=latent_radius(model))
         info = {"train_steps": steps, "train_loss_first": logs[0]["loss"], "train_loss_last": logs[-1]["loss"]}
     info["train_seconds"] = time.perf_counter() - t
     return model.eval(), data, info
@@ -59,17 +62,18 @@ def _model(quick: bool, checkpoint: str | None):
 def _compare(model, target_img, clean, mask, *, label: str, batch: int, alpha: float, adam_lr: float,
              max_budget: int = 100) -> list[dict[str, Any]]:
     from deq_tasks.data import psnr
-    from deq_tasks.generative import adam_latents, default_jiio_config, jiio_latents
+    from deq_tasks.generative import adam_latents, default_jiio_config, jiio_latents, latent_radius
 
     recs = []
+    r = latent_radius(model)   # both methods: latents in the same L2 ball (projected Adam)
     with torch.no_grad():
         _, info = model(torch.zeros(batch, model.latent_dim))
     plain_iters = float(info.stats.steps.float().mean())
     # warm-up (first-call kernel selection) so neither method pays it
-    jiio_latents(model, target_img[:2], None if mask is None else mask[:2], default_jiio_config(3, alpha=alpha))
-    adam_latents(model, target_img[:2], None if mask is None else mask[:2], steps=1, lr=adam_lr)
+    jiio_latents(model, target_img[:2], None if mask is None else mask[:2], default_jiio_config(3, alpha=alpha), r)
+    adam_latents(model, target_img[:2], None if mask is None else mask[:2], steps=1, lr=adam_lr, radius=r)
 
-    base = adam_latents(model, target_img, mask, steps=40, lr=adam_lr)
+    base = adam_latents(model, target_img, mask, steps=40, lr=adam_lr, radius=r)
     t_adam = base["time_trace"][-1]
     target = base["trace"][-1]
     recs.append(_line({"bench": label, "method": "Adam-40", "batch": batch, "seconds": t_adam,
@@ -78,7 +82,8 @@ def _compare(model, target_img, clean, mask, *, label: str, batch: int, alpha: f
     chosen, best = None, None
     for budget in (10, 20, 40, max_budget):
         t = time.perf_counter()
-        res = jiio_latents(model, target_img, mask, default_jiio_config(budget, alpha=alpha, alpha_final=alpha / 3))
+        res = jiio_latents(model, target_img, mask, default_jiio_config(budget, alpha=alpha, alpha_final=alpha / 3),
+                           r)
         # score x* on a re-solved equilibrium z = f(z, x*) (the JIIO iterate's z need not be one); timed as JIIO's
         with torch.no_grad():
             img, _ = model(res.x)
@@ -116,7 +121,7 @@ def bench_generative(quick: bool, checkpoint: str | None = None, model_data=None
     _line({"bench": "generative", "model": info})
     B = 16 if quick else 32
     y = data.test_x[:B]
-    return _compare(model, y, y, None, label="generative", batch=B, alpha=0.03, adam_lr=1.0)
+    return _compare(model, y, y, None, label="generative", batch=B, alpha=ALPHA, adam_lr=1.0)
 
 
 def bench_inverse(quick: bool, checkpoint: str | None = None, model_data=None) -> list[dict[str, Any]]:
@@ -130,7 +135,7 @@ def bench_inverse(quick: bool, checkpoint: str | None = None, model_data=None) -
     for name, corrupt in (("inverse-block", make_corruption("block")),
                           ("inverse-denoise", make_corruption("none", sigma=0.2))):
         obs, mask = corrupt(y, g)
-        recs += _compare(model, obs, y, mask, label=name, batch=B, alpha=0.03, adam_lr=1.0)
+        recs += _compare(model, obs, y, mask, label=name, batch=B, alpha=ALPHA, adam_lr=1.0)
     return recs
 
 

@@ -14,6 +14,7 @@ from deq_tasks.generative import (
     decoder_problem,
     default_jiio_config,
     jiio_latents,
+    latent_radius,
     train_decoder,
 )
 from deq_tasks.inverse import InverseTask, make_corruption
@@ -43,7 +44,7 @@ def test_decoder_plain_solve_needs_many_iterations(model, digits) -> None:
 
 def test_jiio_and_adam_both_lower_the_reconstruction_objective(model, digits) -> None:
     y = digits.test_x[:8]
-    res = jiio_latents(model, y, None, default_jiio_config(15, alpha=0.1))
+    res = jiio_latents(model, y, None, default_jiio_config(15, alpha=0.1, warmup=0))   # the release's scheme
     with torch.no_grad():
         img0, _ = model(torch.zeros(8, model.latent_dim))      # the equilibrium at the start point x = 0
     start = float(((img0 - y) ** 2).flatten(1).sum(1).mean())
@@ -58,6 +59,19 @@ def test_jiio_and_adam_both_lower_the_reconstruction_objective(model, digits) ->
     with torch.no_grad():
         direct = prob.objective(res.z, res.x)
     torch.testing.assert_close(direct, res.objective, rtol=1e-4, atol=1e-4)
+
+
+def test_latent_ball_constrains_jiio_and_projected_adam(model, digits) -> None:
+    y = digits.test_x[:4]
+    r = 0.5
+    res = jiio_latents(model, y, None, default_jiio_config(12, alpha=0.1), radius=r)
+    base = adam_latents(model, y, steps=3, lr=1.0, radius=r)
+    free = adam_latents(model, y, steps=3, lr=1.0)
+    assert float(res.x.norm(dim=1).max()) <= r + 1e-5
+    assert float(base["x"].norm(dim=1).max()) <= r + 1e-5
+    assert float(free["x"].norm(dim=1).max()) > r            # lr 1.0 leaves the ball without the projection
+    assert decoder_problem(model, y, radius=r).project is not None
+    assert latent_radius(model) == pytest.approx(model.latent_dim ** 0.5)
 
 
 def test_training_through_jiio_lowers_the_loss(digits) -> None:

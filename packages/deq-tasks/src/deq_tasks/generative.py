@@ -34,55 +34,72 @@ from torch import Tensor, nn
 
 from ._common import frozen_params, progress, save_grid, seed_all, write_metrics
 from .data import DigitData, load_digits, psnr
-from .jiio import JIIOConfig, JIIOProblem, JIIOResult, equilibrium_with_grad, jiio_solve
+from .jiio import JIIOConfig, JIIOProblem, JIIOResult, equilibrium_with_grad, jiio_solve, l2_ball
 from .models.decoder import MDEQDecoder
 from .models.features import frechet_distance, train_feature_net
 
 __all__ = [
     "GenerativeTask", "VAE", "adam_latents", "build_decoder", "decoder_problem", "default_jiio_config",
-    "encode", "jiio_latents", "load_decoder", "train_decoder", "train_vae",
+    "encode", "jiio_latents", "latent_radius", "load_decoder", "train_decoder", "train_vae",
 ]
 
 
-def default_jiio_config(budget: int = 100, *, alpha: float = 0.03, alpha_final: float | None = 0.01,
-                        m: int = 20) -> JIIOConfig:
-    """JIIO settings for decoder latents (sum-of-squares inner loss over pixels; Anderson on the stacked state)."""
+def default_jiio_config(budget: int = 100, *, alpha: float = 0.05, alpha_final: float | None = 0.05 / 3,
+                        m: int = 20, warmup: int = 5) -> JIIOConfig:
+    """JIIO settings for decoder latents (sum-of-squares inner loss over pixels; Anderson on the stacked state).
+
+    ``warmup`` (capped at ``budget // 4``) iterations of ``z`` alone come first: from ``z = 0`` the decoder's
+    ``df/dz`` is not contractive (its ``tanh`` are unsaturated there), an adjoint iterated from the start overshoots
+    its fixed point hundreds of times and throws the latent away (:class:`~deq_tasks.jiio.JIIOConfig`).
+    """
     return JIIOConfig(budget=budget, alpha=alpha, alpha_final=alpha_final, beta_z=0.8, beta_mu=0.6,
-                      solver="anderson", solver_options={"m": m})
+                      solver="anderson", solver_options={"m": m}, warmup=min(warmup, budget // 4))
 
 
-def build_decoder(size: int = 28, latent_dim: int = 32, channels: tuple[int, int] = (8, 16), *, gain: float = 4.0,
+def latent_radius(model: MDEQDecoder) -> float:
+    """The latents' constraint set (GLO-style): the L2 ball of radius ``sqrt(latent_dim)``."""
+    return math.sqrt(model.latent_dim)
+
+
+def build_decoder(size: int = 28, latent_dim: int = 32, channels: tuple[int, int] = (8, 16), *, gain: float = 3.0,
                   seed: int = 0, **kw: Any) -> MDEQDecoder:
-    """The task's decoder: :class:`MDEQDecoder` with an Anderson (m = 5) plain-DEQ solver."""
+    """The task's decoder: :class:`MDEQDecoder` with an Anderson (m = 5) plain-DEQ solver.
+
+    ``gain`` 3 (not the layer's default 4): trained at gain 4 the layer is not a contraction at its equilibrium
+    (spectral radius of ``df/dz`` about 1.1, the plain solve stalls at its cap), so neither the forward nor the
+    adjoint iteration converges; at gain 3 the plain solve still takes ~20-25 Anderson iterations."""
     torch.manual_seed(seed)
     kw.setdefault("solver", "anderson")
     kw.setdefault("solver_options", {"m": 5})
     return MDEQDecoder(latent_dim=latent_dim, size=size, channels=channels, gain=gain, **kw)
 
 
-def decoder_problem(model: MDEQDecoder, target: Tensor, mask: Tensor | None = None) -> JIIOProblem:
-    """``min_x sum M (h(z) - target)^2`` per sample, ``z = f(z, x)`` (``M`` = visible-pixel mask, default all)."""
+def decoder_problem(model: MDEQDecoder, target: Tensor, mask: Tensor | None = None,
+                    radius: float | None = None) -> JIIOProblem:
+    """``min_{||x|| <= radius} sum M (h(z) - target)^2`` per sample, ``z = f(z, x)`` (``M`` = visible-pixel mask,
+    default all; ``radius`` = GLO-style L2-ball constraint on the latent, ``None`` = unconstrained)."""
     def objective(z: Any, x: Tensor) -> Tensor:
         err = (model.head(z) - target) ** 2
         if mask is not None:
             err = err * mask
         return err.flatten(1).sum(1)
 
-    return JIIOProblem(f=model.layer, objective=objective)
+    return JIIOProblem(f=model.layer, objective=objective, project=None if radius is None else l2_ball(radius))
 
 
 def jiio_latents(model: MDEQDecoder, target: Tensor, mask: Tensor | None = None,
-                 config: JIIOConfig | None = None) -> JIIOResult:
+                 config: JIIOConfig | None = None, radius: float | None = None) -> JIIOResult:
     """JIIO latent codes for ``target`` images, starting from ``z = mu = x = 0``."""
     config = default_jiio_config() if config is None else config
     x0 = target.new_zeros(target.shape[0], model.latent_dim)
     with torch.no_grad(), frozen_weights(model):
-        return jiio_solve(decoder_problem(model, target, mask), model.init_state(x0), x0, config)
+        return jiio_solve(decoder_problem(model, target, mask, radius), model.init_state(x0), x0, config)
 
 
 def adam_latents(model: MDEQDecoder, target: Tensor, mask: Tensor | None = None, *, steps: int = 40,
-                 lr: float = 1.0) -> dict[str, Any]:
-    """Baseline: Adam on the latents from 0; each step solves the DEQ and its implicit backward.
+                 lr: float = 1.0, radius: float | None = None) -> dict[str, Any]:
+    """Baseline: Adam on the latents from 0; each step solves the DEQ and its implicit backward (projected Adam:
+    with ``radius`` the latent is projected onto the L2 ball after every step, the same constraint as JIIO's).
 
     Returns ``{"x", "objective" (B,) at the final x, "trace" (steps + 1,) batch-mean objective before each step and
     at the end, "time_trace" (steps + 1,) seconds since the start, "forward_steps" (mean solver steps)}``.
@@ -93,6 +110,7 @@ def adam_latents(model: MDEQDecoder, target: Tensor, mask: Tensor | None = None,
     x = target.new_zeros(target.shape[0], model.latent_dim, requires_grad=True)
     opt = torch.optim.Adam([x], lr=lr)
     trace, times, fsteps = [], [], []
+    proj = None if radius is None else l2_ball(radius)
 
     def loss_of(img: Tensor) -> Tensor:
         err = (img - target) ** 2
@@ -108,6 +126,9 @@ def adam_latents(model: MDEQDecoder, target: Tensor, mask: Tensor | None = None,
             opt.zero_grad()
             per.sum().backward()
             opt.step()
+            if radius is not None:
+                with torch.no_grad():
+                    x.copy_(proj(x))
         with torch.no_grad():
             img, info = model(x)
             per = loss_of(img)
@@ -127,13 +148,13 @@ def decode(model: MDEQDecoder, x: Tensor, batch: int = 256) -> Tensor:
 
 
 def encode(model: MDEQDecoder, images: Tensor, config: JIIOConfig | None = None, batch: int = 128,
-           mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+           mask: Tensor | None = None, radius: float | None = None) -> tuple[Tensor, Tensor]:
     """JIIO latents and reconstructions ``h(z*)`` of ``images`` (chunked)."""
     xs, recs = [], []
     for i in range(0, len(images), batch):
         y = images[i:i + batch]
         m = None if mask is None else mask[i:i + batch]
-        res = jiio_latents(model, y, m, config)
+        res = jiio_latents(model, y, m, config, radius)
         xs.append(res.x)
         with torch.no_grad():
             recs.append(model.head(res.z))
@@ -142,9 +163,11 @@ def encode(model: MDEQDecoder, images: Tensor, config: JIIOConfig | None = None,
 
 def train_decoder(model: MDEQDecoder, images: Tensor, *, steps: int, batch: int = 32, lr: float = 1e-3,
                   config: JIIOConfig | None = None, corrupt: Any = None, seed: int = 0, jac_reg: float = 0.0,
-                  show_progress: bool = False, desc: str = "train") -> list[dict[str, float]]:
+                  show_progress: bool = False, desc: str = "train",
+                  radius: float | None = None) -> list[dict[str, float]]:
     """Train ``theta`` through JIIO (module docstring). ``corrupt(y, generator) -> (observed, mask or None)`` turns
     the clean batch into the inner problem's observation (inverse tasks); the outer loss is always vs clean ``y``.
+    ``radius``: the latents' L2-ball constraint (use the same one at test time).
     Returns per-step logs (outer loss, inner objective per pixel, KKT residuals)."""
     config = default_jiio_config(40) if config is None else config
     g = torch.Generator().manual_seed(seed)
@@ -157,7 +180,7 @@ def train_decoder(model: MDEQDecoder, images: Tensor, *, steps: int, batch: int 
         idx = torch.randint(0, len(images), (batch,), generator=g)
         y = images[idx]
         obs, mask = corrupt(y, g) if corrupt is not None else (y, None)
-        res = jiio_latents(model, obs, mask, config)
+        res = jiio_latents(model, obs, mask, config, radius)
         with frozen_weights(model.layer):
             mu0 = tuple(m / y.numel() for m in res.mu)
             z = equilibrium_with_grad(model.layer, res.z, res.x, adjoint_init=mu0, solver=model.solver,
@@ -265,6 +288,7 @@ class GenerativeTask:
     Options (``--name value`` on the command line): ``data`` (mnist | digits), ``n_train``, ``n_test``, ``latent_dim``,
     ``steps`` / ``epochs`` (training), ``batch``, ``lr``, ``train_budget`` (JIIO iterations while training),
     ``budget`` (JIIO iterations at test), ``alpha``, ``adam_steps``, ``adam_lr``, ``vae`` (train the VAE comparison),
+    ``latent_ball`` (constrain latents to the ball of radius ``sqrt(latent_dim)``, in training, JIIO and Adam),
     ``seed``.
     """
 
@@ -278,10 +302,11 @@ class GenerativeTask:
     lr: float = 2e-3
     train_budget: int = 20
     budget: int = 20
-    alpha: float = 0.03
+    alpha: float = 0.05
     adam_steps: int = 40
     adam_lr: float = 1.0
     vae: bool = True
+    latent_ball: bool = True
     seed: int = 0
     name: str = field(default="generative", init=False)
 
@@ -304,12 +329,16 @@ class GenerativeTask:
         steps = _steps(self.steps, self.epochs, len(data.train_x), self.batch)
         t = time.perf_counter()
         logs = train_decoder(model, data.train_x, steps=steps, batch=self.batch, lr=self.lr,
-                             config=self.jiio_config(self.train_budget), seed=self.seed, show_progress=show)
+                             config=self.jiio_config(self.train_budget), seed=self.seed, show_progress=show,
+                             radius=self.radius(model))
         return model, {"steps": steps, "seconds": time.perf_counter() - t, "final_loss": logs[-1]["loss"],
                        "first_loss": logs[0]["loss"]}
 
     def jiio_config(self, budget: int) -> JIIOConfig:
         return default_jiio_config(budget, alpha=self.alpha, alpha_final=self.alpha / 3)
+
+    def radius(self, model: MDEQDecoder) -> float | None:
+        return latent_radius(model) if self.latent_ball else None
 
     def evaluate(self, model: MDEQDecoder, data: DigitData, out: Path, trained: dict[str, Any],
                  show: bool) -> dict[str, Any]:
@@ -321,14 +350,15 @@ class GenerativeTask:
         # JIIO vs Adam on one test batch (same model, same batch)
         yb = test[:32]
         t = time.perf_counter()
-        res = jiio_latents(model, yb, None, cfg)
+        r = self.radius(model)
+        res = jiio_latents(model, yb, None, cfg, r)
         t_jiio = time.perf_counter() - t
-        base = adam_latents(model, yb, steps=self.adam_steps, lr=self.adam_lr)
+        base = adam_latents(model, yb, steps=self.adam_steps, lr=self.adam_lr, radius=r)
         bar.update()
         # reconstructions of the whole test set, latents of the training set, GMM samples
-        _, rec = encode(model, test, cfg)
+        _, rec = encode(model, test, cfg, radius=r)
         mse_rec = float(F.mse_loss(rec, test))
-        codes, _ = encode(model, data.train_x[: min(len(data.train_x), 1000)], self.jiio_config(40))
+        codes, _ = encode(model, data.train_x[: min(len(data.train_x), 1000)], self.jiio_config(40), radius=r)
         bar.update()
         gmm = GaussianMixture(n_components=10, covariance_type="full", random_state=self.seed, reg_covar=1e-4)
         gmm.fit(codes.double().numpy())

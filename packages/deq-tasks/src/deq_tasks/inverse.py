@@ -35,6 +35,7 @@ from .generative import (
     build_decoder,
     default_jiio_config,
     jiio_latents,
+    latent_radius,
     load_decoder,
     train_decoder,
 )
@@ -98,7 +99,7 @@ class InverseTask:
     Options: ``mask`` (none | random | block), ``sigma`` (noise std, [-1, 1] units), ``p`` (random-mask drop
     probability), ``block`` (hole side, default 8 on 28x28), ``data``, ``n_train``, ``n_test``, ``latent_dim``,
     ``steps`` / ``epochs``, ``batch``, ``lr``, ``train_budget``, ``budget``, ``alpha``, ``adam_steps``, ``adam_lr``,
-    ``seed``.
+    ``latent_ball`` (latents constrained to the ball of radius ``sqrt(latent_dim)``, also for Adam), ``seed``.
     """
 
     mask: str = "block"
@@ -115,9 +116,10 @@ class InverseTask:
     lr: float = 2e-3
     train_budget: int = 20
     budget: int = 20
-    alpha: float = 0.03
+    alpha: float = 0.05
     adam_steps: int = 40
     adam_lr: float = 1.0
+    latent_ball: bool = True
     seed: int = 0
     name: str = field(default="inverse", init=False)
 
@@ -126,6 +128,9 @@ class InverseTask:
 
     def jiio_config(self, budget: int) -> JIIOConfig:
         return default_jiio_config(budget, alpha=self.alpha, alpha_final=self.alpha / 3)
+
+    def radius(self, model: Any) -> float | None:
+        return latent_radius(model) if self.latent_ball else None
 
     def run(self, out: str | Path, *, checkpoint: str | Path | None = None,
             progress_bar: bool = True) -> dict[str, Any]:
@@ -146,7 +151,8 @@ class InverseTask:
             t = time.perf_counter()
             logs = train_decoder(model, data.train_x, steps=steps, batch=self.batch, lr=self.lr,
                                  config=self.jiio_config(self.train_budget), corrupt=corrupt, seed=self.seed,
-                                 show_progress=progress_bar, desc=f"train inverse ({self.mask})")
+                                 show_progress=progress_bar, desc=f"train inverse ({self.mask})",
+                                 radius=self.radius(model))
             trained = {"steps": steps, "seconds": time.perf_counter() - t, "first_loss": logs[0]["loss"],
                        "final_loss": logs[-1]["loss"]}
         save(out / "model.safetensors", model, {"task": self.name, "decoder": _decoder_config(model),
@@ -165,7 +171,7 @@ class InverseTask:
         for i in range(0, len(test), 100):
             m = None if mask is None else mask[i:i + 100]
             t = time.perf_counter()
-            res = jiio_latents(model, obs[i:i + 100], m, cfg)
+            res = jiio_latents(model, obs[i:i + 100], m, cfg, self.radius(model))
             t_jiio += time.perf_counter() - t
             with torch.no_grad():
                 restored.append(model.head(res.z))
@@ -175,7 +181,7 @@ class InverseTask:
         bar.update()
         nb = min(32, len(test))
         base = adam_latents(model, obs[:nb], None if mask is None else mask[:nb], steps=self.adam_steps,
-                            lr=self.adam_lr)
+                            lr=self.adam_lr, radius=self.radius(model))
         bar.update()
         bar.close()
         shown = obs[:10] if mask is None else torch.where(mask[:10] > 0, obs[:10], torch.full_like(obs[:10], -1.0))

@@ -120,6 +120,16 @@ class JIIOConfig:
             the same; it weights ``x`` in the solver's metric: with ``x / alpha`` the ``x`` residual is ``d_x`` itself,
             comparable to the ``z`` / ``mu`` residuals, so Anderson's least squares weighs the ``x`` update (with raw
             ``x`` its residual ``alpha d_x`` is tiny). Default ``None``: the stacked state of the authors' code.
+        max_step: trust region on the ``x`` update: the step ``alpha d_x`` is shortened per sample to at most this
+            L2 length (``None`` = no limit). Early on the adjoint ``mu`` (started at 0) overshoots its fixed point
+            by orders of magnitude when ``I - df/dz`` is ill-conditioned (a slowly contracting DEQ), so ``alpha d_x``
+            throws ``x`` far away (onto the constraint's boundary) before ``mu`` is right; the cap bounds the
+            damage while the step is still ``alpha d_x`` (not normalized) once ``mu`` has settled.
+        warmup: the first ``warmup`` iterations move ``z`` only (``mu`` and ``x`` stay at their starts); the solver
+            then restarts on the full augmented map. Far from the equilibrium ``df/dz`` need not be contractive (a
+            DEQ whose contraction comes from saturating nonlinearities at ``z*``), and an adjoint iterated there
+            grows geometrically (``||mu||`` hundreds of times its fixed point), which throws ``x`` away; started at a
+            near-equilibrium ``z`` the adjoint converges at the DEQ's own rate. Counted in ``budget``.
     """
 
     budget: int = 100
@@ -135,6 +145,8 @@ class JIIOConfig:
     divergence: float = 1e6
     record_trace: bool = True
     x_scale: float | str | None = None
+    max_step: float | None = None
+    warmup: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
@@ -162,6 +174,12 @@ class JIIOConfig:
         xs = self.x_scale
         if not (xs is None or xs == "alpha" or (isinstance(xs, (int, float)) and not isinstance(xs, bool) and xs > 0)):
             raise DeqConfigError(f"JIIOConfig.x_scale must be None, 'alpha' or a number > 0, got {xs!r}")
+        ms = self.max_step
+        if ms is not None and (isinstance(ms, bool) or not isinstance(ms, (int, float)) or not (ms > 0)
+                               or not math.isfinite(ms)):
+            raise DeqConfigError(f"JIIOConfig.max_step must be None or a finite number > 0, got {ms!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or not 0 <= self.warmup < self.budget:
+            raise DeqConfigError(f"JIIOConfig.warmup must be an int in [0, budget), got {self.warmup!r}")
         if self.solver_options and not isinstance(self.solver, str):
             raise DeqConfigError("JIIOConfig.solver_options are only accepted with a solver name")
 
@@ -238,6 +256,7 @@ class AugmentedMap:
         self._checked = False
         self.last_input: Tensor | None = None
         self.last_cost: Tensor | None = None
+        self.z_only = False   # warm-up phase: mu and x are held (set per iteration by the solve loop)
 
     # ----------------------------------------------------------------- layout
     def split(self, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -292,13 +311,25 @@ class AugmentedMap:
     def __call__(self, v: Tensor) -> Tensor:
         cfg = self.config
         zf, muf, x = self.split(v)
-        fz, adj, dx, cost = self.pieces(v)
+        if self.z_only and self._checked and not self.create_graph:   # warm-up: f only, no reverse pass
+            self.calls += 1
+            z_struct = self.z_layout.unpack(zf)
+            fz, cost = self.z_layout.pack(self.problem.f(z_struct, x)), self.sign * self.problem.objective(z_struct, x)
+        else:
+            fz, adj, dx, cost = self.pieces(v)
         z_next = zf + cfg.beta_z * (fz - zf)
+        if self.z_only:
+            self.last_input, self.last_cost = v, cost
+            return self.stack(z_next, muf, x)
         mu_next = muf + cfg.beta_mu * (adj - muf)
         if cfg.normalized_step:
             norm = dx.reshape(dx.shape[0], -1).norm(dim=1).clamp_min(1e-12)
             dx = dx / norm.reshape(-1, *([1] * (dx.dim() - 1)))
-        x_next = x - self.alpha * dx
+        step = self.alpha * dx
+        if cfg.max_step is not None:
+            length = step.reshape(step.shape[0], -1).norm(dim=1).clamp_min(1e-30)
+            step = step * torch.clamp(cfg.max_step / length, max=1.0).reshape(-1, *([1] * (step.dim() - 1)))
+        x_next = x - step
         if self.problem.project is not None:
             x_next = _project(self.problem.project, x_next)
         self.last_input, self.last_cost = v, cost
@@ -394,6 +425,7 @@ def _run(G: AugmentedMap, solver: AbstractFixedPointSolver, v: Tensor, cfg: JIIO
     B = v.shape[0]
     tiny = torch.finfo(v.dtype).tiny
     G.alpha = cfg.alpha_at(0)
+    G.z_only = cfg.warmup > 0
     gv = G(v)
     cost = G.cost(v)
     res = (gv - v).norm(dim=1)
@@ -406,6 +438,12 @@ def _run(G: AugmentedMap, solver: AbstractFixedPointSolver, v: Tensor, cfg: JIIO
     state = solver.init(G, v, gv)
     for k in range(1, cfg.budget + 1):
         G.alpha = cfg.alpha_at(k)
+        if G.z_only and k > cfg.warmup:   # end of the warm-up: restart the solver on the full map
+            G.z_only = False
+            gv = G(v)
+            state = solver.init(G, v, gv)
+            best_rel = torch.full_like(best_rel, math.inf)   # warm-up iterates (x, mu not moved) are not candidates
+            res0 = (gv - v).norm(dim=1).clamp_min(1e-30)
         v, gv, state = solver.step(G, v, gv, state)
         cost = G.cost(v)
         res = (gv - v).norm(dim=1)
@@ -424,7 +462,7 @@ def _run(G: AugmentedMap, solver: AbstractFixedPointSolver, v: Tensor, cfg: JIIO
                 partial,
             )
         if cfg.best_iterate:
-            take = (rel < best_rel) | (k < 10) | ((cost < best_cost) & (rel < 1.3 * best_rel))
+            take = (rel < best_rel) | (k - cfg.warmup < 10) | ((cost < best_cost) & (rel < 1.3 * best_rel))
         else:
             take = torch.ones_like(rel, dtype=torch.bool)
         best_v = torch.where(take[:, None], v, best_v)
