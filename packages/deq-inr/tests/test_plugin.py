@@ -2,9 +2,7 @@
 
 import click
 import torch
-
-from deq_inr import MODELS
-from deq_inr import plugin
+from deq_inr import MODELS, plugin
 
 
 def test_hooks_directly():
