@@ -107,7 +107,6 @@ class Anderson(AbstractFixedPointSolver):
     def step(self, f: FlatMap, z: Tensor, fz: Tensor, state: _AndersonState) -> tuple[Tensor, Tensor, Any]:
         s = state
         m, slot = self.m, s.k % self.m
-        F, G = s.F, s.G
         # newest history entry, written in place (per-slot views are precomputed: no indexing per step)
         g_slot = s.G_slot[slot]
         if g_slot.dtype == fz.dtype:
@@ -131,9 +130,9 @@ class Anderson(AbstractFixedPointSolver):
         # sends torch.bmm on the CPU down a per-sample loop (~10x slower); the copy also converts the dtype
         s.alpha_view.copy_(alpha)
         a = s.alpha_row
-        mix = torch.bmm(a, F)
+        mix = torch.bmm(a, s.F)
         if self.beta != 1.0:
-            mix = torch.baddbmm(mix, a, G, alpha=-(1.0 - self.beta))
+            mix = torch.baddbmm(mix, a, s.G, alpha=-(1.0 - self.beta))
         z_next = mix.squeeze(1)
         if z_next.dtype != z.dtype:
             z_next = z_next.to(z.dtype)
@@ -190,8 +189,8 @@ class _AndersonState:
         self.picard = getattr(solver, "adaptive", False) and self.host_sync and m > 1  # FusedAnderson: no
         # adaptive mode writes every slot before reading it (unwritten ones are zeroed on the switch)
         alloc = torch.empty if self.picard else torch.zeros
-        self.F = alloc(B, m, N, dtype=hd, device=z.device)
         self.G = alloc(B, m, N, dtype=hd, device=z.device)
+        self.F = None if self.picard else torch.zeros_like(self.G)  # adaptive: allocated on the switch
         self.k = 0
         self.restarts = torch.zeros(B, dtype=torch.long, device=z.device)
         self.masked_until = 0
@@ -199,7 +198,7 @@ class _AndersonState:
         self.picard_steps = 0
         # views reused every step (the buffers are never reallocated)
         self.G_slot = [self.G[:, j] for j in range(m)]
-        self.F_slot = [self.F[:, j] for j in range(m)]
+        self.F_slot = None if self.F is None else [self.F[:, j] for j in range(m)]
         self.H = None
         if not self.picard:
             self.mixing_buffers(solver)
@@ -209,6 +208,9 @@ class _AndersonState:
         B, m, _ = self.G.shape
         dev = self.G.device
         sd = torch.float64 if solver.solve_dtype == "float64" else torch.float32
+        if self.F is None:
+            self.F = torch.empty_like(self.G)  # every slot is written on the switch
+            self.F_slot = [self.F[:, j] for j in range(m)]
         self.H = torch.zeros(B, m, m, dtype=sd, device=dev)
         self.valid = torch.zeros(B, m, dtype=sd, device=dev)
         self.eye = torch.eye(m, dtype=sd, device=dev)
@@ -226,8 +228,8 @@ class _AndersonState:
         self.alpha_view = self.alpha_row[:, 0]
 
     def nbytes(self) -> int:
-        """Bytes of the allocated buffers (``H`` and the mask only once mixing has started)."""
-        live = (self.F, self.G) if self.H is None else (self.F, self.G, self.H, self.valid)
+        """Bytes of the allocated buffers (``F``, ``H`` and the mask only once mixing has started)."""
+        live = (self.G,) if self.H is None else (self.F, self.G, self.H, self.valid)
         return sum(t.numel() * t.element_size() for t in live)
 
 
