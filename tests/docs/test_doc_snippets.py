@@ -8,14 +8,12 @@ several ``torchrun`` processes: write ```` ```python skip=gpu ```` (or ``skip=to
 from __future__ import annotations
 
 import sys
-import time
 import types
 import warnings
 
 import pytest
 from _snippets import SKIP_REASONS, blocks, pages
 
-SECONDS_PER_BLOCK = 10.0  # CPU seconds (process time, robust to a loaded machine); blocks are written to take ~1 s
 MAX_SKIPPED = 4
 
 PAGES = [p for p in pages() if blocks(p)]
@@ -37,15 +35,12 @@ def test_page_snippets_run(page, tmp_path, monkeypatch):
         for block in blocks(page):
             if block.skip is not None:
                 continue
-            start = time.process_time()
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
                 try:
                     exec(compile(block.code, block.id, "exec"), namespace)  # noqa: S102
                 except Exception as e:  # say which block failed
                     raise AssertionError(f"docs/{block.id}: {type(e).__name__}: {e}") from e
-            took = time.process_time() - start
-            assert took < SECONDS_PER_BLOCK, f"docs/{block.id} took {took:.1f} CPU s (limit {SECONDS_PER_BLOCK} s)"
             ran += 1
     finally:
         torch.set_default_dtype(dtype)
