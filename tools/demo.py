@@ -113,12 +113,38 @@ def render_report(out, inr, inv_dir, inv, solver_rows, solver_table, log, total)
         "## 2. JIIO inpainting vs the Adam inner loop",
         "",
     ]
-    lines += [f"- **{k}**: {v}" for k, v in _flat(inv).items() if not isinstance(v, (list, dict))][:24]
+    lines += _inverse_section(inv)
     lines += [""] + [f"![{p.stem}]({rel(p, out)})" for p in sorted(inv_dir.glob("*.png"))]
     lines += ["", "## 3. Solvers: deq vs torchdeq 0.1.0", "", solver_table or _rows_table(solver_rows), "",
               "## Commands run", "", "| step | seconds | command |", "|---|---|---|"]
     lines += [f"| {s['title']} | {s['seconds']} | `{s['command']}` |" for s in log]
     return "\n".join(lines) + "\n"
+
+
+def _inverse_section(inv: dict) -> list[str]:
+    """JIIO vs Adam: time per restored digit, objective and PSNR, then every other number the task reported."""
+    jiio, adam = inv.get("jiio", {}), inv.get("adam", {})
+    lines = []
+    if jiio and adam:
+        per = {k: d["seconds"] / max(d.get("n", 1), 1) for k, d in (("jiio", jiio), ("adam", adam))}
+        lines += [
+            f"Block-mask inpainting of held-out MNIST digits with a DEQ decoder trained through JIIO "
+            f"({inv.get('training', {}).get('steps', '?')} training steps). PSNR on [−1, 1] images "
+            "(6.02 dB below the usual [0, 1] figure).",
+            "",
+            "| method | digits | seconds | ms / digit | mean objective |",
+            "|---|---|---|---|---|",
+            f"| JIIO, budget {jiio.get('budget', '?')} | {jiio.get('n')} | {jiio['seconds']:.2f} | "
+            f"{1e3 * per['jiio']:.1f} | {jiio.get('objective_mean', float('nan')):.1f} |",
+            f"| Adam inner loop, {adam.get('steps', '?')} steps | {adam.get('n')} | {adam['seconds']:.2f} | "
+            f"{1e3 * per['adam']:.1f} | {adam.get('objective_mean', float('nan')):.1f} |",
+            "",
+            f"JIIO restores a digit **{per['adam'] / per['jiio']:.1f}× faster** than the Adam inner loop.",
+            "",
+        ]
+    lines += [f"- {k}: {v}" for k, v in _flat(inv).items()
+              if not k.startswith(("jiio.", "adam.", "options.")) and not isinstance(v, (list, dict))]
+    return lines
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
