@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from deq_core import DeqConfigError
 from torch import nn
 
 __all__ = ["coerce_options", "load_mnist", "make_solver", "progress_bar", "save_checkpoint", "load_checkpoint",
@@ -112,3 +113,33 @@ def coerce_options(options: dict[str, Any], aliases: dict[str, tuple[str, type]]
             value = tuple(value) if isinstance(value, list) else (value,)
         out[key] = value
     return out
+
+
+def config_from(cls: type, config: Any, task: str, aliases: dict[str, tuple[str, type]]) -> Any:
+    """A task config from ``None`` (defaults), an instance of ``cls``, or a dict of (CLI-spelled) options.
+
+    ``quick=True`` in the dict selects ``cls.quick(...)``; unknown options raise :class:`DeqConfigError` listing
+    the known ones, so a typo fails before training starts.
+    """
+    if config is None:
+        return cls()
+    if isinstance(config, cls):
+        return config
+    if isinstance(config, dict):
+        d = coerce_options(dict(config), aliases)
+        quick = bool(d.pop("quick", False))
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise DeqConfigError(f"unknown {task} options {unknown}; known: {sorted(known)}")
+        return cls.quick(**d) if quick else cls(**d)
+    raise DeqConfigError(f"config must be a {cls.__name__}, a dict or None, got {type(config).__name__}")
+
+
+def jsonable(d: Any) -> Any:
+    """Nested dicts/lists of plain values, anything else as its ``repr``."""
+    if isinstance(d, dict):
+        return {k: jsonable(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [jsonable(v) for v in d]
+    return d if isinstance(d, (int, float, str, bool, type(None))) else repr(d)

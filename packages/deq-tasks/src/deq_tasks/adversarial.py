@@ -44,7 +44,8 @@ from deq_core import DeqConfigError, DeqInputError
 from torch import Tensor
 
 from ._adv_meta_utils import (
-    coerce_options,
+    config_from,
+    jsonable,
     load_checkpoint,
     load_mnist,
     make_solver,
@@ -414,10 +415,10 @@ def run(config: AdversarialConfig | dict[str, Any] | None = None, out_dir: str |
     for name, m in models.items():
         save_checkpoint(m, out / f"classifier_{name}.safetensors",
                         {"task": "adversarial", "trained_with": name, "model": m.hparams,
-                         "config": _jsonable(asdict(cfg))})
+                         "config": jsonable(asdict(cfg))})
     metrics = {
         "task": "adversarial",
-        "config": _jsonable(asdict(cfg)),
+        "config": jsonable(asdict(cfg)),
         "checkpoint": None if checkpoint is None else str(checkpoint),
         "accuracy": table,
         "rows_trained_with": ["clean", "pgd", "jio"],
@@ -451,26 +452,4 @@ class AdversarialTask:
 
 
 def _as_config(config: AdversarialConfig | dict[str, Any] | None) -> AdversarialConfig:
-    if config is None:
-        return AdversarialConfig()
-    if isinstance(config, AdversarialConfig):
-        return config
-    if isinstance(config, dict):
-        d = coerce_options(dict(config), {"epochs": ("clean_epochs", int)})
-        quick = bool(d.pop("quick", False))
-        known = set(AdversarialConfig.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DeqConfigError(f"unknown adversarial options {unknown}; known: {sorted(known)}")
-        return AdversarialConfig.quick(**d) if quick else AdversarialConfig(**d)
-    raise DeqConfigError(f"config must be an AdversarialConfig, a dict or None, got {type(config).__name__}")
-
-
-def _jsonable(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {k: _jsonable(v) for k, v in d.items()}
-    if isinstance(d, (list, tuple)):
-        return [_jsonable(v) for v in d]
-    return d if isinstance(d, (int, float, str, bool, type(None))) else repr(d)
-
-
+    return config_from(AdversarialConfig, config, "adversarial", {"epochs": ("clean_epochs", int)})

@@ -50,7 +50,8 @@ from deq_core import DeqConfigError, DeqInputError
 from torch import Tensor
 
 from ._adv_meta_utils import (
-    coerce_options,
+    config_from,
+    jsonable,
     load_checkpoint,
     load_mnist,
     make_solver,
@@ -517,7 +518,7 @@ def run(config: MetaConfig | dict[str, Any] | None = None, out_dir: str | Path =
         if not loaded or loaded.get("task") != "meta-learning":
             raise DeqInputError(f"{checkpoint} is not a meta-learning checkpoint (config {loaded!r})")
         datasets = (loaded["dataset"],)
-    metrics: dict[str, Any] = {"task": "meta-learning", "config": _jsonable(asdict(cfg)), "results": {},
+    metrics: dict[str, Any] = {"task": "meta-learning", "config": jsonable(asdict(cfg)), "results": {},
                                "checkpoint": None if checkpoint is None else str(checkpoint)}
     curves: dict[str, list[float]] = {}
     t0 = time.perf_counter()
@@ -541,7 +542,7 @@ def run(config: MetaConfig | dict[str, Any] | None = None, out_dir: str | Path =
             _plot_sinusoids(model, batch, cfg, out / "sinusoid_fits.png")
         save_checkpoint(model, out / f"meta_{ds}.safetensors",
                         {"task": "meta-learning", "dataset": ds, "model": model.hparams,
-                         "config": _jsonable(asdict(cfg))})
+                         "config": jsonable(asdict(cfg))})
     if curves:
         _plot_curve(curves, out / "meta_training.png")
     metrics["total_seconds"] = time.perf_counter() - t0
@@ -569,24 +570,4 @@ class MetaLearningTask:
 
 
 def _as_config(config: MetaConfig | dict[str, Any] | None) -> MetaConfig:
-    if config is None:
-        return MetaConfig()
-    if isinstance(config, MetaConfig):
-        return config
-    if isinstance(config, dict):
-        d = coerce_options(dict(config), {"steps": ("meta_steps", int)})
-        quick = bool(d.pop("quick", False))
-        known = set(MetaConfig.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DeqConfigError(f"unknown meta-learning options {unknown}; known: {sorted(known)}")
-        return MetaConfig.quick(**d) if quick else MetaConfig(**d)
-    raise DeqConfigError(f"config must be a MetaConfig, a dict or None, got {type(config).__name__}")
-
-
-def _jsonable(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {k: _jsonable(v) for k, v in d.items()}
-    if isinstance(d, (list, tuple)):
-        return [_jsonable(v) for v in d]
-    return d if isinstance(d, (int, float, str, bool, type(None))) else repr(d)
+    return config_from(MetaConfig, config, "meta-learning", {"steps": ("meta_steps", int)})
