@@ -123,6 +123,10 @@ def test_cli_list_and_run_inverse_block_then_reload(tmp_path, capsys) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["options"]["mask"] == "block" and metrics["training"]["steps"] == 2
     assert metrics["psnr_jiio"] > 0 and "[-1, 1]" in metrics["psnr_convention"]
+    # composed = observed pixels + decoder in the hole: it differs from the raw decoder only inside the hole
+    assert 0 < metrics["psnr_jiio_composed"] < float("inf")
+    assert metrics["psnr_jiio_composed"] != metrics["psnr_jiio"]
+    assert metrics["jiio"]["plain_forward_steps_mean"] >= 1
     assert (out / "restoration.png").stat().st_size > 1000 and (out / "model.safetensors").is_file()
     out2 = tmp_path / "inv2"
     assert _cli(["tasks", "run", "inverse", "--mask", "random", "--checkpoint", str(out / "model.safetensors"),
@@ -149,3 +153,12 @@ def test_cli_bad_input_is_one_error_line(tmp_path, capsys) -> None:
     assert _cli(["tasks", "run", "inverse", "--out", str(tmp_path), "--maks", "block"]) == 1
     assert "maks" in capsys.readouterr().err
     assert _cli(["tasks", "run", "inverse", "--out", str(tmp_path), "--alpha", "-0.1", *SMALL[:2]]) == 1
+
+
+def test_build_decoder_head_bias_starts_near_background() -> None:
+    grey = build_decoder(size=8, latent_dim=4, channels=(4, 8), seed=0)
+    dark = build_decoder(size=8, latent_dim=4, channels=(4, 8), seed=0, head_bias=-1.5)
+    x = torch.zeros(3, 4)
+    with torch.no_grad():
+        assert float(dark(x)[0].mean()) < float(grey(x)[0].mean()) - 0.5
+        assert float(dark(x)[0].mean()) < -0.6
