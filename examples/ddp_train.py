@@ -29,11 +29,12 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from deq_core import DEQ, ImplicitAdjoint, reduce_stats, save
-from deq_core.nn import spectral_norm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from deq_core import DEQ, ImplicitAdjoint, reduce_stats, save
+from deq_core.nn import spectral_norm
 
 
 class Layer(nn.Module):

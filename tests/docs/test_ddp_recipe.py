@@ -38,6 +38,7 @@ def test_recipe_runs_with_two_gloo_processes(tmp_path):
     assert last < 0.7 * first, (first, last)
 
     import torch
+
     from deq_core import load
 
     sys.path.insert(0, str(ROOT / "examples"))

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from deq_core import PluginError, UnknownNameError, fixed_point, registry
 from deq_core.plugins import DeqPluginWarning, PluginManager, use_manager
 

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+
 from deq_core import DeqConfigError, FixedPointIteration, fixed_point, registry
 from deq_core.plugins import DeqPluginWarning, PluginManager, use_manager
 from deq_core.testing import check_solver

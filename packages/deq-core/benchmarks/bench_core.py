@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 
 import torch
+
 from deq_core import FixedPointIteration, fixed_point
 
 

@@ -30,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
 from deq_core import DEQ, FixedPointIteration
 from deq_core.nn import spectral_norm
 from deq_core.opteq import DeepOptEq, OptEq
-from torch import nn
 
 try:
     from tqdm.auto import tqdm

@@ -7,13 +7,14 @@ import os
 import tempfile
 from pathlib import Path
 
-import deq_core
 import pytest
 import torch
-from deq_core import DEQ, DeqInputError, FixedPointIteration, _checkpoint, load, save
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
+
+import deq_core
+from deq_core import DEQ, DeqInputError, FixedPointIteration, _checkpoint, load, save
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
           torch.int8, torch.uint8, torch.bool]

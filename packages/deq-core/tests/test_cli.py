@@ -9,6 +9,7 @@ import sys
 
 import click
 import pytest
+
 from deq_core import DeqInputError, FixedPointIteration
 from deq_core.cli import main
 from deq_core.plugins import PluginManager, PluginSource, SolverEntry, hookimpl, use_manager

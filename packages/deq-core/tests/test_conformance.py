@@ -8,6 +8,9 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from deq_core import AbstractFixedPointSolver, FixedPointIteration, LoopControl, LoopOutcome, Result, run_loop
 from deq_core.testing import (
     DEFAULT_TOLERANCES,
@@ -18,8 +21,6 @@ from deq_core.testing import (
     make_contraction,
     tanh_contractions,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 pytestmark = pytest.mark.usefixtures("core_registry")
 

@@ -11,9 +11,10 @@ import pickle
 
 import pytest
 import torch
+from torch import Tensor, nn
+
 from deq_core import DEQ, FixedPointIteration, ImplicitAdjoint, UnrolledAdjoint
 from deq_core.nn import remove_norm, spectral_norm, weight_norm
-from torch import Tensor, nn
 
 pytestmark = pytest.mark.usefixtures("core_registry")
 

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+
 from deq_core import DEQ, FixedPointIteration, ImplicitAdjoint
 from deq_core.distributed import reduce_stats
 from deq_core.nn import spectral_norm
-from torch import nn
 
 STEPS, BATCH, WIDTH, LR = 5, 8, 6, 0.5
 VARIANTS = {"find_unused_parameters": {"find_unused_parameters": True}, "static_graph": {"static_graph": True}}

@@ -8,6 +8,9 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from deq_core import (
     AbstractFixedPointSolver,
     DeqSolveError,
@@ -17,8 +20,6 @@ from deq_core import (
     fixed_point,
 )
 from deq_core.testing import Contraction, contractions, make_contraction
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 pytestmark = pytest.mark.usefixtures("core_registry")
 

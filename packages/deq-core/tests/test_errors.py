@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from torch import nn
+
 from deq_core import (
     DEQ,
     DeqConfigError,
@@ -21,7 +23,6 @@ from deq_core import (
     registry,
     resolve_adjoint,
 )
-from torch import nn
 
 pytestmark = pytest.mark.usefixtures("core_registry")
 

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor, nn
+
 from deq_core import (
     DEQ,
     FixedPointIteration,
@@ -24,9 +28,6 @@ from deq_core import (
     UnrolledAdjoint,
     fixed_point,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from torch import Tensor, nn
 
 pytestmark = pytest.mark.usefixtures("core_registry")
 

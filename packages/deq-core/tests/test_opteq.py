@@ -15,6 +15,9 @@ from typing import ClassVar
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from deq_core import DeqConfigError, DeqInputError, FixedPointIteration, UnknownNameError, fixed_point
 from deq_core.opteq import (
     AbstractProx,
@@ -29,8 +32,6 @@ from deq_core.opteq import (
     get_prox,
     with_l1,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 F64 = torch.float64
 

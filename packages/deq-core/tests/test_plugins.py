@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 import pytest
+
 from deq_core import DeqConfigError, FixedPointIteration, PluginError, UnknownNameError, registry
 from deq_core.plugins import (
     HOOK_NAMES,

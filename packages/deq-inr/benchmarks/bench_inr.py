@@ -24,6 +24,7 @@ import sys
 import time
 
 import torch
+
 from deq_inr import build_model, default_input_scale, fit, image_data
 
 FAMILIES = {"siren": ("isiren", "siren"), "fourier": ("imfn-fourier", "mfn-fourier"),

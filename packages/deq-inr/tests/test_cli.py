@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from deq_inr._cli import inr
 
 TINY = ["--steps", "3", "--width", "16", "--size", "16", "--no-progress"]
@@ -52,6 +53,7 @@ def test_render_loads_checkpoint(fitted, tmp_path):
 
 def test_render_reproduces_fit_prediction(fitted):
     import torch
+
     from deq_inr import image_data, load_checkpoint, psnr
 
     model, cfg = load_checkpoint(fitted / "model.safetensors")
@@ -64,6 +66,7 @@ def test_render_wrong_model_and_foreign_checkpoints(fitted, tmp_path):
     _one_line_error(_run(["render", str(fitted / "model.safetensors"), "--out", str(tmp_path), "--model", "isiren"]),
                     "holds model 'imfn-gabor', not 'isiren'")
     import torch
+
     from deq_core import save
 
     save(tmp_path / "other.safetensors", torch.nn.Linear(2, 2), {"solver": "anderson"})

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from deq_core import DeqInputError
 from deq_inr import (
     audio_data,

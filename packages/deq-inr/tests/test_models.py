@@ -5,10 +5,11 @@ import math
 
 import pytest
 import torch
-from deq_core import ImplicitAdjoint, NeumannAdjoint
-from deq_inr import MODELS, ExplicitINR, GaborFilter, ImplicitINR, Siren, build_model
 from hypothesis import given
 from hypothesis import strategies as st
+
+from deq_core import ImplicitAdjoint, NeumannAdjoint
+from deq_inr import MODELS, ExplicitINR, GaborFilter, ImplicitINR, Siren, build_model
 
 
 def _coords(n=7, d=2, dtype=torch.float32):

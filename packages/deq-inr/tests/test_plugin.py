@@ -2,6 +2,7 @@
 
 import click
 import torch
+
 from deq_inr import MODELS, plugin
 
 

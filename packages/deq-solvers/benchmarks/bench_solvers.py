@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from deq_core import FixedPointIteration, ImplicitAdjoint, fixed_point
 from deq_solvers import Anderson, Broyden, FusedAnderson, Neumann, Picard, triton_status
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from deq_core.testing import check_solver
 from deq_solvers import Anderson, Broyden, FusedAnderson, Neumann, Picard, triton_status
 

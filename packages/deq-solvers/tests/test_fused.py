@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from deq_core import DeqConfigError, Result, fixed_point
 from deq_core.testing import make_contraction
 from deq_solvers import Anderson, FusedAnderson, triton_status

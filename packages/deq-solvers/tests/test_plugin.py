@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 import pytest
+
 from deq_core import UnknownNameError, fixed_point, registry
 from deq_core.plugins import PluginManager, SolverEntry, use_manager
 from deq_solvers import Anderson, Broyden, FusedAnderson, Neumann, Picard, plugin

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _solvers_problems import affine, tanh_map
+
 from deq_core import DeqConfigError, ImplicitAdjoint, Result, fixed_point
 from deq_solvers import Anderson, Broyden, Neumann, Picard
 

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+
 from deq_core import DeqConfigError, DeqInputError
 from deq_tasks.adversarial import (
     AdversarialConfig,

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+
 from deq_core import DeqConfigError, DeqInputError
 from deq_tasks.data import load_digits, psnr
 from deq_tasks.generative import (

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from deq_core import DeqConfigError, DeqInputError, DeqSolveError
 from deq_tasks.jiio import (
     JIIOConfig,
@@ -16,8 +19,6 @@ from deq_tasks.jiio import (
     jiio_solve,
     l2_ball,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 D = torch.float64
 

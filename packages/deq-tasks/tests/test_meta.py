@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from deq_core import DeqConfigError, DeqInputError
 from deq_tasks.meta import (
     MetaConfig,

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from deq_core import AbstractFixedPointSolver, DeqConfigError, FlatMap, check_range
 from torch import Tensor
+
+from deq_core import AbstractFixedPointSolver, DeqConfigError, FlatMap, check_range
 
 __all__ = ["HeavyBall"]
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from deq_core import UnknownNameError
 from torch import nn
+
+from deq_core import UnknownNameError
 
 from ._models import ExplicitINR, ImplicitINR, Siren
 

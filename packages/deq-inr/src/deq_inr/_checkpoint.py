@@ -8,10 +8,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from deq_core import DeqInputError
 from deq_core import load as _load
 from deq_core import save as _save
-from torch import nn
 
 from ._build import MODELS, model_from_config
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from deq_core import DeqInputError
 from torch import Tensor
+
+from deq_core import DeqInputError
 
 __all__ = ["CoordData", "BUNDLED_IMAGES", "NATURAL_IMAGES", "TEXT_IMAGES", "load_image", "image_data", "audio_data",
            "video_data", "synth_audio", "read_wav", "write_wav", "grid_coords", "default_input_scale", "VIDEO_GIF"]

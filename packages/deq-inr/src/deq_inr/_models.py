@@ -24,9 +24,10 @@ from collections.abc import Hashable
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+
 from deq_core import DEQ, AbstractAdjoint, DEQInfo, ImplicitAdjoint, NeumannAdjoint
 from deq_core.nn import spectral_norm as _spectral_norm
-from torch import Tensor, nn
 
 from ._filters import FourierFilter, make_filter
 

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from functools import partial
 
 import click
+
 from deq_core.plugins import ModelEntry, hookimpl
 
 from ._build import MODELS, build_model

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from deq_core import AbstractFixedPointSolver, FlatMap, check_positive, check_range
 from torch import Tensor
+
+from deq_core import AbstractFixedPointSolver, FlatMap, check_positive, check_range
 
 from ._util import check_int, history_dtype, resolve_dtype
 

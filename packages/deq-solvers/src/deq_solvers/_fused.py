@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from torch import Tensor
+
 from deq_core import (
     AbstractFixedPointSolver,
     DeqConfigError,
@@ -18,7 +20,6 @@ from deq_core import (
     check_positive,
     check_range,
 )
-from torch import Tensor
 
 from ._anderson import _AndersonState, mixing_weights
 from ._util import check_int, resolve_dtype

@@ -6,8 +6,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from deq_core import AbstractFixedPointSolver, FlatMap, LoopControl, LoopOutcome, check_positive, run_loop
 from torch import Tensor
+
+from deq_core import AbstractFixedPointSolver, FlatMap, LoopControl, LoopOutcome, check_positive, run_loop
 
 from ._util import check_int
 

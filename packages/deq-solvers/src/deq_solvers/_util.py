@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from deq_core import DeqConfigError
 
 __all__ = ["LOW_PRECISION", "check_int", "history_dtype", "resolve_dtype"]

@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from deq_core import DeqConfigError
 from torch import nn
+
+from deq_core import DeqConfigError
 
 __all__ = ["coerce_options", "load_mnist", "make_solver", "progress_bar", "save_checkpoint", "load_checkpoint",
            "seed_all"]

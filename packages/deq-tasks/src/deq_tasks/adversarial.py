@@ -40,8 +40,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from deq_core import DeqConfigError, DeqInputError
 from torch import Tensor
+
+from deq_core import DeqConfigError, DeqInputError
 
 from ._adv_meta_utils import (
     config_from,

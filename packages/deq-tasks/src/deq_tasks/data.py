@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from deq_core import DeqConfigError, DeqInputError
 from torch import Tensor
+
+from deq_core import DeqConfigError, DeqInputError
 
 __all__ = ["DigitData", "load_digits", "mnist_path", "psnr"]
 

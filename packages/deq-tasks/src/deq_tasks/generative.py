@@ -28,9 +28,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from deq_core import DeqConfigError, load, save
 from deq_core.nn import frozen_weights
-from torch import Tensor, nn
 
 from ._common import frozen_params, progress, save_grid, seed_all, write_metrics
 from .data import DigitData, load_digits, psnr

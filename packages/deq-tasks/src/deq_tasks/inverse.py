@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from deq_core import DeqConfigError, DeqInputError, save
 from torch import Tensor
+
+from deq_core import DeqConfigError, DeqInputError, save
 
 from ._common import progress, save_grid, seed_all, write_metrics
 from .data import load_digits, psnr

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import Tensor
+
 from deq_core import (
     AbstractFixedPointSolver,
     DeqConfigError,
@@ -55,7 +57,6 @@ from deq_core import (
     fixed_point,
     resolve_solver,
 )
-from torch import Tensor
 
 __all__ = [
     "AugmentedMap",

@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from deq_core import DEQ, DeqConfigError, DeqInputError, ImplicitAdjoint, resolve_solver
 from torch import Tensor, nn
+
+from deq_core import DEQ, DeqConfigError, DeqInputError, ImplicitAdjoint, resolve_solver
 
 __all__ = ["MDEQClassifier", "MDEQClassifierLayer"]
 

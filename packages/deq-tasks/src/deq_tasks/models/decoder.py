@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from deq_core import DEQ, DeqConfigError, DeqInputError, ImplicitAdjoint, resolve_solver
 from deq_core.nn import spectral_norm, weight_norm
-from torch import Tensor, nn
 
 __all__ = ["DecoderLayer", "MDEQDecoder"]
 

@@ -11,8 +11,9 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from deq_core import DeqInputError
 from torch import Tensor, nn
+
+from deq_core import DeqInputError
 
 __all__ = ["DigitFeatures", "frechet_distance", "train_feature_net"]
 

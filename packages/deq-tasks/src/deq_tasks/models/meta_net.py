@@ -25,8 +25,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from deq_core import DEQ, DeqConfigError, DeqInputError, ImplicitAdjoint, resolve_solver
 from torch import Tensor, nn
+
+from deq_core import DEQ, DeqConfigError, DeqInputError, ImplicitAdjoint, resolve_solver
 
 __all__ = ["ContextDEQ"]
 
