@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from deq_core import AbstractFixedPointSolver, FlatMap, check_positive, check_range
+from deq_core import AbstractFixedPointSolver, FlatMap, check_range
 
-from ._util import check_int, history_dtype, resolve_dtype
+from ._util import check_anderson_options, history_dtype
 
 __all__ = ["Anderson", "mixing_weights"]
 
@@ -85,18 +85,12 @@ class Anderson(AbstractFixedPointSolver):
     switch_ratio: float = 0.5
 
     def __post_init__(self) -> None:
-        check_int(self, "m", self.m, 1)
-        check_range(self, "beta", self.beta, 0.0, 1.0)
-        check_positive(self, "ridge", self.ridge, allow_zero=True)
-        check_range(self, "max_alpha", self.max_alpha, 1.0, float("inf"))
-        check_range(self, "restart_growth", self.restart_growth, 1.0, float("inf"))
+        check_anderson_options(self)
         if not isinstance(self.adaptive, bool):
             from deq_core import DeqConfigError
 
             raise DeqConfigError(f"Anderson.adaptive must be a bool, got {self.adaptive!r}")
         check_range(self, "switch_ratio", self.switch_ratio, 0.0, 1.0)
-        resolve_dtype(self, "history_dtype", self.history_dtype)
-        resolve_dtype(self, "solve_dtype", self.solve_dtype)
         if self.solve_dtype == "auto":
             from deq_core import DeqConfigError
 

@@ -17,12 +17,10 @@ from deq_core import (
     LoopControl,
     LoopOutcome,
     Result,
-    check_positive,
-    check_range,
 )
 
 from ._anderson import _AndersonState, mixing_weights
-from ._util import check_int, resolve_dtype
+from ._util import check_anderson_options, check_int
 
 __all__ = ["FusedAnderson", "triton_status"]
 
@@ -132,13 +130,7 @@ class FusedAnderson(AbstractFixedPointSolver):
     cuda_graph: bool = True
 
     def __post_init__(self) -> None:
-        check_int(self, "m", self.m, 1)
-        check_range(self, "beta", self.beta, 0.0, 1.0)
-        check_positive(self, "ridge", self.ridge, allow_zero=True)
-        check_range(self, "max_alpha", self.max_alpha, 1.0, float("inf"))
-        check_range(self, "restart_growth", self.restart_growth, 1.0, float("inf"))
-        resolve_dtype(self, "history_dtype", self.history_dtype)
-        resolve_dtype(self, "solve_dtype", self.solve_dtype)
+        check_anderson_options(self)
         check_int(self, "check_every", self.check_every, 1)
         check_int(self, "block", self.block, 16)
         if self.block & (self.block - 1):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from deq_core import DeqConfigError
+from deq_core import DeqConfigError, check_positive, check_range
 
 __all__ = ["LOW_PRECISION", "check_int", "history_dtype", "resolve_dtype"]
 
@@ -32,3 +32,15 @@ def check_int(owner: object, name: str, value: object, low: int) -> None:
     """Raise :class:`DeqConfigError` unless ``value`` is an int ``>= low``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise DeqConfigError(f"{type(owner).__name__}.{name} must be an int >= {low}, got {value!r}")
+
+
+def check_anderson_options(owner: object) -> None:
+    """Validate the hyperparameters Anderson-type solvers share (``m``, ``beta``, ``ridge``, ``max_alpha``,
+    ``restart_growth``, ``history_dtype``, ``solve_dtype``); raise :class:`DeqConfigError` on a bad one."""
+    check_int(owner, "m", owner.m, 1)
+    check_range(owner, "beta", owner.beta, 0.0, 1.0)
+    check_positive(owner, "ridge", owner.ridge, allow_zero=True)
+    check_range(owner, "max_alpha", owner.max_alpha, 1.0, float("inf"))
+    check_range(owner, "restart_growth", owner.restart_growth, 1.0, float("inf"))
+    resolve_dtype(owner, "history_dtype", owner.history_dtype)
+    resolve_dtype(owner, "solve_dtype", owner.solve_dtype)
