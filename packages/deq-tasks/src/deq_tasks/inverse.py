@@ -101,6 +101,7 @@ class InverseTask:
     probability), ``block`` (hole side, default 8 on 28x28), ``data``, ``n_train``, ``n_test``, ``latent_dim``,
     ``steps`` / ``epochs``, ``batch``, ``lr``, ``train_budget``, ``budget``, ``alpha``, ``adam_steps``, ``adam_lr``,
     ``head_bias`` (initial output bias, -1.5: near-black start, see :func:`~deq_tasks.generative.build_decoder`),
+    ``jac_reg`` (Jacobian regularization weight, :func:`~deq_tasks.generative.train_decoder`),
     ``latent_ball`` (latents constrained to the ball of radius ``sqrt(latent_dim)``, also for Adam), ``seed``.
     Metrics: ``psnr_jiio`` is the raw decoder output ``h(z*)``; ``psnr_jiio_composed`` the usual inpainting output
     (observed pixels where visible, decoder in the hidden ones; masks only); ``jiio.plain_forward_steps_mean`` the
@@ -120,9 +121,10 @@ class InverseTask:
     batch: int = 32
     lr: float = 1e-2
     head_bias: float | None = -1.5
+    jac_reg: float = 0.1
     train_budget: int = 20
     budget: int = 20
-    alpha: float = 0.05
+    alpha: float = 0.1
     adam_steps: int = 40
     adam_lr: float = 1.0
     latent_ball: bool = True
@@ -158,7 +160,7 @@ class InverseTask:
             t = time.perf_counter()
             logs = train_decoder(model, data.train_x, steps=steps, batch=self.batch, lr=self.lr,
                                  config=self.jiio_config(self.train_budget), corrupt=corrupt, seed=self.seed,
-                                 show_progress=progress_bar, desc=f"train inverse ({self.mask})",
+                                 show_progress=progress_bar, desc=f"train inverse ({self.mask})", jac_reg=self.jac_reg,
                                  radius=self.radius(model))
             trained = {"steps": steps, "seconds": time.perf_counter() - t, "first_loss": logs[0]["loss"],
                        "final_loss": logs[-1]["loss"]}
