@@ -113,3 +113,22 @@ def test_tiny_run_writes_metrics_png_and_loadable_checkpoints(tmp_path):
                                        progress_bar=False)
     assert again["checkpoint"].endswith("classifier_clean.safetensors")
     assert again["accuracy"]["clean"]["clean"] == table["clean"]["clean"]
+
+
+def test_config_rejects_unknown_jio_solver() -> None:
+    from deq_core import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="andersen"):
+        AdversarialConfig(jio_solver="andersen")
+
+
+def test_jio_plain_iteration_attack_stays_in_ball_and_raises_loss(trained) -> None:
+    """The task's default JIO (plain damped iteration, no Anderson) is a valid attack: inside the eps-ball and
+    at least as strong as no perturbation, on every sample."""
+    model, u, y = trained
+    delta, res = jio_attack(model, u, y, eps=1.0, budget=25, alpha=1.0, alpha_final=0.1, switch_at=15,
+                            solver="fixed-point")
+    assert float(delta.flatten(1).norm(dim=1).max()) <= 1.0 + 1e-5
+    clean, _ = adversarial_loss(model, u, torch.zeros_like(u), y)
+    adv, _ = adversarial_loss(model, u, delta, y)
+    assert bool((adv >= clean - 1e-6).all()), (adv, clean)

@@ -64,12 +64,17 @@ __all__ = [
 
 @dataclass
 class AdversarialConfig:
-    """Settings of the ``adversarial`` task (defaults: the paper's MNIST settings, CPU-sized training).
+    """Settings of the ``adversarial`` task (defaults: the paper's MNIST settings, CPU-sized training, except JIO's).
 
     Attributes:
         eps: L2 radius of the threat model on ``[0, 1]`` pixels (> 0).
-        jio_budget, jio_alpha, jio_alpha_final, jio_switch_at, jio_m: JIO iterations, step size before/after the
-            switch iteration, Anderson memory.
+        jio_budget, jio_alpha, jio_alpha_final, jio_switch_at, jio_solver, jio_m: JIO iterations, step size
+            before/after the switch iteration, the solver of the augmented map (``"fixed-point"`` = the damped
+            JIIO iteration itself, or ``"anderson"`` with memory ``jio_m``, the paper's choice: T = 80,
+            0.6 -> 0.2 at 50, m = 20). Measured on the clean- and PGD-trained MNIST classifiers (32 test images):
+            Anderson's extrapolation weakens the attack (its normalized, projected step is not smooth at the
+            ball's boundary); the plain iteration with T = 40, 1.0 -> 0.1 at 25 reaches PGD-20's adversarial loss
+            on both (4.29 vs 4.23, 1.137 vs 1.136), where Anderson m = 20 reaches 3.67 at T = 80.
         loss_scale: inner loss ``-loss_scale * CE`` (the paper's 10).
         pgd_steps, pgd_lr: PGD baseline (20 steps, lr 0.2).
         channels, solver, max_steps, backward_steps, rtol: the DEQ classifier and its equilibrium solve
@@ -85,10 +90,11 @@ class AdversarialConfig:
     """
 
     eps: float = 1.0
-    jio_budget: int = 80
-    jio_alpha: float = 0.6
-    jio_alpha_final: float = 0.2
-    jio_switch_at: int = 50
+    jio_budget: int = 40
+    jio_alpha: float = 1.0
+    jio_alpha_final: float = 0.1
+    jio_switch_at: int = 25
+    jio_solver: str = "fixed-point"
     jio_m: int = 20
     loss_scale: float = 10.0
     pgd_steps: int = 20
@@ -99,10 +105,10 @@ class AdversarialConfig:
     backward_steps: int = 20
     rtol: float = 1e-4
     n_train: int = 4000
-    n_test: int = 192
-    clean_epochs: int = 2
+    n_test: int = 1000
+    clean_epochs: int = 5
     adv_epochs: int = 1
-    adv_train_samples: int | None = 512
+    adv_train_samples: int | None = 2000
     batch_size: int = 64
     lr: float = 3e-3
     jac_reg: float = 0.0
@@ -119,6 +125,7 @@ class AdversarialConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise DeqConfigError(f"AdversarialConfig.{name} must be an int >= 1, got {v!r}")
+        make_solver(self.jio_solver, **({"m": self.jio_m} if self.jio_solver == "anderson" else {}))  # unknown name
 
     @classmethod
     def quick(cls, **overrides: Any) -> AdversarialConfig:
@@ -163,13 +170,15 @@ def adversarial_loss(model: MDEQClassifier, u: Tensor, delta: Tensor, y: Tensor)
 
 def jio_attack(model: MDEQClassifier, u: Tensor, y: Tensor, eps: float = 1.0, *, budget: int = 80,
                alpha: float = 0.6, alpha_final: float = 0.2, switch_at: int = 50, m: int = 20,
-               loss_scale: float = 10.0) -> tuple[Tensor, Any]:
+               loss_scale: float = 10.0, solver: str = "anderson") -> tuple[Tensor, Any]:
     """JIO: the adversarial perturbation ``delta*`` (``||delta*||_2 <= eps``) from one augmented JIIO solve.
 
     Arguments:
         model: the DEQ classifier (its parameters are not changed).
         u: images (B, 1, 28, 28) in ``[0, 1]``; y: labels (B,).
         eps: L2 radius; budget, alpha, alpha_final, switch_at, m: JIIO settings (paper: 80, 0.6, 0.2, 50, 20).
+        solver: ``"anderson"`` (memory ``m``, the paper's) or any registered solver name for the augmented map
+            (``"fixed-point"``: the plain damped JIIO iteration, the task's default, see :class:`AdversarialConfig`).
         loss_scale: the engine maximizes ``loss_scale * CE`` per sample (descends ``-loss_scale * CE``).
 
     Returns:
@@ -193,7 +202,8 @@ def jio_attack(model: MDEQClassifier, u: Tensor, y: Tensor, eps: float = 1.0, *,
 
     problem = JIIOProblem(f=f, objective=objective, project=lambda d: project_l2(d, eps), maximize=True)
     config = JIIOConfig(budget=budget, alpha=alpha, alpha_final=alpha_final, switch_at=switch_at,
-                        normalized_step=True, solver=make_solver("anderson", m=m), best_iterate=True)
+                        normalized_step=True, solver=make_solver("anderson", m=m) if solver == "anderson" else solver,
+                        best_iterate=True)
     was_training = model.training
     model.eval()
     try:
@@ -244,7 +254,7 @@ def _attack(model: MDEQClassifier, kind: str, u: Tensor, y: Tensor, cfg: Adversa
     if kind == "jio":
         return jio_attack(model, u, y, cfg.eps, budget=cfg.jio_budget, alpha=cfg.jio_alpha,
                           alpha_final=cfg.jio_alpha_final, switch_at=min(cfg.jio_switch_at, cfg.jio_budget),
-                          m=cfg.jio_m, loss_scale=cfg.loss_scale)[0]
+                          m=cfg.jio_m, loss_scale=cfg.loss_scale, solver=cfg.jio_solver)[0]
     raise DeqConfigError(f"unknown attack {kind!r}; expected one of clean, pgd, jio")
 
 

@@ -307,7 +307,8 @@ class GenerativeTask:
     Options (``--name value`` on the command line): ``data`` (mnist | digits), ``n_train``, ``n_test``, ``latent_dim``,
     ``steps`` / ``epochs`` (training), ``batch``, ``lr``, ``train_budget`` (JIIO iterations while training),
     ``budget`` (JIIO iterations at test), ``alpha``, ``head_bias`` (initial output bias, -1.5 = near-black start),
-    ``jac_reg`` (Jacobian regularization weight, :func:`train_decoder`), ``adam_steps``, ``adam_lr``, ``vae`` (train the VAE comparison),
+    ``jac_reg`` (Jacobian regularization weight, :func:`train_decoder`), ``adam_steps``, ``adam_lr``, ``vae``
+    (train the VAE comparison),
     ``latent_ball`` (constrain latents to the ball of radius ``sqrt(latent_dim)``, in training, JIIO and Adam),
     ``seed``.
     """
