@@ -2,11 +2,12 @@
 
 Same model, same batch, wall-clock of the whole attack / inner loop (CPU, ``time.perf_counter``):
 
-* adversarial: an MDEQ-style DEQ classifier trained on MNIST-5k (5 clean epochs, as the task's clean model); PGD-20 (lr 0.2, L2 eps 1, every step a
-  full DEQ solve + implicit backward) vs JIO: the paper's settings (T = 80, alpha 0.6 -> 0.2 at 50, Anderson
-  m = 20) as a reference row, and the task's default (plain damped JIIO iteration, alpha 1.0 -> 0.1 at 5T/8)
-  at T = 30..60. Both attacks are scored on an equilibrium re-solved from zero at ``u + delta*``; the speed-up
-  is reported for the smallest budget of the task's JIO whose mean adversarial CE is >= PGD-20's.
+* adversarial: an MDEQ-style DEQ classifier trained on MNIST-5k (5 clean epochs, as the task's clean model);
+  PGD-20 (lr 0.2, L2 eps 1, every step a full DEQ solve + implicit backward) vs JIO: the paper's settings
+  (T = 80, alpha 0.6 -> 0.2 at 50, Anderson m = 20) as a reference row, and the task's default (plain damped
+  JIIO iteration, alpha 1.0 -> 0.1 at 5T/8) at T = 30..60. Both attacks are scored on an equilibrium re-solved
+  from zero at ``u + delta*``; the speed-up is reported for the smallest budget of the task's JIO whose mean
+  adversarial CE is >= PGD-20's.
 * meta-learning: a FiLM-conditioned context DEQ meta-trained briefly (JIIO inner loop) on sinusoid tasks; Adam-20
   on the context (lr 0.1, each step a DEQ solve + implicit backward) vs JIIO budgets 10..100; the speed-up is
   for the smallest budget whose support objective (re-solved) is <= Adam-20's. A MAML-style loop is reported too.

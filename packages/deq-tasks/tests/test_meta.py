@@ -149,3 +149,38 @@ def test_tiny_run_writes_outputs_and_reloads(tmp_path):
     again = MetaLearningTask(**cfg).run(tmp_path / "again", checkpoint=tmp_path / "meta_sinusoid.safetensors",
                                         progress_bar=False)
     assert again["results"]["sinusoid"]["none"]["query_loss"] == pytest.approx(res["none"]["query_loss"], rel=1e-5)
+
+
+def test_maml_runs_on_a_spectral_normed_model_in_train_mode():
+    """Regression: the spectral norm's in-place power-iteration update broke torch.func (MAML) in train mode."""
+    from deq_tasks._adv_meta_utils import make_solver
+
+    torch.manual_seed(0)
+    net = ContextDEQ(1, 1, hidden=16, context_dim=8, solver=make_solver("anderson", m=5), max_steps=40,
+                     weight_norm=0.99, gain=2.0).train()
+    xs, ys, _, _ = sinusoid_tasks(4, torch.Generator().manual_seed(0), 5, 5)
+    fast, v = adapt_maml(net, xs, ys, MetaConfig.quick(maml_unroll=5), steps=2)
+    assert v.shape == (4, 8) and bool(torch.isfinite(v).all())
+    assert net.training   # mode restored
+    sigma = torch.linalg.matrix_norm(net.layer.W.weight.detach(), ord=2)
+    assert float(sigma) <= 0.99 + 1e-3
+
+
+def test_context_deq_gain_validated_and_slows_the_solve():
+    """gain 2 with ||W|| <= 0.99 is contractive only through tanh saturation: its solve is longer than gain 1's."""
+    from deq_core import Result
+    from deq_tasks._adv_meta_utils import make_solver
+
+    with pytest.raises(DeqConfigError, match="gain"):
+        ContextDEQ(1, 1, gain=0.0)
+    x = torch.linspace(-5, 5, 40).reshape(4, 10, 1)
+    steps = {}
+    for gain in (1.0, 2.0):
+        torch.manual_seed(0)
+        net = ContextDEQ(1, 1, hidden=32, context_dim=8, solver=make_solver("anderson", m=5), max_steps=100,
+                         weight_norm=0.99, gain=gain).eval()
+        with torch.no_grad():
+            net(x, torch.zeros(4, 8))
+        assert net.last_info.result is Result.CONVERGED, (gain, net.last_info.result)
+        steps[gain] = float(net.last_info.stats.steps.float().mean())
+    assert steps[2.0] > steps[1.0], steps

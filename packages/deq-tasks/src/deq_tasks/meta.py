@@ -81,6 +81,9 @@ class MetaConfig:
         n_way, k_shot, q_per_class: MNIST few-shot episodes (5-way 1-shot, 5 queries per class).
         hidden, context_dim: model width and task-context size.
         solver, max_steps, rtol: the model's own equilibrium solve.
+        weight_norm, gain: spectral-norm cap on the layer's ``W`` (``None`` = unconstrained) and the fixed factor
+            on ``W z`` (:class:`~deq_tasks.models.meta_net.ContextDEQ`): at 0.99 and 2 the model's own Anderson
+            solve takes ~20 iterations (as a real DEQ's does; gain 1: ~11, where the speed-up means little).
         context_reg: ``lambda`` of ``lambda * mean(v^2)`` in the inner objective.
         jiio_budget, jiio_alpha, jiio_alpha_final, jiio_switch_at, jiio_m: JIIO adaptation.
         adam_steps, adam_lr: the paper's inner-loop baseline (20 steps, lr 0.1).
@@ -102,6 +105,8 @@ class MetaConfig:
     solver: str = "anderson"
     max_steps: int = 40
     rtol: float = 1e-4
+    weight_norm: float | None = 0.99
+    gain: float = 2.0
     context_reg: float = 0.01
     jiio_budget: int = 60
     jiio_alpha: float = 4.0
@@ -348,7 +353,12 @@ def adapt_maml(model: ContextDEQ, xs: Tensor, ys: Tensor, cfg: MetaConfig, *, st
             v = v - lr * gv
         return fast, v
 
-    return vmap(one_task)(xs, ys)
+    was_training = model.training
+    model.eval()   # frozen weights: no in-place power-iteration update of a spectral norm inside torch.func
+    try:
+        return vmap(one_task)(xs, ys)
+    finally:
+        model.train(was_training)
 
 
 def _predict_with_fast(model: ContextDEQ, x: Tensor, v: Tensor, fast: dict[str, Tensor]) -> Tensor:
@@ -362,7 +372,8 @@ def _predict_with_fast(model: ContextDEQ, x: Tensor, v: Tensor, fast: dict[str, 
 def build_meta_model(cfg: MetaConfig, dataset: str) -> ContextDEQ:
     in_dim, out_dim = (1, 1) if dataset == "sinusoid" else (196, cfg.n_way)
     return ContextDEQ(in_dim, out_dim, hidden=cfg.hidden, context_dim=cfg.context_dim,
-                      solver=make_solver(cfg.solver), max_steps=cfg.max_steps, rtol=cfg.rtol)
+                      solver=make_solver(cfg.solver), max_steps=cfg.max_steps, rtol=cfg.rtol,
+                      weight_norm=cfg.weight_norm, gain=cfg.gain)
 
 
 def _sampler(cfg: MetaConfig, dataset: str, split: str) -> Sampler:
