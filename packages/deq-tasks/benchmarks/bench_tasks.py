@@ -10,7 +10,9 @@ Same trained model, same batch, ``time.perf_counter`` around the whole inner loo
   mean objective (sum of squared errors per image). JIIO is timed (whole call, plus one plain DEQ solve at x* that
   scores x* on a true equilibrium, as Adam's objective is, warm-started from JIIO's z) at budgets 20 to 100; for each,
   the objective it returns and the time Adam needs to first reach that objective (ratio = speed-up at equal
-  objective), and whether it reaches Adam-40's final objective.
+  objective), and whether it reaches Adam-40's final objective. A second, tuned baseline runs the same Adam-40
+  with the decoder's solves stopped at rtol 1e-2: it ends at the same objective in less than half the time
+  (the paper's protocol keeps the model's own solver settings, which is the headline; both are printed).
 * inverse: the same model, inpainting with one 8x8 block hole and denoising (sigma 0.2), objective on the
   visible / noisy pixels, PSNR vs the clean digits ([-1, 1] convention: -10 log10 MSE).
 * adversarial, meta-learning: the sections of ``bench_adv_meta.py`` (same directory).
@@ -26,6 +28,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,8 @@ import torch
 
 SECTIONS = ("generative", "inverse", "adversarial", "meta-learning")
 ALPHA = 0.1   # JIIO step on the latent (sum-of-squares loss over 784 pixels), dropped to ALPHA / 3 at 5T/8
-BUDGETS = (20, 40, 60, 80, 100)
+BUDGETS = (20, 40, 60, 70, 80, 90, 100)
+LOOSE_RTOL = 1e-2   # the tuned baseline: Adam-40 whose DEQ solves stop at this relative residual
 
 
 def _line(rec: dict[str, Any]) -> dict[str, Any]:
@@ -61,6 +65,24 @@ def _model(quick: bool, checkpoint: str | None):
     return model.eval(), data, info
 
 
+@contextmanager
+def _solve_tolerance(model, rtol: float):
+    """Temporarily run the decoder's plain forward and backward solves at relative tolerance ``rtol``."""
+    deq, adj = model.deq, model.deq.adjoint
+    old = deq.rtol, adj.rtol
+    deq.rtol = adj.rtol = rtol
+    try:
+        yield
+    finally:
+        deq.rtol, adj.rtol = old
+
+
+def _first_reach(trace: list[float], times: list[float], objective: float) -> tuple[int | None, float | None]:
+    """First Adam step whose objective is <= ``objective`` and the wall time to it (None if never)."""
+    hit = [i for i, v in enumerate(trace) if v <= objective]
+    return (hit[0], times[hit[0]]) if hit else (None, None)
+
+
 def _compare(model, target_img, clean, mask, *, label: str, batch: int, alpha: float, adam_lr: float,
              ) -> list[dict[str, Any]]:
     from deq_tasks.data import psnr
@@ -75,11 +97,17 @@ def _compare(model, target_img, clean, mask, *, label: str, batch: int, alpha: f
     base = adam_latents(model, target_img, mask, steps=40, lr=adam_lr, radius=r)
     t_adam = base["time_trace"][-1]
     plain_iters = base["forward_steps"]   # mean Anderson steps of Adam's 40 plain DEQ forward solves
+    with _solve_tolerance(model, LOOSE_RTOL):
+        loose = adam_latents(model, target_img, mask, steps=40, lr=adam_lr, radius=r)
+    recs.append(_line({"bench": label, "method": f"Adam-40, solves at rtol {LOOSE_RTOL:g}", "batch": batch,
+                       "seconds": loose["time_trace"][-1], "objective": loose["trace"][-1],
+                       "psnr": psnr(loose["image"], clean), "lr": adam_lr,
+                       "plain_deq_iterations": loose["forward_steps"]}))
     target = base["trace"][-1]
     recs.append(_line({"bench": label, "method": "Adam-40", "batch": batch, "seconds": t_adam,
                        "objective": target, "psnr": psnr(base["image"], clean), "lr": adam_lr,
                        "plain_deq_iterations": base["forward_steps"]}))
-    chosen, best = None, None
+    chosen, chosen_loose, best = None, None, None
     for budget in BUDGETS:
         t = time.perf_counter()
         res = jiio_latents(model, target_img, mask, default_jiio_config(budget, alpha=alpha, alpha_final=alpha / 3),
@@ -91,19 +119,23 @@ def _compare(model, target_img, clean, mask, *, label: str, batch: int, alpha: f
         secs = time.perf_counter() - t
         err = (img - target_img) ** 2
         obj = float((err if mask is None else err * mask).flatten(1).sum(1).mean())
-        # the baseline's wall time to first reach JIIO's objective (its trace is the objective before each step)
-        reach = [i for i, v in enumerate(base["trace"]) if v <= obj]
-        t_reach = base["time_trace"][reach[0]] if reach else None
+        # the baselines' wall time to first reach JIIO's objective (a trace is the objective before each step)
+        n_reach, t_reach = _first_reach(base["trace"], base["time_trace"], obj)
+        n_loose, t_loose = _first_reach(loose["trace"], loose["time_trace"], obj)
         rec = _line({"bench": label, "method": f"JIIO-{budget}", "batch": batch, "seconds": secs, "objective": obj,
                      "psnr": psnr(img, clean), "speedup_vs_adam40": t_adam / secs,
-                     "adam_steps_to_reach": reach[0] if reach else None,
-                     "adam_seconds_to_reach": t_reach,
+                     "adam_steps_to_reach": n_reach, "adam_seconds_to_reach": t_reach,
                      "speedup_at_equal_objective": None if t_reach is None else t_reach / secs,
+                     "loose_adam_steps_to_reach": n_loose,
+                     "speedup_vs_loose_adam": None if t_loose is None else t_loose / secs,
+                     "reaches_loose_adam40_objective": obj <= loose["trace"][-1],
                      "reaches_adam40_objective": obj <= target, "jiio_iterate_objective": float(res.objective.mean()),
                      "kkt": {k: float(v.mean()) for k, v in res.kkt.items()}})
         recs.append(rec)
         if chosen is None and obj <= target:
             chosen = rec
+        if chosen_loose is None and rec["reaches_loose_adam40_objective"]:
+            chosen_loose = rec
         if rec["speedup_at_equal_objective"] is not None and (best is None or rec["objective"] < best["objective"]):
             best = rec
     recs.append(_line({
@@ -113,6 +145,11 @@ def _compare(model, target_img, clean, mask, *, label: str, batch: int, alpha: f
         "best_equal_objective": None if best is None else {
             "method": best["method"], "objective": best["objective"], "adam_steps": best["adam_steps_to_reach"],
             "speedup": best["speedup_at_equal_objective"]},
+        "loose_baseline": {"rtol": LOOSE_RTOL, "seconds": loose["time_trace"][-1], "objective": loose["trace"][-1],
+                           "plain_deq_iterations_per_solve": loose["forward_steps"],
+                           "method": None if chosen_loose is None else chosen_loose["method"],
+                           "speedup": None if chosen_loose is None
+                           else loose["time_trace"][-1] / chosen_loose["seconds"]},
         "plain_deq_iterations_per_solve": plain_iters, "target": 9.0}))
     return recs
 
@@ -142,17 +179,22 @@ def bench_inverse(quick: bool, checkpoint: str | None = None, model_data=None) -
 
 def markdown(recs: list[dict[str, Any]]) -> str:
     rows = ["| task | method | batch | ms | objective (sum sq. err / image) | PSNR [-1,1] dB | Adam time to equal "
-            "objective / JIIO time |", "|---|---|---|---|---|---|---|"]
+            f"objective / JIIO time | same, Adam with solves at rtol {LOOSE_RTOL:g} |",
+            "|---|---|---|---|---|---|---|---|"]
+
+    def cell(sp: float | None, steps: int | None) -> str:
+        return "Adam never reaches it" if sp is None else f"{sp:.2f}x ({steps} Adam steps)"
+
     for r in recs:
         if r.get("summary") or "method" not in r:
             continue
-        sp = r.get("speedup_at_equal_objective")
         if r["method"].startswith("Adam"):
-            sp_txt = "baseline"
+            sp_txt = loose_txt = "baseline"
         else:
-            sp_txt = "Adam never reaches it" if sp is None else f"{sp:.2f}x ({r['adam_steps_to_reach']} Adam steps)"
+            sp_txt = cell(r.get("speedup_at_equal_objective"), r["adam_steps_to_reach"])
+            loose_txt = cell(r.get("speedup_vs_loose_adam"), r["loose_adam_steps_to_reach"])
         rows.append(f"| {r['bench']} | {r['method']} | {r['batch']} | {1000 * r['seconds']:.0f} | "
-                    f"{r['objective']:.2f} | {r['psnr']:.2f} | {sp_txt} |")
+                    f"{r['objective']:.2f} | {r['psnr']:.2f} | {sp_txt} | {loose_txt} |")
     rows.append("")
     for r in recs:
         if r.get("summary"):
@@ -164,6 +206,11 @@ def markdown(recs: list[dict[str, Any]]) -> str:
             if b is not None:
                 txt += (f"; at JIIO's best objective {b['objective']:.2f} ({b['method']}, Adam needs {b['adam_steps']} "
                         f"steps): **{b['speedup']:.2f}x**")
+            lb = r["loose_baseline"]
+            txt += (f"; vs Adam-40 with solves at rtol {lb['rtol']:g} ({1000 * lb['seconds']:.0f} ms, objective "
+                    f"{lb['objective']:.2f}, {lb['plain_deq_iterations_per_solve']:.1f} iterations per solve): "
+                    + ("no JIIO budget reaches it" if lb["speedup"] is None
+                       else f"{lb['method']} reaches it, **{lb['speedup']:.2f}x**"))
             rows.append(f"- {r['bench']}: {txt}; plain DEQ solve {r['plain_deq_iterations_per_solve']:.1f} "
                         f"iterations on average in Adam's steps (target >= {r['target']}x)")
     return "\n".join(rows)
