@@ -8,7 +8,7 @@ Same model, same batch, wall-clock of the whole attack / inner loop (CPU, ``time
   JIIO iteration, alpha 1.0 -> 0.1 at 5T/8) at T = 30..60. Both attacks are scored on an equilibrium re-solved
   from zero at ``u + delta*``; the speed-up is reported for the smallest budget of the task's JIO whose mean
   adversarial CE is >= PGD-20's.
-* meta-learning: a FiLM-conditioned context DEQ meta-trained briefly (JIIO inner loop) on sinusoid tasks; Adam-20
+* meta-learning: a FiLM-conditioned context DEQ meta-trained (200 steps, JIIO inner loop) on sinusoid tasks; Adam-20
   on the context (lr 0.1, each step a DEQ solve + implicit backward) vs JIIO budgets 10..100; the speed-up is
   for the smallest budget whose support objective (re-solved) is <= Adam-20's. A MAML-style loop is reported too.
 
@@ -115,7 +115,7 @@ def bench_meta(quick: bool) -> list[dict[str, Any]]:
         solve_iterations,
     )
 
-    cfg = MetaConfig(datasets=("sinusoid",), meta_steps=30 if quick else 100, tasks_per_batch=16)
+    cfg = MetaConfig(datasets=("sinusoid",), meta_steps=30 if quick else 200, tasks_per_batch=16)  # task default
     torch.manual_seed(0)
     model = build_meta_model(cfg, "sinusoid")
     t = time.perf_counter()

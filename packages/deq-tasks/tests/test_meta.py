@@ -184,3 +184,9 @@ def test_context_deq_gain_validated_and_slows_the_solve():
         assert net.last_info.result is Result.CONVERGED, (gain, net.last_info.result)
         steps[gain] = float(net.last_info.stats.steps.float().mean())
     assert steps[2.0] > steps[1.0], steps
+
+
+@pytest.mark.parametrize("field", ["weight_norm", "gain"])
+def test_meta_config_rejects_non_positive_model_shape(field):
+    with pytest.raises(DeqConfigError, match=field):
+        MetaConfig(**{field: 0.0})
