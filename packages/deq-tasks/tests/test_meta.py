@@ -190,3 +190,16 @@ def test_context_deq_gain_validated_and_slows_the_solve():
 def test_meta_config_rejects_non_positive_model_shape(field):
     with pytest.raises(DeqConfigError, match=field):
         MetaConfig(**{field: 0.0})
+
+
+def test_dataset_defaults_fill_only_unset_fields():
+    from deq_tasks.meta import DATASET_DEFAULTS
+
+    cfg = MetaConfig(gain=1.2)
+    s, m = cfg.for_dataset("sinusoid"), cfg.for_dataset("mnist")
+    assert s.gain == m.gain == 1.2                                   # set by the user: kept
+    assert s.context_dim == DATASET_DEFAULTS["sinusoid"]["context_dim"]
+    assert m.meta_steps == DATASET_DEFAULTS["mnist"]["meta_steps"]
+    assert cfg.context_dim is None                                   # the original is unchanged
+    with pytest.raises(DeqConfigError, match="unknown dataset"):
+        cfg.for_dataset("omniglot")
