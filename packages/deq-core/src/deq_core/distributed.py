@@ -23,7 +23,7 @@ import torch.distributed as dist
 from ._errors import DeqInputError
 from ._solution import SolveStats
 
-__all__ = ["is_distributed", "reduce_stats"]
+__all__ = ["average_gradients", "is_distributed", "rank_shard", "reduce_stats"]
 
 _SUM = ("steps_sum", "rel_residual_sum", "converged", "batch", "nfev_sum")
 _MAX = ("steps_max", "residual_max", "rel_residual_max", "nfev_max")
@@ -115,3 +115,50 @@ def reduce_stats(stats: SolveStats | Mapping[str, Any], *, group: Any = None) ->
         "nfev_mean": local["nfev_sum"] / world,
         "world_size": world,
     }
+
+
+def rank_shard(batch: int, *, group: Any = None) -> slice:
+    """This rank's contiguous slice of a global batch of ``batch`` samples (the whole batch in one process).
+
+    For training loops that draw the global batch identically on every rank (same seed) and train on their own
+    part, as DistributedDataParallel expects.
+
+    Raises:
+        DeqInputError: ``batch`` is not divisible by the world size (unequal shards would weight the ranks'
+            mean losses unequally, and the averaged gradient would not be the full-batch one).
+    """
+    if not is_distributed():
+        return slice(0, batch)
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    if batch % world:
+        raise DeqInputError(f"global batch {batch} is not divisible by the world size {world}; "
+                            "use a multiple so every rank gets an equal shard")
+    n = batch // world
+    return slice(rank * n, (rank + 1) * n)
+
+
+def average_gradients(parameters: Any, *, group: Any = None) -> None:
+    """All-reduce (mean) the ``.grad`` of ``parameters`` over the ranks, in place; a no-op in one process.
+
+    What DistributedDataParallel does after ``backward``, for training loops that call parts of a model directly
+    instead of one wrapped ``forward`` (the JIIO loops evaluate the layer, the head and the objective
+    separately). It is a collective: every rank must call it, with the same parameters in the same order.
+    Parameters without a gradient take part as zeros, so the ranks stay in step.
+    """
+    if not is_distributed():
+        return
+    world = dist.get_world_size(group)
+    params = [p for p in parameters if p.requires_grad]
+    if not params:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    flat /= world
+    offset = 0
+    for p in params:
+        n = p.grad.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n

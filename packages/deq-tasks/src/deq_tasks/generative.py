@@ -40,8 +40,8 @@ from .models.decoder import MDEQDecoder
 from .models.features import frechet_distance, train_feature_net
 
 __all__ = [
-    "GenerativeTask", "VAE", "adam_latents", "build_decoder", "decoder_problem", "default_jiio_config",
-    "encode", "jiio_latents", "latent_radius", "load_decoder", "train_decoder", "train_vae",
+    "GenerativeTask", "VAE", "adam_latents", "build_decoder", "decoder_gradient", "decoder_problem",
+    "default_jiio_config", "encode", "jiio_latents", "latent_radius", "load_decoder", "train_decoder", "train_vae",
 ]
 
 
@@ -193,6 +193,23 @@ def _jacobian_penalty(model: MDEQDecoder, z: Any, x: Tensor) -> Tensor:
     return jacobian_frobenius(flat, layout.pack(tuple(t.detach() for t in z)), probes=1)
 
 
+def decoder_gradient(model: MDEQDecoder, y: Tensor, obs: Tensor, mask: Tensor | None, config: JIIOConfig, *,
+                     radius: float | None = None, jac_reg: float = 0.0) -> tuple[Tensor, JIIOResult]:
+    """One training gradient (accumulated into ``.grad``) of the outer loss MSE(h(z*), y) for clean images ``y``
+    ``(B, 1, S, S)`` observed as ``obs`` (with visible-pixel ``mask`` or ``None``): JIIO latents ``x*`` held
+    constant, the DEQ backward warm-started from ``mu*`` (module docstring), plus ``jac_reg`` times the Jacobian
+    penalty. Returns ``(outer loss, JIIOResult)``; the caller steps the optimizer."""
+    res = jiio_latents(model, obs, mask, config, radius)
+    with frozen_weights(model.layer):
+        mu0 = tuple(m / y.numel() for m in res.mu)
+        z = equilibrium_with_grad(model.layer, res.z, res.x, adjoint_init=mu0, solver=model.solver,
+                                  backward_steps=model.backward_steps, rtol=model.rtol, atol=model.atol)
+        jl = _jacobian_penalty(model, res.z, res.x) if jac_reg > 0 else None
+    loss = F.mse_loss(model.head(z), y)
+    (loss if jl is None else loss + jac_reg * jl).backward()
+    return loss.detach(), res
+
+
 def train_decoder(model: MDEQDecoder, images: Tensor, *, steps: int, batch: int = 32, lr: float = 1e-3,
                   config: JIIOConfig | None = None, corrupt: Any = None, seed: int = 0, jac_reg: float = 0.1,
                   show_progress: bool = False, desc: str = "train",
@@ -204,7 +221,15 @@ def train_decoder(model: MDEQDecoder, images: Tensor, *, steps: int, batch: int 
     Without it the decoder drifts to a non-contractive layer: trained 200 steps at ``jac_reg = 0`` its plain solve
     hits the 40-step cap at every latent; at 0.1 it takes ~35 Anderson steps (a slow but converging DEQ, like
     MDEQ); at 1.0 about 6.
-    Returns per-step logs (outer loss, inner objective per pixel, KKT residuals)."""
+    Under ``torch.distributed`` (e.g. ``torchrun``, one process per rank) every rank draws the same global batch
+    of ``batch`` images (same ``seed``), corrupts it identically, runs JIIO and the loss on its own equal shard
+    (:func:`deq_core.distributed.rank_shard`) and averages the gradients before the step
+    (:func:`deq_core.distributed.average_gradients`), so the parameters stay identical on every rank and follow
+    the one-process full-batch run (JIIO is per sample; use a non-adaptive Anderson in ``config`` for exact
+    agreement, as the adaptive CPU mode switches on a whole-batch test).
+    Returns per-step logs (outer loss, inner objective per pixel, KKT residuals; this rank's shard)."""
+    from deq_core.distributed import average_gradients, rank_shard
+
     config = default_jiio_config(40) if config is None else config
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -212,21 +237,15 @@ def train_decoder(model: MDEQDecoder, images: Tensor, *, steps: int, batch: int 
     logs = []
     bar = progress(steps, desc, show_progress)
     model.train()
+    shard = rank_shard(batch)
     for _ in range(steps):
         idx = torch.randint(0, len(images), (batch,), generator=g)
         y = images[idx]
         obs, mask = corrupt(y, g) if corrupt is not None else (y, None)
-        res = jiio_latents(model, obs, mask, config, radius)
-        with frozen_weights(model.layer):
-            mu0 = tuple(m / y.numel() for m in res.mu)
-            z = equilibrium_with_grad(model.layer, res.z, res.x, adjoint_init=mu0, solver=model.solver,
-                                      backward_steps=model.backward_steps, rtol=model.rtol, atol=model.atol)
-            jl = _jacobian_penalty(model, res.z, res.x) if jac_reg > 0 else None
-        pred = model.head(z)
-        loss = F.mse_loss(pred, y)
-        total = loss if jl is None else loss + jac_reg * jl
+        y, obs, mask = y[shard], obs[shard], None if mask is None else mask[shard]
         opt.zero_grad()
-        total.backward()
+        loss, res = decoder_gradient(model, y, obs, mask, config, radius=radius, jac_reg=jac_reg)
+        average_gradients(model.parameters())
         opt.step()
         sched.step()
         log = {"loss": float(loss.detach()), "inner_per_pixel": float(res.objective.mean()) / y[0].numel(),
