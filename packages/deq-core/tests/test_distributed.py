@@ -190,6 +190,16 @@ def test_reduce_stats_rejects_other_input():
         reduce_stats({"steps_max": 3})
 
 
+def test_average_gradients_and_rank_shard_without_process_group():
+    from deq_core.distributed import average_gradients, rank_shard
+
+    p, q = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2))
+    p.grad = torch.full((3,), 2.0)
+    average_gradients([p, q])          # one process: nothing changes, no gradient is invented
+    assert torch.equal(p.grad, torch.full((3,), 2.0)) and q.grad is None
+    assert rank_shard(6) == slice(0, 6)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
