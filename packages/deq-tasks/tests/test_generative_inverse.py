@@ -175,3 +175,15 @@ def test_train_vae_with_jacobian_regularization_learns(digits) -> None:
     first = sum(r["mse"] for r in logs[:5]) / 5
     last = sum(r["mse"] for r in logs[-5:]) / 5
     assert last < 0.8 * first, (first, last)
+
+
+def test_decoder_forward_warm_start_from_z0(model) -> None:
+    """``MDEQDecoder.forward(x, z0)``: started at an equilibrium the solve needs far fewer steps and lands on the
+    same image (the benchmark re-solves JIIO's latents from JIIO's z)."""
+    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        img_cold, cold = model(x)
+        z_star, _ = model.deq(x)
+        img_warm, warm = model(x, z_star)
+    assert float(warm.stats.steps.float().mean()) < float(cold.stats.steps.float().mean())
+    assert torch.allclose(img_warm, img_cold, atol=1e-3)

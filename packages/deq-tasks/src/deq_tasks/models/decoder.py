@@ -12,7 +12,7 @@ a scale-invariant injection would make the latent's norm drift without bound und
 ``GN - ReLU - conv3x3 (4 channels) - pixel shuffle (x2) -> tanh`` to one channel in [-1, 1]: a sub-pixel head
 at the resolution of ``z1``. JIIO differentiates the objective ``l(h(z))`` through the head at every augmented
 iteration, so the head's cost is paid ``T`` times (a transposed conv and a conv at full resolution cost as much
-as ``f`` itself); the sub-pixel head costs about a fifth of that.
+as ``f`` itself); the sub-pixel head costs about a third of that (batch 16: 0.27 ms against 0.79 ms).
 """
 
 from __future__ import annotations
