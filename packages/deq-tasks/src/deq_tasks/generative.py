@@ -40,8 +40,9 @@ from .models.decoder import MDEQDecoder
 from .models.features import frechet_distance, train_feature_net
 
 __all__ = [
-    "GenerativeTask", "VAE", "adam_latents", "build_decoder", "decoder_gradient", "decoder_problem",
-    "default_jiio_config", "encode", "jiio_latents", "latent_radius", "load_decoder", "train_decoder", "train_vae",
+    "DecoderTaskOptions", "GenerativeTask", "VAE", "adam_latents", "build_decoder", "decoder_gradient",
+    "decoder_problem", "default_jiio_config", "encode", "jiio_latents", "latent_radius", "load_decoder",
+    "train_decoder", "train_vae",
 ]
 
 
@@ -333,17 +334,9 @@ def _steps(steps: int, epochs: float | None, n: int, batch: int) -> int:
 
 
 @dataclass
-class GenerativeTask:
-    """``deq tasks run generative``: train a JIIO decoder, compare JIIO with Adam-40, sample, compare with a VAE.
-
-    Options (``--name value`` on the command line): ``data`` (mnist | digits), ``n_train``, ``n_test``, ``latent_dim``,
-    ``steps`` / ``epochs`` (training), ``batch``, ``lr``, ``train_budget`` (JIIO iterations while training),
-    ``budget`` (JIIO iterations at test), ``alpha``, ``head_bias`` (initial output bias, -1.5 = near-black start),
-    ``jac_reg`` (Jacobian regularization weight, :func:`train_decoder`), ``adam_steps``, ``adam_lr``, ``vae``
-    (train the VAE comparison), ``vae_lr`` (its learning rate: 2e-3 reached test MSE 0.087 in 200 steps, 1e-2 0.11),
-    ``latent_ball`` (constrain latents to the ball of radius ``sqrt(latent_dim)``, in training, JIIO and Adam),
-    ``seed``.
-    """
+class DecoderTaskOptions:
+    """Options and training shared by the decoder tasks (:class:`GenerativeTask` and
+    :class:`~deq_tasks.inverse.InverseTask`; each documents them for its command line)."""
 
     data: str = "mnist"
     n_train: int = 2000
@@ -360,10 +353,43 @@ class GenerativeTask:
     alpha: float = 0.1
     adam_steps: int = 40
     adam_lr: float = 1.0
-    vae: bool = True
-    vae_lr: float = 2e-3
     latent_ball: bool = True
     seed: int = 0
+
+    def jiio_config(self, budget: int) -> JIIOConfig:
+        return default_jiio_config(budget, alpha=self.alpha, alpha_final=self.alpha / 3)
+
+    def radius(self, model: MDEQDecoder) -> float | None:
+        return latent_radius(model) if self.latent_ball else None
+
+    def train_new_decoder(self, data: DigitData, *, corrupt: Any = None, show: bool = False,
+                          desc: str = "train") -> tuple[MDEQDecoder, dict[str, Any]]:
+        """Build a decoder for ``data`` and train it through JIIO; returns it and a training summary."""
+        model = build_decoder(size=data.size, latent_dim=self.latent_dim, seed=self.seed, head_bias=self.head_bias)
+        steps = _steps(self.steps, self.epochs, len(data.train_x), self.batch)
+        t = time.perf_counter()
+        logs = train_decoder(model, data.train_x, steps=steps, batch=self.batch, lr=self.lr,
+                             config=self.jiio_config(self.train_budget), corrupt=corrupt, seed=self.seed,
+                             jac_reg=self.jac_reg, show_progress=show, desc=desc, radius=self.radius(model))
+        return model, {"steps": steps, "seconds": time.perf_counter() - t, "first_loss": logs[0]["loss"],
+                       "final_loss": logs[-1]["loss"]}
+
+
+@dataclass
+class GenerativeTask(DecoderTaskOptions):
+    """``deq tasks run generative``: train a JIIO decoder, compare JIIO with Adam-40, sample, compare with a VAE.
+
+    Options (``--name value`` on the command line): ``data`` (mnist | digits), ``n_train``, ``n_test``, ``latent_dim``,
+    ``steps`` / ``epochs`` (training), ``batch``, ``lr``, ``train_budget`` (JIIO iterations while training),
+    ``budget`` (JIIO iterations at test), ``alpha``, ``head_bias`` (initial output bias, -1.5 = near-black start),
+    ``jac_reg`` (Jacobian regularization weight, :func:`train_decoder`), ``adam_steps``, ``adam_lr``, ``vae``
+    (train the VAE comparison), ``vae_lr`` (its learning rate: 2e-3 reached test MSE 0.087 in 200 steps, 1e-2 0.11),
+    ``latent_ball`` (constrain latents to the ball of radius ``sqrt(latent_dim)``, in training, JIIO and Adam),
+    ``seed``.
+    """
+
+    vae: bool = True
+    vae_lr: float = 2e-3
     name: str = field(default="generative", init=False)
 
     def run(self, out: str | Path, *, checkpoint: str | Path | None = None,
@@ -381,21 +407,7 @@ class GenerativeTask:
         if checkpoint is not None:
             model, _ = load_decoder(checkpoint)
             return model, {"loaded": str(checkpoint)}
-        model = build_decoder(size=data.size, latent_dim=self.latent_dim, seed=self.seed, head_bias=self.head_bias)
-        steps = _steps(self.steps, self.epochs, len(data.train_x), self.batch)
-        t = time.perf_counter()
-        logs = train_decoder(model, data.train_x, steps=steps, batch=self.batch, lr=self.lr,
-                             config=self.jiio_config(self.train_budget), seed=self.seed, show_progress=show,
-                             jac_reg=self.jac_reg,
-                             radius=self.radius(model))
-        return model, {"steps": steps, "seconds": time.perf_counter() - t, "final_loss": logs[-1]["loss"],
-                       "first_loss": logs[0]["loss"]}
-
-    def jiio_config(self, budget: int) -> JIIOConfig:
-        return default_jiio_config(budget, alpha=self.alpha, alpha_final=self.alpha / 3)
-
-    def radius(self, model: MDEQDecoder) -> float | None:
-        return latent_radius(model) if self.latent_ball else None
+        return self.train_new_decoder(data, show=show)
 
     def evaluate(self, model: MDEQDecoder, data: DigitData, out: Path, trained: dict[str, Any],
                  show: bool) -> dict[str, Any]:

@@ -29,18 +29,7 @@ from deq_core import DeqConfigError, DeqInputError, save
 
 from ._common import progress, save_grid, seed_all, write_metrics
 from .data import load_digits, psnr
-from .generative import (
-    _decoder_config,
-    _steps,
-    adam_latents,
-    build_decoder,
-    default_jiio_config,
-    jiio_latents,
-    latent_radius,
-    load_decoder,
-    train_decoder,
-)
-from .jiio import JIIOConfig
+from .generative import DecoderTaskOptions, _decoder_config, adam_latents, jiio_latents, load_decoder
 
 __all__ = ["InverseTask", "MASKS", "make_corruption"]
 
@@ -93,7 +82,7 @@ def make_corruption(mask: str = "none", *, sigma: float = 0.0, p: float = 0.5,
 
 
 @dataclass
-class InverseTask:
+class InverseTask(DecoderTaskOptions):
     """``deq tasks run inverse``: train a decoder through JIIO on corrupted observations, restore held-out digits
     with JIIO and with Adam-40, report PSNR ([-1, 1] convention) and a corrupted / restored / truth PNG.
 
@@ -112,33 +101,10 @@ class InverseTask:
     sigma: float = 0.0
     p: float = 0.5
     block: int | None = None
-    data: str = "mnist"
-    n_train: int = 2000
-    n_test: int = 200
-    latent_dim: int = 32
-    steps: int = 200
-    epochs: float | None = None
-    batch: int = 32
-    lr: float = 1e-2
-    head_bias: float | None = -1.5
-    jac_reg: float = 0.1
-    train_budget: int = 20
-    budget: int = 20
-    alpha: float = 0.1
-    adam_steps: int = 40
-    adam_lr: float = 1.0
-    latent_ball: bool = True
-    seed: int = 0
     name: str = field(default="inverse", init=False)
 
     def __post_init__(self) -> None:
         make_corruption(self.mask, sigma=self.sigma, p=self.p, block=self.block)  # validate now
-
-    def jiio_config(self, budget: int) -> JIIOConfig:
-        return default_jiio_config(budget, alpha=self.alpha, alpha_final=self.alpha / 3)
-
-    def radius(self, model: Any) -> float | None:
-        return latent_radius(model) if self.latent_ball else None
 
     def run(self, out: str | Path, *, checkpoint: str | Path | None = None,
             progress_bar: bool = True) -> dict[str, Any]:
@@ -154,16 +120,8 @@ class InverseTask:
                     f"checkpoint decodes {model.layer.size}px images, data {self.data!r} is {data.size}px")
             trained: dict[str, Any] = {"loaded": str(checkpoint)}
         else:
-            model = build_decoder(size=data.size, latent_dim=self.latent_dim, seed=self.seed,
-                                  head_bias=self.head_bias)
-            steps = _steps(self.steps, self.epochs, len(data.train_x), self.batch)
-            t = time.perf_counter()
-            logs = train_decoder(model, data.train_x, steps=steps, batch=self.batch, lr=self.lr,
-                                 config=self.jiio_config(self.train_budget), corrupt=corrupt, seed=self.seed,
-                                 show_progress=progress_bar, desc=f"train inverse ({self.mask})", jac_reg=self.jac_reg,
-                                 radius=self.radius(model))
-            trained = {"steps": steps, "seconds": time.perf_counter() - t, "first_loss": logs[0]["loss"],
-                       "final_loss": logs[-1]["loss"]}
+            model, trained = self.train_new_decoder(data, corrupt=corrupt, show=progress_bar,
+                                                    desc=f"train inverse ({self.mask})")
         save(out / "model.safetensors", model, {"task": self.name, "decoder": _decoder_config(model),
                                                 "options": asdict(self)})
         metrics = self.evaluate(model, data.test_x, corrupt, out, progress_bar)
