@@ -8,15 +8,15 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from deq_core import AbstractFixedPointSolver, FlatMap, check_range
+from deq_core import FlatMap, check_range
 
-from ._util import check_anderson_options, history_dtype
+from ._util import AndersonOptions, history_dtype
 
 __all__ = ["Anderson", "mixing_weights"]
 
 
 @dataclass(frozen=True)
-class Anderson(AbstractFixedPointSolver):
+class Anderson(AndersonOptions):
     r"""Type-II Anderson acceleration (Anderson mixing) with memory ``m``.
 
     With residuals ``g_i = f(z_i) - z_i`` of the last ``n <= m`` iterates, each step solves, per sample,
@@ -74,18 +74,11 @@ class Anderson(AbstractFixedPointSolver):
     """
 
     name: ClassVar[str] = "anderson"
-    m: int = 5
-    beta: float = 1.0
-    ridge: float = 1e-7
-    max_alpha: float = 1e3
-    restart_growth: float = 4.0
-    history_dtype: str = "auto"
-    solve_dtype: str = "float64"
     adaptive: bool = True
     switch_ratio: float = 0.5
 
     def __post_init__(self) -> None:
-        check_anderson_options(self)
+        super().__post_init__()
         if not isinstance(self.adaptive, bool):
             from deq_core import DeqConfigError
 

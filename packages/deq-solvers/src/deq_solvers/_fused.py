@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 from deq_core import (
-    AbstractFixedPointSolver,
     DeqConfigError,
     FlatMap,
     LoopControl,
@@ -20,7 +19,7 @@ from deq_core import (
 )
 
 from ._anderson import _AndersonState, mixing_weights
-from ._util import check_anderson_options, check_int
+from ._util import AndersonOptions, check_int
 
 __all__ = ["FusedAnderson", "triton_status"]
 
@@ -84,7 +83,7 @@ def _pow2(n: int) -> int:
 
 
 @dataclass(frozen=True)
-class FusedAnderson(AbstractFixedPointSolver):
+class FusedAnderson(AndersonOptions):
     r"""Type-II Anderson (same maths and safeguards as :class:`deq_solvers.Anderson`) with fused kernels.
 
     Per step two Triton kernels touch the ``(B, m, N)`` histories once each:
@@ -118,19 +117,12 @@ class FusedAnderson(AbstractFixedPointSolver):
     """
 
     name: ClassVar[str] = "fused-anderson"
-    m: int = 5
-    beta: float = 1.0
-    ridge: float = 1e-7
-    max_alpha: float = 1e3
-    restart_growth: float = 4.0
-    history_dtype: str = "auto"
-    solve_dtype: str = "float64"
     check_every: int = 4
     block: int = 256
     cuda_graph: bool = True
 
     def __post_init__(self) -> None:
-        check_anderson_options(self)
+        super().__post_init__()
         check_int(self, "check_every", self.check_every, 1)
         check_int(self, "block", self.block, 16)
         if self.block & (self.block - 1):

@@ -1,12 +1,15 @@
-"""Small helpers shared by the solvers: dtype policy for histories and small linear systems."""
+"""Small helpers shared by the solvers: dtype policy for histories and small linear systems, the options
+Anderson-type solvers share."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from deq_core import DeqConfigError, check_positive, check_range
+from deq_core import AbstractFixedPointSolver, DeqConfigError, check_positive, check_range
 
-__all__ = ["LOW_PRECISION", "check_int", "history_dtype", "resolve_dtype"]
+__all__ = ["LOW_PRECISION", "AndersonOptions", "check_int", "history_dtype", "resolve_dtype"]
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -34,13 +37,26 @@ def check_int(owner: object, name: str, value: object, low: int) -> None:
         raise DeqConfigError(f"{type(owner).__name__}.{name} must be an int >= {low}, got {value!r}")
 
 
-def check_anderson_options(owner: object) -> None:
-    """Validate the hyperparameters Anderson-type solvers share (``m``, ``beta``, ``ridge``, ``max_alpha``,
-    ``restart_growth``, ``history_dtype``, ``solve_dtype``); raise :class:`DeqConfigError` on a bad one."""
-    check_int(owner, "m", owner.m, 1)
-    check_range(owner, "beta", owner.beta, 0.0, 1.0)
-    check_positive(owner, "ridge", owner.ridge, allow_zero=True)
-    check_range(owner, "max_alpha", owner.max_alpha, 1.0, float("inf"))
-    check_range(owner, "restart_growth", owner.restart_growth, 1.0, float("inf"))
-    resolve_dtype(owner, "history_dtype", owner.history_dtype)
-    resolve_dtype(owner, "solve_dtype", owner.solve_dtype)
+@dataclass(frozen=True)
+class AndersonOptions(AbstractFixedPointSolver):
+    """The hyperparameters Anderson-type solvers share (``m``, ``beta``, ``ridge``, ``max_alpha``,
+    ``restart_growth``, ``history_dtype``, ``solve_dtype``; meanings in :class:`~deq_solvers.Anderson`),
+    validated at construction: a bad one raises :class:`DeqConfigError`. Subclasses add their own fields and
+    call ``super().__post_init__()``."""
+
+    m: int = 5
+    beta: float = 1.0
+    ridge: float = 1e-7
+    max_alpha: float = 1e3
+    restart_growth: float = 4.0
+    history_dtype: str = "auto"
+    solve_dtype: str = "float64"
+
+    def __post_init__(self) -> None:
+        check_int(self, "m", self.m, 1)
+        check_range(self, "beta", self.beta, 0.0, 1.0)
+        check_positive(self, "ridge", self.ridge, allow_zero=True)
+        check_range(self, "max_alpha", self.max_alpha, 1.0, float("inf"))
+        check_range(self, "restart_growth", self.restart_growth, 1.0, float("inf"))
+        resolve_dtype(self, "history_dtype", self.history_dtype)
+        resolve_dtype(self, "solve_dtype", self.solve_dtype)
