@@ -11,6 +11,8 @@ import sys
 
 from _snippets import DOCS, ROOT
 
+from deq_core.testing import run_torchrun
+
 PAGE = DOCS / "how-to" / "train-on-several-gpus.md"
 
 
@@ -25,11 +27,8 @@ def test_recipe_runs_with_two_gloo_processes(tmp_path):
     argv = documented_command()
     assert argv[0] == "torchrun" and "examples/ddp_train.py" in argv
     # same launcher, from this interpreter; the script path resolved against the repository root
-    argv = [sys.executable, "-m", "torch.distributed.run", *[str(ROOT / a) if a.endswith(".py") else a
-                                                             for a in argv[1:]]]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"{shlex.join(argv)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    argv = [str(ROOT / a) if a.endswith(".py") else a for a in argv[1:]]
+    proc = run_torchrun(argv, cwd=tmp_path)
     assert "(2 processes" in proc.stdout
     out = tmp_path / argv[argv.index("--out") + 1]
     log = json.loads((out / "log.json").read_text())
@@ -91,11 +90,11 @@ def test_inr_model_under_ddp_matches_one_process(tmp_path):
 
     script = tmp_path / "inr_worker.py"
     script.write_text(_INR_WORKER)
+    run_torchrun(["--standalone", "--nproc_per_node=2", script, tmp_path])
+    argv = [sys.executable, str(script), str(tmp_path), "single"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    for argv in ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-                  str(tmp_path)], [sys.executable, str(script), str(tmp_path), "single"]):
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"{shlex.join(argv)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{shlex.join(argv)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     r0, r1, one = (torch.load(tmp_path / f"{n}.pt") for n in ("rank0", "rank1", "single"))
     assert torch.equal(r0["p"], r1["p"])
     assert torch.allclose(r0["p"], one["p"], rtol=0, atol=1e-9)

@@ -12,9 +12,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +21,7 @@ from torch import nn
 from deq_core import DEQ, FixedPointIteration, ImplicitAdjoint
 from deq_core.distributed import reduce_stats
 from deq_core.nn import spectral_norm
+from deq_core.testing import run_torchrun
 
 STEPS, BATCH, WIDTH, LR = 5, 8, 6, 0.5
 VARIANTS = {"find_unused_parameters": {"find_unused_parameters": True}, "static_graph": {"static_graph": True}}
@@ -110,11 +108,7 @@ def worker(out: Path) -> None:
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("ddp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           __file__, "--out", str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    run_torchrun(["--standalone", "--nproc_per_node=2", __file__, "--out", out], timeout=180)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 

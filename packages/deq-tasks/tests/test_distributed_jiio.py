@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from deq_core.testing import run_torchrun
 from deq_tasks.data import load_digits
 from deq_tasks.generative import build_decoder, decoder_gradient, default_jiio_config, train_decoder
 
@@ -83,11 +81,7 @@ def worker(out: Path) -> None:
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("ddp_jiio")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           __file__, "--out", str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    run_torchrun(["--standalone", "--nproc_per_node=2", __file__, "--out", out])
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 

@@ -40,8 +40,9 @@ from ._strategies import (
     state_shapes,
     tanh_contractions,
 )
+from ._torchrun import run_torchrun
 
 __all__ = [
     "DEFAULT_TOLERANCES", "Contraction", "affine_contractions", "check_solver", "contractions", "make_contraction",
-    "state_shapes", "tanh_contractions",
+    "run_torchrun", "state_shapes", "tanh_contractions",
 ]
