@@ -77,6 +77,7 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "mnist": {"weight_norm": 0.97, "gain": 1.0, "context_dim": 64, "meta_steps": 1000},
 }
 """Per dataset: the :class:`MetaConfig` fields left ``None`` (model shape and meta-training length)."""
+_DATASET_FIELDS = frozenset(DATASET_DEFAULTS["sinusoid"])   # the fields that may be None (dataset default)
 
 
 @dataclass
@@ -158,7 +159,7 @@ class MetaConfig:
                      "jiio_budget", "adam_steps", "maml_steps", "maml_unroll", "tasks_per_batch", "eval_tasks",
                      "meta_steps"):
             v = getattr(self, name)
-            if v is None and name in ("context_dim", "meta_steps"):
+            if v is None and name in _DATASET_FIELDS:
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise DeqConfigError(f"MetaConfig.{name} must be an int >= 1, got {v!r}")
