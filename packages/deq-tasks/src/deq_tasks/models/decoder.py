@@ -24,7 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deq_core import DEQ, DeqConfigError, DeqInputError, ImplicitAdjoint, resolve_solver
-from deq_core.nn import spectral_norm, weight_norm
+from deq_core.nn import weight_norm
+
+from ._spectral import spectral_norm_at_bound
 
 __all__ = ["DecoderLayer", "MDEQDecoder"]
 
@@ -36,24 +38,14 @@ def _groups(channels: int) -> int:
     return 1
 
 
-def _sn(conv: nn.Conv2d, max_norm: float) -> nn.Conv2d:
-    """Spectral-normalize ``conv`` to ``||W||_2 <= max_norm``, starting AT the bound (the init is rescaled so its
-    norm is twice the cap: the cap then binds and the layer starts as contractive as allowed, like a trained one)."""
-    with torch.no_grad():
-        w = conv.weight
-        sigma = torch.linalg.matrix_norm(w.reshape(w.shape[0], -1), ord=2)
-        w.mul_(2.0 * max_norm / sigma)
-    return spectral_norm(conv, max_norm=max_norm, init_iterations=30)
-
-
 class _Branch(nn.Module):
     """Residual block of one branch: ``conv3x3 -> ReLU -> conv3x3`` (spectral-normalized, no bias)."""
 
     def __init__(self, c: int, expansion: int, max_norm: float) -> None:
         super().__init__()
         h = c * expansion
-        self.conv1 = _sn(nn.Conv2d(c, h, 3, padding=1, bias=False), 1.0)
-        self.conv2 = _sn(nn.Conv2d(h, c, 3, padding=1, bias=False), max_norm)
+        self.conv1 = spectral_norm_at_bound(nn.Conv2d(c, h, 3, padding=1, bias=False), 1.0)
+        self.conv2 = spectral_norm_at_bound(nn.Conv2d(h, c, 3, padding=1, bias=False), max_norm)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.conv2(F.relu(self.conv1(z)))
@@ -82,8 +74,9 @@ class DecoderLayer(nn.Module):
         self.contraction = contraction
         self.branches = nn.ModuleList([_Branch(c, expansion, 0.7 * contraction) for c in (c1, c2)])
         self.inject = nn.ModuleList([nn.Linear(latent_dim, c * r * r) for c, r in zip(self.channels, self.res)])
-        self.down = _sn(nn.Conv2d(c1, c2, 3, stride=2, padding=1, bias=False), 0.3 * contraction)
-        self.up = _sn(nn.Conv2d(c2, c1, 1, bias=False), 0.3 * contraction)
+        self.down = spectral_norm_at_bound(nn.Conv2d(c1, c2, 3, stride=2, padding=1, bias=False),
+                                           0.3 * contraction)
+        self.up = spectral_norm_at_bound(nn.Conv2d(c2, c1, 1, bias=False), 0.3 * contraction)
 
     def init_state(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Zero state for a batch of latents ``x`` ``(B, L)``."""

@@ -29,6 +29,8 @@ from torch import Tensor, nn
 
 from deq_core import DEQ, DeqConfigError, DeqInputError, ImplicitAdjoint, resolve_solver
 
+from ._spectral import spectral_norm_at_bound
+
 __all__ = ["ContextDEQ"]
 
 
@@ -39,14 +41,11 @@ class _Layer(nn.Module):
         self.W = nn.Linear(hidden, hidden, bias=False)
         self.film = nn.Linear(context_dim, 2 * hidden)
         nn.init.zeros_(self.film.bias)
-        with torch.no_grad():  # start at ||W||_2 = weight_norm (0.97 if unconstrained)
-            self.W.weight.mul_((weight_norm or 0.97) / torch.linalg.matrix_norm(self.W.weight, ord=2))
         if weight_norm is not None:   # keep ||W||_2 <= weight_norm (a slow but guaranteed contraction)
-            from deq_core.nn import spectral_norm
-
-            with torch.no_grad():
-                self.W.weight.mul_(2.0)   # start above the cap, so that it binds from the first step
-            spectral_norm(self.W, max_norm=weight_norm, init_iterations=50)
+            spectral_norm_at_bound(self.W, weight_norm, init_iterations=50)
+        else:
+            with torch.no_grad():  # start at ||W||_2 = 0.97
+                self.W.weight.mul_(0.97 / torch.linalg.matrix_norm(self.W.weight, ord=2))
 
     def forward(self, z: Tensor, inj_v: tuple[Tensor, Tensor]) -> Tensor:
         inj, v = inj_v
