@@ -62,6 +62,12 @@ __all__ = [
 ]
 
 
+def _jio_solver(name: str, m: int) -> Any:
+    """The solver JIO runs on the augmented map: ``name`` from the registry, with memory ``m`` if it is
+    ``"anderson"``."""
+    return make_solver(name, **({"m": m} if name == "anderson" else {}))
+
+
 @dataclass
 class AdversarialConfig:
     """Settings of the ``adversarial`` task (defaults: the paper's MNIST settings, CPU-sized training, except JIO's).
@@ -125,7 +131,7 @@ class AdversarialConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise DeqConfigError(f"AdversarialConfig.{name} must be an int >= 1, got {v!r}")
-        make_solver(self.jio_solver, **({"m": self.jio_m} if self.jio_solver == "anderson" else {}))  # unknown name
+        _jio_solver(self.jio_solver, self.jio_m)  # an unknown name fails here
 
     @classmethod
     def quick(cls, **overrides: Any) -> AdversarialConfig:
@@ -202,7 +208,7 @@ def jio_attack(model: MDEQClassifier, u: Tensor, y: Tensor, eps: float = 1.0, *,
 
     problem = JIIOProblem(f=f, objective=objective, project=lambda d: project_l2(d, eps), maximize=True)
     config = JIIOConfig(budget=budget, alpha=alpha, alpha_final=alpha_final, switch_at=switch_at,
-                        normalized_step=True, solver=make_solver("anderson", m=m) if solver == "anderson" else solver,
+                        normalized_step=True, solver=_jio_solver(solver, m),
                         best_iterate=True)
     was_training = model.training
     model.eval()
