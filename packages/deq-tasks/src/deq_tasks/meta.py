@@ -568,8 +568,10 @@ def run(config: MetaConfig | dict[str, Any] | None = None, out_dir: str | Path =
     curves: dict[str, list[float]] = {}
     t0 = time.perf_counter()
     base_cfg = cfg
+    metrics["dataset_config"] = {}
     for ds in datasets:
         cfg = base_cfg.for_dataset(ds)
+        metrics["dataset_config"][ds] = {k: getattr(cfg, k) for k in DATASET_DEFAULTS[ds]}
         model = build_meta_model(cfg, ds)
         t = time.perf_counter()
         if loaded is not None:
@@ -592,8 +594,6 @@ def run(config: MetaConfig | dict[str, Any] | None = None, out_dir: str | Path =
                          "config": jsonable(asdict(cfg))})
     if curves:
         _plot_curve(curves, out / "meta_training.png")
-    metrics["dataset_config"] = {ds: {k: getattr(base_cfg.for_dataset(ds), k) for k in DATASET_DEFAULTS[ds]}
-                                 for ds in datasets}
     metrics["total_seconds"] = time.perf_counter() - t0
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
