@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deq_core import AbstractFixedPointSolver, FixedPointIteration, LoopControl, LoopOutcome, Result, run_loop
+from deq_core import AbstractFixedPointSolver, FixedPointIteration, LoopControl, LoopOutcome
 from deq_core.testing import (
     DEFAULT_TOLERANCES,
     Contraction,
@@ -119,20 +119,19 @@ def test_check_solver_rejects_bad_arguments() -> None:
 
 @dataclasses.dataclass(frozen=True)
 class _StopsEarly(AbstractFixedPointSolver):
-    """Claims convergence after 2 steps whatever the residual."""
+    """Claims convergence after 2 steps whatever the residual (a terminate looser than the shared test)."""
 
     name: ClassVar[str] = "stops-early"
 
     def init(self, f, z, fz) -> Any:
-        return None
+        return [0]
 
     def step(self, f, z, fz, state):
+        state[0] += 1
         return fz, f(fz), state
 
-    def solve(self, f, z, fz, control: LoopControl) -> LoopOutcome:
-        out = run_loop(self, f, z, fz, dataclasses.replace(control, max_steps=min(2, control.max_steps)))
-        out.result, out.converged = Result.CONVERGED, torch.ones_like(out.converged)
-        return out
+    def terminate(self, z, fz, res, fnorm, state, control: LoopControl):
+        return torch.full_like(res, state[0] >= 2, dtype=torch.bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,18 +150,18 @@ class _WritesInPlace(AbstractFixedPointSolver):
 
 @dataclasses.dataclass(frozen=True)
 class _NoFreeze(AbstractFixedPointSolver):
-    """Owns its loop and returns the last iterate of every sample (converged ones keep moving)."""
+    """Postprocesses the outcome into the last iterate of every sample (converged ones keep moving)."""
 
     name: ClassVar[str] = "no-freeze"
 
     def init(self, f, z, fz) -> Any:
-        return None
+        return (f, z, fz)
 
     def step(self, f, z, fz, state):
         return fz, f(fz), state
 
-    def solve(self, f, z, fz, control: LoopControl) -> LoopOutcome:
-        first = run_loop(self, f, z, fz, control)
+    def postprocess(self, first: LoopOutcome, state) -> LoopOutcome:
+        f, z, fz = state
         k = int(first.steps.max())
         for _ in range(k):
             z, fz = fz, f(fz)

@@ -21,13 +21,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ._errors import DeqConfigError, UnknownNameError
-from ._loop import LoopControl
-from ._solver import AbstractFixedPointSolver, FlatMap, check_positive, check_range
+from ._control import LoopControl, LoopOutcome
+from ._errors import DeqConfigError, DeqSolveError
+from ._loop import run_loop
+from ._solver import AbstractFixedPointSolver, FlatMap
+from ._validate import check_int, check_range, check_tolerances
 
-__all__ = [
-    "AbstractAdjoint", "ImplicitAdjoint", "NeumannAdjoint", "PhantomAdjoint", "UnrolledAdjoint", "resolve_adjoint",
-]
+__all__ = ["AbstractAdjoint", "ImplicitAdjoint", "NeumannAdjoint", "PhantomAdjoint", "UnrolledAdjoint"]
 
 
 class AbstractAdjoint(abc.ABC):
@@ -38,8 +38,13 @@ class AbstractAdjoint(abc.ABC):
 
     @abc.abstractmethod
     def attach(self, f: FlatMap, z_star: Tensor, *, solver: AbstractFixedPointSolver, control: LoopControl,
-               init: Tensor | None = None) -> Tensor:
-        """``f`` and ``z_star`` are flat ``(B, N)``; return a ``(B, N)`` tensor equal to ``z_star``."""
+               init: Tensor | None = None, forward: LoopOutcome | None = None) -> Tensor:
+        """``f`` and ``z_star`` are flat ``(B, N)``; return a ``(B, N)`` tensor equal to ``z_star``.
+
+        ``solver`` / ``control`` are the forward solve's, ``init`` a warm start for a backward solve, and
+        ``forward`` the forward :class:`LoopOutcome` (``forward.state`` is the solver's final state), for
+        adjoints that reuse what the forward solve built (``None`` when there was no forward loop).
+        """
 
 
 def _reengage(f: FlatMap, z_star: Tensor) -> tuple[Tensor, Tensor]:
@@ -84,10 +89,10 @@ class ImplicitAdjoint(AbstractAdjoint):
     def __init__(self, solver: AbstractFixedPointSolver | str | None = None, *, atol: float | None = None,
                  rtol: float | None = None, max_steps: int | None = None, throw: bool = False,
                  **options: Any) -> None:
-        if isinstance(solver, str):
-            from .registry import get_solver
+        if isinstance(solver, str):  # a name, resolved once, here at construction (the edge)
+            from ._resolve import resolve_solver
 
-            solver = get_solver(solver, **options)
+            solver = resolve_solver(solver, **options)
         elif options:
             raise DeqConfigError(
                 f"ImplicitAdjoint got solver options {sorted(options)} without a solver name; "
@@ -97,10 +102,8 @@ class ImplicitAdjoint(AbstractAdjoint):
             raise DeqConfigError(
                 f"ImplicitAdjoint.solver must be a solver, a name or None, got {type(solver).__name__}"
             )
-        from ._driver import check_tolerances
-
         check_tolerances(1.0 if atol is None else atol, 1.0 if rtol is None else rtol,
-                         1 if max_steps is None else max_steps)
+                         1 if max_steps is None else max_steps, "ImplicitAdjoint")
         self.solver, self.atol, self.rtol, self.max_steps, self.throw = solver, atol, rtol, max_steps, throw
 
     def __repr__(self) -> str:
@@ -113,7 +116,7 @@ class ImplicitAdjoint(AbstractAdjoint):
     def __hash__(self) -> int:
         return hash(repr(self))
 
-    def attach(self, f, z_star, *, solver, control, init=None):
+    def attach(self, f, z_star, *, solver, control, init=None, forward=None):
         z, fz = _reengage(f, z_star)
         if not fz.requires_grad:
             return z_star.detach()
@@ -134,10 +137,8 @@ class ImplicitAdjoint(AbstractAdjoint):
 
             with torch.no_grad():
                 u0 = v if warm is None else warm.to(v.dtype)
-                out = back_solver.solve(backward_map, u0, backward_map(u0), back_control)
+                out = run_loop(back_solver, backward_map, u0, backward_map(u0), back_control)
             if throw and not bool(out.converged.all()):
-                from ._errors import DeqSolveError
-
                 raise DeqSolveError(f"implicit backward solve {out.result.message}")
             return out.z
 
@@ -161,10 +162,9 @@ class NeumannAdjoint(AbstractAdjoint):
     terms: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.terms, bool) or not isinstance(self.terms, int) or self.terms < 0:
-            raise DeqConfigError(f"NeumannAdjoint.terms must be an int >= 0, got {self.terms!r}")
+        check_int(self, "terms", self.terms, 0)
 
-    def attach(self, f, z_star, *, solver, control, init=None):
+    def attach(self, f, z_star, *, solver, control, init=None, forward=None):
         z, fz = _reengage(f, z_star)
         if not fz.requires_grad:
             return z_star.detach()
@@ -199,12 +199,10 @@ class PhantomAdjoint(AbstractAdjoint):
     damping: float = 0.5
 
     def __post_init__(self) -> None:
-        check_positive(self, "steps", self.steps)
-        if not isinstance(self.steps, int):
-            raise DeqConfigError(f"PhantomAdjoint.steps must be an int >= 1, got {self.steps!r}")
+        check_int(self, "steps", self.steps, 1)
         check_range(self, "damping", self.damping, 0.0, 1.0)
 
-    def attach(self, f, z_star, *, solver, control, init=None):
+    def attach(self, f, z_star, *, solver, control, init=None, forward=None):
         z = z_star.detach()
         with torch.enable_grad():
             for _ in range(self.steps):
@@ -221,26 +219,6 @@ class UnrolledAdjoint(AbstractAdjoint):
     name: ClassVar[str] = "unrolled"
     needs_forward_graph: ClassVar[bool] = True
 
-    def attach(self, f, z_star, *, solver, control, init=None):
+    def attach(self, f, z_star, *, solver, control, init=None, forward=None):
         return z_star
 
-
-_ADJOINTS: dict[str, type[AbstractAdjoint]] = {
-    a.name: a for a in (ImplicitAdjoint, NeumannAdjoint, PhantomAdjoint, UnrolledAdjoint)
-}
-
-
-def resolve_adjoint(adjoint: AbstractAdjoint | str | None, **options: Any) -> AbstractAdjoint | None:
-    """An adjoint object as is, ``None``, or one of ``implicit``, ``neumann``, ``phantom``, ``unrolled``."""
-    if adjoint is None or isinstance(adjoint, AbstractAdjoint):
-        if options:
-            raise DeqConfigError("adjoint options are only accepted with an adjoint name")
-        return adjoint
-    if isinstance(adjoint, str):
-        if adjoint not in _ADJOINTS:
-            raise UnknownNameError("adjoint", adjoint, _ADJOINTS)
-        try:
-            return _ADJOINTS[adjoint](**options)
-        except TypeError as e:
-            raise DeqConfigError(f"bad options for adjoint {adjoint!r}: {e}") from None
-    raise DeqConfigError(f"adjoint must be an AbstractAdjoint, a name or None, got {type(adjoint).__name__}")

@@ -9,17 +9,24 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._adjoint import AbstractAdjoint, resolve_adjoint
-from ._driver import check_tolerances, failure_message, fixed_point, resolve_solver, solve_flat
-from ._errors import DeqConfigError, DeqInputError, DeqSolveError
+from ._adjoint import AbstractAdjoint
+from ._control import LoopControl, meets_tolerance, residual_norms
+from ._driver import failure_message, make_control, solve
+from ._errors import DeqConfigError, DeqInputError, DeqSolveError, UnknownNameError
 from ._jacobian import jacobian_frobenius
-from ._loop import LoopControl, residual_norms
+from ._loop import run_loop
+from ._resolve import resolve_adjoint, resolve_solver
 from ._solution import Result, Solution, SolveStats
 from ._solver import AbstractFixedPointSolver
 from ._state import State, StateLayout, flat_map
+from ._validate import check_int
 from .nn._norm import frozen_weights
 
-__all__ = ["DEQ", "DEQInfo"]
+__all__ = ["CALL_OPTIONS", "DEQ", "DEQInfo"]
+
+CALL_OPTIONS = ("atol", "rtol", "max_steps", "check_every", "divergence", "on_failure")
+"""What ``DEQ.forward(x, options=...)`` may override for one call."""
+_ON_FAILURE = ("raise", "mask")
 
 
 @dataclass
@@ -32,12 +39,19 @@ class DEQInfo:
         warm: the solve started from the ``reuse`` cache.
         jac_loss: Hutchinson estimate of ``||df/dz||_F^2 / N`` (only when ``jac_reg_probes > 0`` and training),
             add ``c * jac_loss`` to the training loss.
+        failed: ``(B,)`` bool, samples whose input or solve was non-finite or diverged; with
+            ``on_failure="mask"`` their rows of ``z*`` are detached (their best finite iterate, no gradient):
+            drop them from the loss, e.g. ``loss = per_sample_loss[~info.failed].mean()``.
     """
 
     result: Result
     stats: SolveStats
     warm: bool = False
     jac_loss: Tensor | None = None
+
+    @property
+    def failed(self) -> Tensor:
+        return self.stats.failed
 
 
 class DEQ(nn.Module):
@@ -62,6 +76,16 @@ class DEQ(nn.Module):
         strict: raise :class:`DeqSolveError` when the budget ends before convergence; divergence and
             non-finite values always raise.
         jac_reg_probes: Hutchinson probes for ``info.jac_loss`` in training mode (0 = off).
+        check_every: look at the per-sample flags on the host every this many steps (see ``fixed_point``).
+        on_failure: ``"raise"`` (default): a non-finite input (:class:`DeqInputError`) or a sample that turns
+            non-finite or diverges (:class:`DeqSolveError`, naming exactly those samples) raises.
+            ``"mask"``: such samples come back detached and flagged in ``info.failed`` (the other samples
+            are solved to their own tolerance and carry gradients as usual), so a training loop can drop
+            them from the loss and keep going. Needs ``x`` to be a tensor or a tuple of tensors with the
+            batch first (the gradient path is rebuilt on the healthy rows only).
+
+    Per-call overrides: ``deq(x, options=dict(rtol=1e-2, max_steps=10))`` (keys: ``CALL_OPTIONS``), never by
+    mutating attributes.
 
     Example:
         >>> import torch
@@ -81,21 +105,21 @@ class DEQ(nn.Module):
                  adjoint: AbstractAdjoint | str | None = "implicit", atol: float = 1e-6, rtol: float = 1e-4,
                  max_steps: int = 50, eval_max_steps: int | None = None, reuse: bool = False,
                  reuse_steps: int | None = None, strict: bool = False, jac_reg_probes: int = 0,
-                 check_every: int = 1) -> None:
+                 check_every: int = 1, on_failure: str = "raise") -> None:
         super().__init__()
         self.f = f
         self.solver = resolve_solver(solver)
         self.adjoint = resolve_adjoint(adjoint)
-        check_tolerances(atol, rtol, max_steps)
+        make_control(atol, rtol, max_steps, check_every, owner="DEQ")
         for name, v in (("eval_max_steps", eval_max_steps), ("reuse_steps", reuse_steps)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                raise DeqConfigError(f"DEQ.{name} must be None or an int >= 0, got {v!r}")
-        if isinstance(jac_reg_probes, bool) or not isinstance(jac_reg_probes, int) or jac_reg_probes < 0:
-            raise DeqConfigError(f"DEQ.jac_reg_probes must be an int >= 0, got {jac_reg_probes!r}")
+            if v is not None:
+                check_int("DEQ", name, v, 0)
+        check_int("DEQ", "jac_reg_probes", jac_reg_probes, 0)
+        _check_on_failure(on_failure)
         self.atol, self.rtol, self.max_steps = atol, rtol, max_steps
         self.eval_max_steps = max_steps if eval_max_steps is None else eval_max_steps
         self.reuse, self.reuse_steps, self.strict = reuse, reuse_steps, strict
-        self.jac_reg_probes, self.check_every = jac_reg_probes, check_every
+        self.jac_reg_probes, self.check_every, self.on_failure = jac_reg_probes, check_every, on_failure
         self._cache: dict[Hashable, State] = {}
 
     def config(self) -> dict[str, Any]:
@@ -104,7 +128,7 @@ class DEQ(nn.Module):
             "solver": self.solver.name, "solver_options": {k: _plain(v) for k, v in self.solver.options().items()},
             "adjoint": None if self.adjoint is None else self.adjoint.name, "atol": self.atol, "rtol": self.rtol,
             "max_steps": self.max_steps, "eval_max_steps": self.eval_max_steps, "reuse": self.reuse,
-            "reuse_steps": self.reuse_steps, "jac_reg_probes": self.jac_reg_probes,
+            "reuse_steps": self.reuse_steps, "jac_reg_probes": self.jac_reg_probes, "on_failure": self.on_failure,
         }
 
     def clear_cache(self) -> None:
@@ -119,8 +143,19 @@ class DEQ(nn.Module):
             return torch.zeros_like(x)
         raise DeqInputError("DEQ needs z0: pass z0=..., or give f an init_state(x) method, or pass a tensor x")
 
-    def forward(self, x: Any, z0: State | None = None, *, cache_key: Hashable = None) -> tuple[State, DEQInfo]:
-        """Solve ``z* = f(z*, x)``; returns ``(z*, DEQInfo)``. ``cache_key`` names the warm-start slot."""
+    def forward(self, x: Any, z0: State | None = None, *, cache_key: Hashable = None,
+                options: dict[str, Any] | None = None) -> tuple[State, DEQInfo]:
+        """Solve ``z* = f(z*, x)``; returns ``(z*, DEQInfo)``.
+
+        Arguments:
+            x: the input ``f`` is applied with (any object; a tensor or tuple of tensors with the batch first
+                for ``on_failure="mask"``).
+            z0: initial state (default: the ``reuse`` cache, else ``f.init_state(x)``, else zeros like ``x``).
+            cache_key: names the warm-start slot of ``reuse``.
+            options: per-call overrides of ``atol``, ``rtol``, ``max_steps`` (the budget of this call, in
+                either mode), ``check_every``, ``divergence``, ``on_failure``.
+        """
+        opts = self._call_options(options)
         warm = False
         if z0 is None and self.reuse and cache_key in self._cache:
             cached, z_init = self._cache[cache_key], self.initial_state(x)
@@ -131,50 +166,102 @@ class DEQ(nn.Module):
                 z0 = z_init
         if z0 is None:
             z0 = self.initial_state(x)
-        budget = self.max_steps if self.training else self.eval_max_steps
-        if warm and self.reuse_steps is not None:
+        budget = opts.get("max_steps", self.max_steps if self.training else self.eval_max_steps)
+        amortized = warm and self.reuse_steps is not None
+        if amortized:
             budget = self.reuse_steps
-        throw_budget = self.strict and not (warm and self.reuse_steps is not None)
-        if warm and self.reuse_steps is not None and not getattr(self.adjoint, "needs_forward_graph", False):
+        control = make_control(opts.get("atol", self.atol), opts.get("rtol", self.rtol), budget,
+                               opts.get("check_every", self.check_every), opts.get("divergence", 1e6), owner="DEQ")
+        mask = opts.get("on_failure", self.on_failure) == "mask"
+        throw_budget = self.strict and not amortized
+        if amortized and not getattr(self.adjoint, "needs_forward_graph", False):
             with frozen_weights(self.f):
-                value, result, stats = self._amortized(x, z0)
+                value, result, stats = self._amortized(x, z0, control, mask)
                 jac_loss = self._jac_loss(x, value)
             self._cache[cache_key] = _detach(value)
             return value, DEQInfo(result, stats, True, jac_loss)
         with frozen_weights(self.f):
-            sol = fixed_point(lambda z: self.f(z, x), z0, solver=self.solver, adjoint=self.adjoint,
-                              atol=self.atol, rtol=self.rtol, max_steps=budget, throw=False,
-                              check_every=self.check_every)
-            if sol.result in (Result.DIVERGED, Result.NONFINITE) or (throw_budget and sol.result is Result.MAX_STEPS):
+            adjoint = None if mask else self.adjoint
+            sol = solve(lambda z: self.f(z, x), z0, self.solver, adjoint, control, throw=False, input_errors=not mask)
+            failed = sol.stats.failed
+            if not mask and (sol.result in (Result.DIVERGED, Result.NONFINITE)
+                             or (throw_budget and sol.result is Result.MAX_STEPS)):
                 raise DeqSolveError(failure_message(sol.result, sol.stats), sol)
-            jac_loss = self._jac_loss(x, sol.value)
+            if mask and throw_budget and bool((sol.stats.status == Result.MAX_STEPS.code).any()):
+                raise DeqSolveError(failure_message(Result.MAX_STEPS, sol.stats), sol)
+            value = sol.value
+            if mask:
+                value = self._attach_healthy(x, sol.value, failed, control)
+            jac_loss = self._jac_loss(x, value, failed if mask else None)
         if self.reuse:
-            self._cache[cache_key] = _detach(sol.value)
-        return sol.value, DEQInfo(sol.result, sol.stats, warm, jac_loss)
+            self._cache[cache_key] = _detach(value)
+        return value, DEQInfo(sol.result, sol.stats, warm, jac_loss)
 
-    def _jac_loss(self, x: Any, value: State) -> Tensor | None:
+    def _call_options(self, options: dict[str, Any] | None) -> dict[str, Any]:
+        if options is None:
+            return {}
+        if not isinstance(options, dict):
+            raise DeqConfigError(f"DEQ options must be a dict, got {type(options).__name__}")
+        for key in options:
+            if key not in CALL_OPTIONS:
+                raise UnknownNameError("DEQ call option", key, CALL_OPTIONS)
+        if "on_failure" in options:
+            _check_on_failure(options["on_failure"])
+        return options
+
+    def _attach_healthy(self, x: Any, value: State, failed: Tensor, control: LoopControl) -> State:
+        """``on_failure="mask"``: the adjoint's gradient path on the healthy rows only (failed rows detached;
+        their ``f`` may be non-finite, and a VJP through it would poison every parameter gradient)."""
+        if self.adjoint is None or not torch.is_grad_enabled():
+            return value
+        layout = StateLayout.of(value, "z")
+        flat = layout.pack(value).detach()
+        healthy = (~failed).nonzero().flatten()
+        if healthy.numel() == layout.batch:
+            g = flat_map(lambda z: self.f(z, x), layout, check=False)
+            return layout.unpack(self.adjoint.attach(g, flat, solver=self.solver, control=control))
+        if healthy.numel() == 0:
+            return layout.unpack(flat)
+        x_sub = _rows(x, healthy, layout.batch)
+        sub = StateLayout(tuple(torch.Size((healthy.numel(), *s[1:])) for s in layout.shapes), layout.is_tuple,
+                          layout.dtype, layout.device)
+        g = flat_map(lambda z: self.f(z, x_sub), sub, check=False)
+        attached = self.adjoint.attach(g, flat[healthy], solver=self.solver, control=control)
+        return layout.unpack(flat.index_put((healthy,), attached))
+
+    def _jac_loss(self, x: Any, value: State, failed: Tensor | None = None) -> Tensor | None:
         if not (self.jac_reg_probes and self.training and torch.is_grad_enabled()):
             return None
         layout = StateLayout.of(value, "z")
-        flat = flat_map(lambda z: self.f(z, x), layout, check=False)
-        return jacobian_frobenius(flat, layout.pack(value), probes=self.jac_reg_probes)
+        flat = layout.pack(value)
+        if failed is not None and bool(failed.any()):
+            healthy = (~failed).nonzero().flatten()
+            if healthy.numel() == 0:
+                return None
+            x = _rows(x, healthy, layout.batch)
+            layout = StateLayout(tuple(torch.Size((healthy.numel(), *s[1:])) for s in layout.shapes),
+                                 layout.is_tuple, layout.dtype, layout.device)
+            flat = flat[healthy]
+        g = flat_map(lambda z: self.f(z, x), layout, check=False)
+        return jacobian_frobenius(g, flat, probes=self.jac_reg_probes)
 
-    def _amortized(self, x: Any, z0: State) -> tuple[State, Result, SolveStats]:
-        """Warm-started forward (``reuse_steps = k``): ``k - 1`` solver steps without a graph, then one
-        application of ``f`` whose output is returned and carries the adjoint's gradient (``k = 0``: the
-        cached point itself, with gradients through one application of ``f``). With ``k = 1`` this is
+    def _amortized(self, x: Any, z0: State, control: LoopControl, mask: bool) -> tuple[State, Result, SolveStats]:
+        """Warm-started forward (``reuse_steps = k``): ``k - 1`` solver steps of the one loop without a graph,
+        then one application of ``f`` whose output is returned and carries the adjoint's gradient (``k = 0``:
+        the cached point itself, with gradients through one application of ``f``). With ``k = 1`` this is
         Implicit²'s amortized step, ``z_t = f(z_{t-1}; x)``: one ``f`` evaluation with graph plus the
         adjoint's VJPs. Statistics: residual ``||f(z) - z||`` at the point where ``f`` was applied."""
         layout = StateLayout.of(z0, "z0")
         g = flat_map(lambda z: self.f(z, x), layout)
         z = layout.pack(z0).detach()
         k = self.reuse_steps
-        control = LoopControl(float(self.atol), float(self.rtol), max(k - 1, 0), self.check_every, 1e6, False)
-        nfev, steps = 0, torch.zeros(layout.batch, dtype=torch.long, device=z.device)
+        inner = LoopControl(control.atol, control.rtol, max(k - 1, 0), control.check_every, control.divergence,
+                            False)
+        nfev, steps, status = 0, torch.zeros(layout.batch, dtype=torch.long, device=z.device), None
         if k > 1:
             with torch.no_grad():
-                out = solve_flat(g, z, self.solver, control)
-            z, nfev, steps = out.z, out.nfev + 1, out.steps
+                out = run_loop(self.solver, g, z, g(z), inner)
+            z, nfev, steps, status = out.z, out.nfev + 1, out.steps, out.status
         captured: list[Tensor] = []
 
         def g_capture(t: Tensor) -> Tensor:
@@ -183,7 +270,7 @@ class DEQ(nn.Module):
             return out
 
         if self.adjoint is not None and torch.is_grad_enabled():
-            value = self.adjoint.attach(g_capture, z, solver=self.solver, control=control)
+            value = self.adjoint.attach(g_capture, z, solver=self.solver, control=inner)
         else:
             value = z
         if not captured:
@@ -195,22 +282,44 @@ class DEQ(nn.Module):
             value = value + (fz - value.detach())   # numerically f(z), gradient path unchanged
             steps = steps + 1
         res, fnorm = residual_norms(z, fz)
-        converged = res <= self.atol + self.rtol * fnorm
-        finite = torch.isfinite(res)
-        result = Result.CONVERGED if bool(converged.all()) else Result.MAX_STEPS
-        if not bool(finite.all()):
-            result = Result.NONFINITE
+        converged = meets_tolerance(res, fnorm, control.atol, control.rtol)
+        finite = torch.isfinite(res) & torch.isfinite(fnorm)
+        code = torch.where(converged, Result.CONVERGED.code, torch.where(finite, Result.MAX_STEPS.code,
+                                                                         Result.NONFINITE.code)).to(torch.int8)
+        if status is not None:
+            code = torch.maximum(code, torch.where(status >= Result.DIVERGED.code, status, 0).to(torch.int8))
+        result = Result.from_code(int(code.max()))
         stats = SolveStats(steps=steps, residual=res, rel_residual=res / fnorm.clamp_min(torch.finfo(fnorm.dtype).tiny),
                            converged=converged, trace=res.new_zeros(0, res.numel()), nfev=nfev,
-                           solver={"name": self.solver.name, "amortized": True})
-        if result is Result.NONFINITE:
-            raise DeqSolveError(failure_message(result, stats), Solution(layout.unpack(value), result, stats))
+                           solver={"name": self.solver.name, "amortized": True}, status=code)
+        if result in (Result.NONFINITE, Result.DIVERGED):
+            if not mask:
+                raise DeqSolveError(failure_message(result, stats), Solution(layout.unpack(value), result, stats))
+            value = torch.where(stats.failed[:, None], z, value)  # failed rows: detached, their last finite point
         return layout.unpack(value), result, stats
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_cache"] = {}
         return state
+
+
+def _check_on_failure(value: object) -> None:
+    if value not in _ON_FAILURE:
+        raise DeqConfigError(f"DEQ.on_failure must be one of {', '.join(map(repr, _ON_FAILURE))}, got {value!r}")
+
+
+def _rows(x: Any, index: Tensor, batch: int) -> Any:
+    """The rows ``index`` of an input: a tensor with the batch first, or a tuple / list of such (other
+    leaves are passed through unchanged)."""
+    if isinstance(x, Tensor):
+        if x.dim() == 0 or x.shape[0] != batch:
+            raise DeqInputError(
+                f"on_failure='mask' needs x with the batch ({batch}) first, got a tensor of shape {tuple(x.shape)}")
+        return x[index]
+    if isinstance(x, (tuple, list)):
+        return type(x)(_rows(t, index, batch) if isinstance(t, Tensor) else t for t in x)
+    raise DeqInputError(f"on_failure='mask' needs x to be a tensor or a tuple of tensors, got {type(x).__name__}")
 
 
 def _detach(state: State) -> State:

@@ -34,15 +34,17 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from ._check import DEFAULT_TOLERANCES, check_solver
 from ._strategies import (
     Contraction,
+    NoFixedPoint,
     affine_contractions,
     contractions,
     make_contraction,
+    no_fixed_point_maps,
     state_shapes,
     tanh_contractions,
 )
 from ._torchrun import run_torchrun
 
 __all__ = [
-    "DEFAULT_TOLERANCES", "Contraction", "affine_contractions", "check_solver", "contractions", "make_contraction",
-    "run_torchrun", "state_shapes", "tanh_contractions",
+    "DEFAULT_TOLERANCES", "Contraction", "NoFixedPoint", "affine_contractions", "check_solver", "contractions",
+    "make_contraction", "no_fixed_point_maps", "run_torchrun", "state_shapes", "tanh_contractions",
 ]
