@@ -125,7 +125,8 @@ class ImplicitAdjoint(AbstractAdjoint):
             control.atol if self.atol is None else self.atol,
             control.rtol if self.rtol is None else self.rtol,
             control.max_steps if self.max_steps is None else self.max_steps,
-            control.check_every, control.divergence, record_trace=False,
+            control.check_every, control.divergence, record_trace=False, sync_ranks=control.sync_ranks,
+            group=control.group,
         )
         throw = self.throw
         warm = init

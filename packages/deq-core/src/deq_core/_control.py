@@ -26,6 +26,11 @@ class LoopControl:
             ``||f(z)||`` runs away beyond ``divergence`` x ``(||f(z0)|| + ||f(z0) - z0||)`` (a relative
             test that grows with the iterate must not pass a sample that escapes to infinity).
         record_trace: keep the ``(T + 1, B)`` relative residual trace.
+        sync_ranks: under ``torch.distributed``, every rank takes the same number of steps: at each check
+            (every ``check_every`` steps) the ranks all-reduce their "all settled" flag and stop together
+            (what sharded training, e.g. FSDP, needs when ``f`` itself runs collectives). ``False`` or no
+            initialized process group: each rank stops on its own.
+        group: the process group of ``sync_ranks`` (``None``: the default group).
     """
 
     atol: float
@@ -34,6 +39,8 @@ class LoopControl:
     check_every: int = 1
     divergence: float = 1e6
     record_trace: bool = True
+    sync_ranks: bool = False
+    group: Any = None
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +84,10 @@ class DEQ(nn.Module):
             are solved to their own tolerance and carry gradients as usual), so a training loop can drop
             them from the loss and keep going. Needs ``x`` to be a tensor or a tuple of tensors with the
             batch first (the gradient path is rebuilt on the healthy rows only).
+        sync_ranks: under ``torch.distributed``, every rank takes the same number of solver steps (forward and
+            implicit backward; one all-reduce every ``check_every`` steps): the setting sharded training
+            (FSDP, whose ``f`` runs collectives) needs so that ranks needing different step counts do not
+            deadlock.
 
     Per-call overrides: ``deq(x, options=dict(rtol=1e-2, max_steps=10))`` (keys: ``CALL_OPTIONS``), never by
     mutating attributes.
@@ -105,12 +110,12 @@ class DEQ(nn.Module):
                  adjoint: AbstractAdjoint | str | None = "implicit", atol: float = 1e-6, rtol: float = 1e-4,
                  max_steps: int = 50, eval_max_steps: int | None = None, reuse: bool = False,
                  reuse_steps: int | None = None, strict: bool = False, jac_reg_probes: int = 0,
-                 check_every: int = 1, on_failure: str = "raise") -> None:
+                 check_every: int = 1, on_failure: str = "raise", sync_ranks: bool = False) -> None:
         super().__init__()
         self.f = f
         self.solver = resolve_solver(solver)
         self.adjoint = resolve_adjoint(adjoint)
-        make_control(atol, rtol, max_steps, check_every, owner="DEQ")
+        make_control(atol, rtol, max_steps, check_every, owner="DEQ", sync_ranks=sync_ranks)
         for name, v in (("eval_max_steps", eval_max_steps), ("reuse_steps", reuse_steps)):
             if v is not None:
                 check_int("DEQ", name, v, 0)
@@ -120,6 +125,7 @@ class DEQ(nn.Module):
         self.eval_max_steps = max_steps if eval_max_steps is None else eval_max_steps
         self.reuse, self.reuse_steps, self.strict = reuse, reuse_steps, strict
         self.jac_reg_probes, self.check_every, self.on_failure = jac_reg_probes, check_every, on_failure
+        self.sync_ranks = sync_ranks
         self._cache: dict[Hashable, State] = {}
 
     def config(self) -> dict[str, Any]:
@@ -129,6 +135,7 @@ class DEQ(nn.Module):
             "adjoint": None if self.adjoint is None else self.adjoint.name, "atol": self.atol, "rtol": self.rtol,
             "max_steps": self.max_steps, "eval_max_steps": self.eval_max_steps, "reuse": self.reuse,
             "reuse_steps": self.reuse_steps, "jac_reg_probes": self.jac_reg_probes, "on_failure": self.on_failure,
+            "sync_ranks": self.sync_ranks,
         }
 
     def clear_cache(self) -> None:
@@ -171,7 +178,8 @@ class DEQ(nn.Module):
         if amortized:
             budget = self.reuse_steps
         control = make_control(opts.get("atol", self.atol), opts.get("rtol", self.rtol), budget,
-                               opts.get("check_every", self.check_every), opts.get("divergence", 1e6), owner="DEQ")
+                               opts.get("check_every", self.check_every), opts.get("divergence", 1e6), owner="DEQ",
+                               sync_ranks=self.sync_ranks)
         mask = opts.get("on_failure", self.on_failure) == "mask"
         throw_budget = self.strict and not amortized
         if amortized and not getattr(self.adjoint, "needs_forward_graph", False):
@@ -255,8 +263,7 @@ class DEQ(nn.Module):
         g = flat_map(lambda z: self.f(z, x), layout)
         z = layout.pack(z0).detach()
         k = self.reuse_steps
-        inner = LoopControl(control.atol, control.rtol, max(k - 1, 0), control.check_every, control.divergence,
-                            False)
+        inner = dataclasses.replace(control, max_steps=max(k - 1, 0), record_trace=False)
         nfev, steps, status = 0, torch.zeros(layout.batch, dtype=torch.long, device=z.device), None
         if k > 1:
             with torch.no_grad():

@@ -14,13 +14,14 @@ from ._errors import DeqInputError, DeqSolveError
 from ._loop import run_loop
 from ._solution import Result, Solution, SolveStats
 from ._state import State, StateLayout, flat_map
-from ._validate import check_int, check_positive, check_tolerances
+from ._validate import check_bool, check_int, check_positive, check_tolerances
 
 __all__ = ["failure_message", "make_control", "solve", "stats_of"]
 
 
 def make_control(atol: float, rtol: float, max_steps: int, check_every: int = 1, divergence: float = 1e6,
-                 record_trace: bool = True, owner: object = "fixed_point") -> LoopControl:
+                 record_trace: bool = True, owner: object = "fixed_point", sync_ranks: bool = False,
+                 group: Any = None) -> LoopControl:
     """A validated :class:`LoopControl` (raises :class:`DeqConfigError` naming the bad option)."""
     check_tolerances(atol, rtol, max_steps, owner)
     check_int(owner, "check_every", check_every, 1)
@@ -29,7 +30,9 @@ def make_control(atol: float, rtol: float, max_steps: int, check_every: int = 1,
         from ._errors import DeqConfigError
 
         raise DeqConfigError(f"{owner}: divergence must be > 1, got {divergence!r}")
-    return LoopControl(float(atol), float(rtol), max_steps, check_every, float(divergence), bool(record_trace))
+    check_bool(owner, "sync_ranks", sync_ranks)
+    return LoopControl(float(atol), float(rtol), max_steps, check_every, float(divergence), bool(record_trace),
+                       sync_ranks, group)
 
 
 def solve(f: Callable[[State], State], z0: State, solver: Any, adjoint: Any, control: LoopControl, *,

@@ -29,6 +29,8 @@ def fixed_point(
     divergence: float = 1e6,
     record_trace: bool = True,
     adjoint_init: State | None = None,
+    sync_ranks: bool = False,
+    group: Any = None,
 ) -> Solution:
     """Find ``z* = f(z*)`` per sample, and make ``z*`` differentiable through ``adjoint``.
 
@@ -53,6 +55,9 @@ def fixed_point(
             ``||f(z0)|| + ||f(z0) - z0||``, is divergence.
         record_trace: keep the per-step relative residual trace in ``stats.trace``.
         adjoint_init: warm start for the backward solve of ``ImplicitAdjoint`` (same structure as z0).
+        sync_ranks: under ``torch.distributed``, every rank takes the same number of steps (forward and the
+            implicit backward): one all-reduce of the "all settled" flag every ``check_every`` steps. Needed
+            when ``f`` runs collectives (FSDP); ``group`` picks the process group.
 
     Returns:
         :class:`Solution` with ``value`` (structure of ``z0``; the returned iterate, with gradients
@@ -81,5 +86,6 @@ def fixed_point(
     """
     solver_obj = resolve_solver(solver)
     adjoint_obj = resolve_adjoint(adjoint)
-    control = make_control(atol, rtol, max_steps, check_every, divergence, record_trace)
+    control = make_control(atol, rtol, max_steps, check_every, divergence, record_trace, sync_ranks=sync_ranks,
+                           group=group)
     return solve(f, z0, solver_obj, adjoint_obj, control, throw=throw, adjoint_init=adjoint_init)

@@ -56,7 +56,9 @@ def run_loop(solver: Any, f: Callable[[Tensor], Tensor], z: Tensor, fz: Tensor,
     and one host sync: the best iterate is the current one, kept by reference, and settled samples sit in
     a separate store written only on the steps where some sample settles. With ``check_every > 1`` (for
     accelerators) the bookkeeping runs on the device with ``torch.where`` and the host is consulted only
-    every ``check_every`` steps, so there is no host sync in between.
+    every ``check_every`` steps, so there is no host sync in between. With ``control.sync_ranks`` under
+    ``torch.distributed`` the loop takes the device path and all-reduces the "all settled" flag at each
+    check, so every rank runs the same number of steps.
     """
     counter = _Counter(f)
     every, max_steps = control.check_every, control.max_steps
@@ -75,10 +77,11 @@ def run_loop(solver: Any, f: Callable[[Tensor], Tensor], z: Tensor, fz: Tensor,
     frozen: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
     res_hist, fn_hist = ([res], [fnorm]) if control.record_trace else (None, None)
     settled_at = torch.zeros_like(res, dtype=torch.long)
-    host = every == 1
+    synced = control.sync_ranks and _distributed()
+    host = every == 1 and not synced  # synced: the device path, whose checks fall on the same steps on every rank
     floor = 4 * torch.finfo(res.dtype).eps  # residuals below floor * ||f(z)|| are round-off: all equally good
     k = 0
-    if not bool(settled.all()):
+    if not _all_settled(settled, synced, control):
         any_settled = host and bool(settled.any())
         if any_settled:
             frozen = (z, fz, res, fnorm)
@@ -149,7 +152,7 @@ def run_loop(solver: Any, f: Callable[[Tensor], Tensor], z: Tensor, fz: Tensor,
             failed = failed | newly_bad
             nonfinite = nonfinite | (newly_bad & ~(torch.isfinite(res) & torch.isfinite(fnorm)))
             settled = settled | newly
-            if (k % every == 0 or k == max_steps) and bool(settled.all()):
+            if (k % every == 0 or k == max_steps) and _all_settled(settled, synced, control):
                 break
     if frozen is not None:  # host path: settled samples from their store, the others' best iterate
         rows = settled[:, None]
@@ -170,6 +173,23 @@ def run_loop(solver: Any, f: Callable[[Tensor], Tensor], z: Tensor, fz: Tensor,
     outcome = LoopOutcome(best_z, best_fz, result, steps, best_res, best_fn, done, trace,
                           counter.calls, solver.stats(state), status, state)
     return solver.postprocess(outcome, state)
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _all_settled(settled: Tensor, synced: bool, control: LoopControl) -> bool:
+    """Have all samples settled, on this rank (or, with ``sync_ranks``, on every rank: one all-reduce)?"""
+    flag = settled.all()
+    if not synced:
+        return bool(flag)
+    dist = torch.distributed
+    backend = dist.get_backend(control.group)
+    device = flag.device if backend != "gloo" else torch.device("cpu")
+    t = flag.to(device=device, dtype=torch.int32).reshape(1)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=control.group)
+    return bool(t.item())
 
 
 class _Counter:
