@@ -6,6 +6,7 @@ checkpoints, the plugin system (:mod:`deq_core.registry`) and the conformance ki
 
 from . import plugins, registry
 from ._adjoint import AbstractAdjoint, ImplicitAdjoint, NeumannAdjoint, PhantomAdjoint, UnrolledAdjoint
+from ._cache import FixedPointCache
 from ._checkpoint import load, save
 from ._control import LoopControl, LoopOutcome, meets_tolerance, residual_norms
 from ._deq import DEQ, DEQInfo
@@ -25,8 +26,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AbstractAdjoint", "AbstractFixedPointSolver", "DEQ", "DEQInfo", "DeqConfigError", "DeqError", "DeqInputError",
-    "DeqSolveError", "FixedPointIteration", "FlatMap", "ImplicitAdjoint", "LoopControl", "LoopOutcome",
-    "NeumannAdjoint",
+    "DeqSolveError", "FixedPointCache", "FixedPointIteration", "FlatMap", "ImplicitAdjoint", "LoopControl",
+    "LoopOutcome", "NeumannAdjoint",
     "PhantomAdjoint", "PluginError", "Result", "Solution", "SolveStats", "State", "StateLayout", "UnknownNameError",
     "UnrolledAdjoint", "__version__", "check_bool", "check_int", "check_positive", "check_range", "check_tolerances",
     "fixed_point", "jacobian_frobenius", "load", "meets_tolerance", "plugins", "reduce_stats", "registry",

@@ -116,7 +116,10 @@ class ImplicitAdjoint(AbstractAdjoint):
     def __hash__(self) -> int:
         return hash(repr(self))
 
-    def attach(self, f, z_star, *, solver, control, init=None, forward=None):
+    def attach(self, f, z_star, *, solver, control, init=None, forward=None, warm_rows=None, keep=None):
+        """As :meth:`AbstractAdjoint.attach`; besides, ``warm_rows`` ``(B,)`` bool limits the warm start ``init``
+        to those rows (the others start at ``v``), and ``keep(u)`` receives the backward solution (both are how
+        :class:`deq_core.FixedPointCache` warm-starts the backward solve per sample)."""
         z, fz = _reengage(f, z_star)
         if not fz.requires_grad:
             return z_star.detach()
@@ -138,9 +141,13 @@ class ImplicitAdjoint(AbstractAdjoint):
 
             with torch.no_grad():
                 u0 = v if warm is None else warm.to(v.dtype)
+                if warm is not None and warm_rows is not None:
+                    u0 = torch.where(warm_rows[:, None], u0, v)
                 out = run_loop(back_solver, backward_map, u0, backward_map(u0), back_control)
             if throw and not bool(out.converged.all()):
                 raise DeqSolveError(f"implicit backward solve {out.result.message}")
+            if keep is not None:
+                keep(out.z)
             return out.z
 
         return _value(z_star, _hooked(fz, hook))

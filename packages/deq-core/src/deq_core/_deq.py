@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._adjoint import AbstractAdjoint
+from ._adjoint import AbstractAdjoint, ImplicitAdjoint
+from ._cache import FixedPointCache
 from ._control import LoopControl, meets_tolerance, residual_norms
 from ._driver import failure_message, make_control, solve
 from ._errors import DeqConfigError, DeqInputError, DeqSolveError, UnknownNameError
@@ -88,6 +89,8 @@ class DEQ(nn.Module):
             implicit backward; one all-reduce every ``check_every`` steps): the setting sharded training
             (FSDP, whose ``f`` runs collectives) needs so that ranks needing different step counts do not
             deadlock.
+        cache: a :class:`deq_core.FixedPointCache` sized to the data set: ``deq(x, index=idx)`` warm-starts each
+            sample (forward and implicit backward) from its own last solution, across epochs.
 
     Per-call overrides: ``deq(x, options=dict(rtol=1e-2, max_steps=10))`` (keys: ``CALL_OPTIONS``), never by
     mutating attributes.
@@ -110,7 +113,8 @@ class DEQ(nn.Module):
                  adjoint: AbstractAdjoint | str | None = "implicit", atol: float = 1e-6, rtol: float = 1e-4,
                  max_steps: int = 50, eval_max_steps: int | None = None, reuse: bool = False,
                  reuse_steps: int | None = None, strict: bool = False, jac_reg_probes: int = 0,
-                 check_every: int = 1, on_failure: str = "raise", sync_ranks: bool = False) -> None:
+                 check_every: int = 1, on_failure: str = "raise", sync_ranks: bool = False,
+                 cache: FixedPointCache | None = None) -> None:
         super().__init__()
         self.f = f
         self.solver = resolve_solver(solver)
@@ -126,6 +130,9 @@ class DEQ(nn.Module):
         self.reuse, self.reuse_steps, self.strict = reuse, reuse_steps, strict
         self.jac_reg_probes, self.check_every, self.on_failure = jac_reg_probes, check_every, on_failure
         self.sync_ranks = sync_ranks
+        if cache is not None and not isinstance(cache, FixedPointCache):
+            raise DeqConfigError(f"DEQ.cache must be a FixedPointCache or None, got {type(cache).__name__}")
+        self.cache = cache
         self._cache: dict[Hashable, State] = {}
 
     def config(self) -> dict[str, Any]:
@@ -151,7 +158,7 @@ class DEQ(nn.Module):
         raise DeqInputError("DEQ needs z0: pass z0=..., or give f an init_state(x) method, or pass a tensor x")
 
     def forward(self, x: Any, z0: State | None = None, *, cache_key: Hashable = None,
-                options: dict[str, Any] | None = None) -> tuple[State, DEQInfo]:
+                options: dict[str, Any] | None = None, index: Tensor | None = None) -> tuple[State, DEQInfo]:
         """Solve ``z* = f(z*, x)``; returns ``(z*, DEQInfo)``.
 
         Arguments:
@@ -159,6 +166,8 @@ class DEQ(nn.Module):
                 for ``on_failure="mask"``).
             z0: initial state (default: the ``reuse`` cache, else ``f.init_state(x)``, else zeros like ``x``).
             cache_key: names the warm-start slot of ``reuse``.
+            index: ``(B,)`` dataset indices of the batch, for the per-sample ``cache``: seen samples start at
+                their own cached fixed point (and backward solution), and this call's results are cached.
             options: per-call overrides of ``atol``, ``rtol``, ``max_steps`` (the budget of this call, in
                 either mode), ``check_every``, ``divergence``, ``on_failure``.
         """
@@ -171,8 +180,15 @@ class DEQ(nn.Module):
                 z0, warm = cached, True
             else:
                 z0 = z_init
+        hits = None
+        if index is not None and self.cache is None:
+            raise DeqConfigError("DEQ.forward got index= but the DEQ has no cache; build it with "
+                                 "DEQ(..., cache=FixedPointCache(len(dataset)))")
         if z0 is None:
             z0 = self.initial_state(x)
+            if index is not None:
+                z0, hits = self.cache.get(index, z0)
+                warm = bool(hits.any())
         budget = opts.get("max_steps", self.max_steps if self.training else self.eval_max_steps)
         amortized = warm and self.reuse_steps is not None
         if amortized:
@@ -190,7 +206,9 @@ class DEQ(nn.Module):
             return value, DEQInfo(result, stats, True, jac_loss)
         with frozen_weights(self.f):
             adjoint = None if mask else self.adjoint
-            sol = solve(lambda z: self.f(z, x), z0, self.solver, adjoint, control, throw=False, input_errors=not mask)
+            extra = self._adjoint_cache(index, z0) if adjoint is not None else None
+            sol = solve(lambda z: self.f(z, x), z0, self.solver, adjoint, control, throw=False, input_errors=not mask,
+                        adjoint_init=None if extra is None else extra.pop("init"), adjoint_options=extra)
             failed = sol.stats.failed
             if not mask and (sol.result in (Result.DIVERGED, Result.NONFINITE)
                              or (throw_budget and sol.result is Result.MAX_STEPS)):
@@ -203,7 +221,24 @@ class DEQ(nn.Module):
             jac_loss = self._jac_loss(x, value, failed if mask else None)
         if self.reuse:
             self._cache[cache_key] = _detach(value)
+        if index is not None:
+            self.cache.put(index, _detach(value), rows=~failed)
         return value, DEQInfo(sol.result, sol.stats, warm, jac_loss)
+
+    def _adjoint_cache(self, index: Tensor | None, like: State) -> dict[str, Any] | None:
+        """``ImplicitAdjoint`` keywords that warm-start the backward solve per sample from the cache."""
+        if index is None or not self.cache.adjoint or not isinstance(self.adjoint, ImplicitAdjoint):
+            return None
+        if not torch.is_grad_enabled():
+            return None
+        layout = StateLayout.of(like, "z0")
+        u0, rows = self.cache.get(index, _detach(like), slot="adjoint")
+        cache, idx = self.cache, index
+
+        def keep(u: Tensor) -> None:
+            cache.put(idx, layout.unpack(u.detach()), slot="adjoint")
+
+        return {"init": u0 if bool(rows.any()) else None, "warm_rows": rows, "keep": keep}
 
     def _call_options(self, options: dict[str, Any] | None) -> dict[str, Any]:
         if options is None:

@@ -36,11 +36,13 @@ def make_control(atol: float, rtol: float, max_steps: int, check_every: int = 1,
 
 
 def solve(f: Callable[[State], State], z0: State, solver: Any, adjoint: Any, control: LoopControl, *,
-          throw: bool = True, adjoint_init: State | None = None, input_errors: bool | None = None) -> Solution:
+          throw: bool = True, adjoint_init: State | None = None, input_errors: bool | None = None,
+          adjoint_options: dict[str, Any] | None = None) -> Solution:
     """Solve ``z* = f(z*)`` with solver and adjoint *objects* (see :func:`deq_core.fixed_point`).
 
     ``input_errors`` (default: ``throw``): a non-finite ``f(z0)`` row raises :class:`DeqInputError`;
     otherwise that sample fails at step 0 with status ``NONFINITE`` and the others are solved.
+    ``adjoint_options``: extra keywords for ``adjoint.attach`` (e.g. ``ImplicitAdjoint``'s ``warm_rows``).
     """
     layout = StateLayout.of(z0, "z0")
     z = layout.pack(z0)
@@ -62,7 +64,8 @@ def solve(f: Callable[[State], State], z0: State, solver: Any, adjoint: Any, con
                             Solution(layout.unpack(value.detach()), outcome.result, stats))
     if adjoint is not None and torch.is_grad_enabled():
         init = None if adjoint_init is None else layout.pack(adjoint_init).detach()
-        value = adjoint.attach(g, value, solver=solver, control=control, init=init, forward=outcome)
+        value = adjoint.attach(g, value, solver=solver, control=control, init=init, forward=outcome,
+                               **(adjoint_options or {}))
     elif not needs_graph:
         value = value.detach()
     return Solution(layout.unpack(value), outcome.result, stats)
