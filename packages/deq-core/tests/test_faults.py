@@ -141,3 +141,31 @@ def test_interrupted_save_leaves_no_temp_file_behind(tmp_path) -> None:
     assert len(left) == 1, left
     save(target, {"w": torch.ones(3)})
     assert target.exists() and not list(tmp_path.glob("model.safetensors.tmp*"))
+
+
+def test_trajectory_states_along_the_solve_carry_one_step_gradients() -> None:
+    torch.manual_seed(0)
+    layer = Layer()
+    x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    deq = DEQ(layer, rtol=1e-10, atol=1e-12, max_steps=100, trajectory=3)
+    z, info = deq(x)
+    assert len(info.trajectory) == 3 and all(t.shape == z.shape for t in info.trajectory)
+    steps = info.stats.steps
+    # the last state is f at the returned iterate (numerically z*), the first is early in the solve
+    assert torch.allclose(info.trajectory[-1], z, atol=1e-9)
+    assert float((info.trajectory[0] - z).detach().abs().max()) > 1e-6
+    # each state's gradient is the one of a single application of f at a detached iterate (phantom, 1 step)
+    (g,) = torch.autograd.grad(info.trajectory[0].sum(), x)
+    zs = torch.zeros(3, 6, dtype=torch.float64)
+    at = torch.round(steps.double() / 3).long()
+    rows = []
+    for i in range(3):
+        zi = zs[i:i + 1]
+        for _ in range(int(at[i])):
+            zi = layer(zi, x[i:i + 1].detach())
+        rows.append(zi)
+    ref_in = torch.cat(rows).detach()
+    (g_ref,) = torch.autograd.grad(layer(ref_in, x).sum(), x)
+    assert torch.allclose(g, g_ref, atol=1e-10)
+    _, plain = DEQ(layer)(x)
+    assert plain.trajectory is None

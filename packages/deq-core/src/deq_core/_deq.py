@@ -41,6 +41,10 @@ class DEQInfo:
         warm: the solve started from the ``reuse`` cache.
         jac_loss: Hutchinson estimate of ``||df/dz||_F^2 / N`` (only when ``jac_reg_probes > 0`` and training),
             add ``c * jac_loss`` to the training loss.
+        trajectory: with ``DEQ(..., trajectory=k)``: ``k`` states along the forward solve, ``f`` applied to the
+            detached iterates at steps ``round(j * s_i / k)``, ``j = 1..k`` (``s_i``: sample ``i``'s steps), each
+            carrying the gradient of that one application (DEQ-Flow's fixed-point correction: put a loss on
+            every one). ``None`` otherwise, and on amortized (``reuse_steps``) calls.
         failed: ``(B,)`` bool, samples whose input or solve was non-finite or diverged; with
             ``on_failure="mask"`` their rows of ``z*`` are detached (their best finite iterate, no gradient):
             drop them from the loss, e.g. ``loss = per_sample_loss[~info.failed].mean()``.
@@ -50,6 +54,7 @@ class DEQInfo:
     stats: SolveStats
     warm: bool = False
     jac_loss: Tensor | None = None
+    trajectory: list[State] | None = None
 
     @property
     def failed(self) -> Tensor:
@@ -89,6 +94,8 @@ class DEQ(nn.Module):
             implicit backward; one all-reduce every ``check_every`` steps): the setting sharded training
             (FSDP, whose ``f`` runs collectives) needs so that ranks needing different step counts do not
             deadlock.
+        trajectory: ``k > 0`` returns ``k`` states along the solve in ``info.trajectory``, each with the
+            gradient of one application of ``f`` (trajectory supervision, DEQ-Flow's fixed-point correction).
         cache: a :class:`deq_core.FixedPointCache` sized to the data set: ``deq(x, index=idx)`` warm-starts each
             sample (forward and implicit backward) from its own last solution, across epochs.
 
@@ -114,7 +121,7 @@ class DEQ(nn.Module):
                  max_steps: int = 50, eval_max_steps: int | None = None, reuse: bool = False,
                  reuse_steps: int | None = None, strict: bool = False, jac_reg_probes: int = 0,
                  check_every: int = 1, on_failure: str = "raise", sync_ranks: bool = False,
-                 cache: FixedPointCache | None = None) -> None:
+                 cache: FixedPointCache | None = None, trajectory: int = 0) -> None:
         super().__init__()
         self.f = f
         self.solver = resolve_solver(solver)
@@ -124,6 +131,8 @@ class DEQ(nn.Module):
             if v is not None:
                 check_int("DEQ", name, v, 0)
         check_int("DEQ", "jac_reg_probes", jac_reg_probes, 0)
+        check_int("DEQ", "trajectory", trajectory, 0)
+        self.trajectory = trajectory
         _check_on_failure(on_failure)
         self.atol, self.rtol, self.max_steps = atol, rtol, max_steps
         self.eval_max_steps = max_steps if eval_max_steps is None else eval_max_steps
@@ -207,7 +216,11 @@ class DEQ(nn.Module):
         with frozen_weights(self.f):
             adjoint = None if mask else self.adjoint
             extra = self._adjoint_cache(index, z0) if adjoint is not None else None
-            sol = solve(lambda z: self.f(z, x), z0, self.solver, adjoint, control, throw=False, input_errors=not mask,
+            recorder = _Recorder(self.solver) if self.trajectory else None
+            if recorder is not None:
+                recorder.layout = StateLayout.of(z0, "z0")
+            sol = solve(lambda z: self.f(z, x), z0, recorder or self.solver, adjoint, control, throw=False,
+                        input_errors=not mask,
                         adjoint_init=None if extra is None else extra.pop("init"), adjoint_options=extra)
             failed = sol.stats.failed
             if not mask and (sol.result in (Result.DIVERGED, Result.NONFINITE)
@@ -219,11 +232,34 @@ class DEQ(nn.Module):
             if mask:
                 value = self._attach_healthy(x, sol.value, failed, control)
             jac_loss = self._jac_loss(x, value, failed if mask else None)
+            traj = None if recorder is None else self._trajectory(x, recorder, sol.stats.steps,
+                                                                  failed if mask else None)
         if self.reuse:
             self._cache[cache_key] = _detach(value)
         if index is not None:
             self.cache.put(index, _detach(value), rows=~failed)
-        return value, DEQInfo(sol.result, sol.stats, warm, jac_loss)
+        return value, DEQInfo(sol.result, sol.stats, warm, jac_loss, traj)
+
+    def _trajectory(self, x: Any, recorder: _Recorder, steps: Tensor, failed: Tensor | None) -> list[State]:
+        """``k`` states along the solve: ``f`` at the detached iterate of step ``round(j * s_i / k)`` per sample."""
+        zs = torch.stack(recorder.stop())                             # (T + 1, B, N), detached iterates
+        k, B = self.trajectory, zs.shape[1]
+        j = torch.arange(1, k + 1, device=zs.device, dtype=torch.float64)[:, None]
+        at = torch.round(j * steps.to(device=zs.device, dtype=torch.float64)[None, :] / k).long()
+        picked = zs.gather(0, at.clamp_max(zs.shape[0] - 1)[:, :, None].expand(k, B, zs.shape[2]))
+        layout = recorder.layout
+        rows, xs = None, x
+        if failed is not None and bool(failed.any()):
+            rows = (~failed).nonzero().flatten()
+            xs = _rows(x, rows, B)
+        out = []
+        for t in picked:
+            t = t.detach() if rows is None else t[rows].detach()
+            sub = layout if rows is None else StateLayout(
+                tuple(torch.Size((rows.numel(), *s[1:])) for s in layout.shapes), layout.is_tuple, layout.dtype,
+                layout.device)
+            out.append(self.f(sub.unpack(t), xs))
+        return out
 
     def _adjoint_cache(self, index: Tensor | None, like: State) -> dict[str, Any] | None:
         """``ImplicitAdjoint`` keywords that warm-start the backward solve per sample from the cache."""
@@ -344,6 +380,39 @@ class DEQ(nn.Module):
         state = self.__dict__.copy()
         state["_cache"] = {}
         return state
+
+
+class _Recorder:
+    """Drives ``inner`` unchanged and keeps every iterate (detached) for ``DEQ(trajectory=k)``."""
+
+    def __init__(self, inner: AbstractFixedPointSolver) -> None:
+        self.inner, self.name, self.zs, self.on, self.layout = inner, inner.name, [], True, None
+
+    def init(self, f, z, fz):
+        if self.on:
+            self.zs = [z.detach()]
+        return self.inner.init(f, z, fz)
+
+    def step(self, f, z, fz, state):
+        z, fz, state = self.inner.step(f, z, fz, state)
+        if self.on:
+            self.zs.append(z.detach())
+        return z, fz, state
+
+    def terminate(self, z, fz, res, fnorm, state, control):
+        return self.inner.terminate(z, fz, res, fnorm, state, control)
+
+    def postprocess(self, outcome, state):
+        return self.inner.postprocess(outcome, state)
+
+    def stats(self, state):
+        return self.inner.stats(state)
+
+    def stop(self) -> list[Tensor]:
+        """The recorded iterates; recording stops (a later backward solve through this object keeps none)."""
+        self.on = False
+        zs, self.zs = self.zs, []
+        return zs
 
 
 def _check_on_failure(value: object) -> None:
