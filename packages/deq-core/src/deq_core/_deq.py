@@ -96,6 +96,10 @@ class DEQ(nn.Module):
             deadlock.
         trajectory: ``k > 0`` returns ``k`` states along the solve in ``info.trajectory``, each with the
             gradient of one application of ``f`` (trajectory supervision, DEQ-Flow's fixed-point correction).
+        compile_f: ``True`` (or a dict of ``torch.compile`` options) runs ``torch.compile(f)`` inside the solve
+            loop and the adjoint. The loop itself stays eager (it is host-driven), and ``forward`` is excluded
+            from an outer ``torch.compile``, so a compiled model containing a ``DEQ`` graph-breaks around it
+            instead of re-tracing the loop for every batch; gradients are those of eager mode.
         cache: a :class:`deq_core.FixedPointCache` sized to the data set: ``deq(x, index=idx)`` warm-starts each
             sample (forward and implicit backward) from its own last solution, across epochs.
 
@@ -121,7 +125,8 @@ class DEQ(nn.Module):
                  max_steps: int = 50, eval_max_steps: int | None = None, reuse: bool = False,
                  reuse_steps: int | None = None, strict: bool = False, jac_reg_probes: int = 0,
                  check_every: int = 1, on_failure: str = "raise", sync_ranks: bool = False,
-                 cache: FixedPointCache | None = None, trajectory: int = 0) -> None:
+                 cache: FixedPointCache | None = None, trajectory: int = 0,
+                 compile_f: bool | dict[str, Any] = False) -> None:
         super().__init__()
         self.f = f
         self.solver = resolve_solver(solver)
@@ -133,6 +138,10 @@ class DEQ(nn.Module):
         check_int("DEQ", "jac_reg_probes", jac_reg_probes, 0)
         check_int("DEQ", "trajectory", trajectory, 0)
         self.trajectory = trajectory
+        if not isinstance(compile_f, (bool, dict)):
+            raise DeqConfigError(f"DEQ.compile_f must be a bool or a dict of torch.compile options, got {compile_f!r}")
+        self.compile_f = compile_f
+        self._f_compiled: Any = None
         _check_on_failure(on_failure)
         self.atol, self.rtol, self.max_steps = atol, rtol, max_steps
         self.eval_max_steps = max_steps if eval_max_steps is None else eval_max_steps
@@ -166,6 +175,7 @@ class DEQ(nn.Module):
             return torch.zeros_like(x)
         raise DeqInputError("DEQ needs z0: pass z0=..., or give f an init_state(x) method, or pass a tensor x")
 
+    @torch.compiler.disable  # the solve loop is host-driven: dynamo would re-trace it for every batch
     def forward(self, x: Any, z0: State | None = None, *, cache_key: Hashable = None,
                 options: dict[str, Any] | None = None, index: Tensor | None = None) -> tuple[State, DEQInfo]:
         """Solve ``z* = f(z*, x)``; returns ``(z*, DEQInfo)``.
@@ -219,7 +229,8 @@ class DEQ(nn.Module):
             recorder = _Recorder(self.solver) if self.trajectory else None
             if recorder is not None:
                 recorder.layout = StateLayout.of(z0, "z0")
-            sol = solve(lambda z: self.f(z, x), z0, recorder or self.solver, adjoint, control, throw=False,
+            layer = self._layer()
+            sol = solve(lambda z: layer(z, x), z0, recorder or self.solver, adjoint, control, throw=False,
                         input_errors=not mask,
                         adjoint_init=None if extra is None else extra.pop("init"), adjoint_options=extra)
             failed = sol.stats.failed
@@ -331,7 +342,8 @@ class DEQ(nn.Module):
         Implicit²'s amortized step, ``z_t = f(z_{t-1}; x)``: one ``f`` evaluation with graph plus the
         adjoint's VJPs. Statistics: residual ``||f(z) - z||`` at the point where ``f`` was applied."""
         layout = StateLayout.of(z0, "z0")
-        g = flat_map(lambda z: self.f(z, x), layout)
+        layer = self._layer()
+        g = flat_map(lambda z: layer(z, x), layout)
         z = layout.pack(z0).detach()
         k = self.reuse_steps
         inner = dataclasses.replace(control, max_steps=max(k - 1, 0), record_trace=False)
@@ -376,9 +388,20 @@ class DEQ(nn.Module):
             value = torch.where(stats.failed[:, None], z, value)  # failed rows: detached, their last finite point
         return layout.unpack(value), result, stats
 
+    def _layer(self) -> Any:
+        """``f``, or its compiled version with ``compile_f``."""
+        if not self.compile_f:
+            return self.f
+        if self._f_compiled is None:
+            opts = self.compile_f if isinstance(self.compile_f, dict) else {}
+            # in __dict__, not registered as a submodule: the state dict must not hold f's parameters twice
+            self.__dict__["_f_compiled"] = torch.compile(self.f, **opts)
+        return self._f_compiled
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_cache"] = {}
+        state["_f_compiled"] = None
         return state
 
 
