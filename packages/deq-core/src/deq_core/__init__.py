@@ -5,26 +5,28 @@ checkpoints, the plugin system (:mod:`deq_core.registry`) and the conformance ki
 """
 
 from . import plugins, registry
-from ._adjoint import AbstractAdjoint, ImplicitAdjoint, NeumannAdjoint, PhantomAdjoint, UnrolledAdjoint, resolve_adjoint
+from ._adjoint import AbstractAdjoint, ImplicitAdjoint, NeumannAdjoint, PhantomAdjoint, UnrolledAdjoint
 from ._checkpoint import load, save
 from ._deq import DEQ, DEQInfo
-from ._driver import fixed_point, resolve_solver
+from ._driver import fixed_point
 from ._errors import DeqConfigError, DeqError, DeqInputError, DeqSolveError, PluginError, UnknownNameError
 from ._jacobian import jacobian_frobenius
 from ._loop import LoopControl, LoopOutcome, residual_norms, run_loop
 from ._picard import FixedPointIteration
+from ._resolve import resolve_adjoint, resolve_solver
 from ._solution import Result, Solution, SolveStats
 from ._solver import AbstractFixedPointSolver, FlatMap, check_positive, check_range
 from ._state import State, StateLayout
+from ._task import AbstractTask, TaskOption
 from .distributed import reduce_stats
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AbstractAdjoint", "AbstractFixedPointSolver", "DEQ", "DEQInfo", "DeqConfigError", "DeqError", "DeqInputError",
+    "AbstractAdjoint", "AbstractFixedPointSolver", "AbstractTask", "DEQ", "DEQInfo", "DeqConfigError", "DeqError", "DeqInputError",
     "DeqSolveError", "FixedPointIteration", "FlatMap", "ImplicitAdjoint", "LoopControl", "LoopOutcome",
     "NeumannAdjoint",
-    "PhantomAdjoint", "PluginError", "Result", "Solution", "SolveStats", "State", "StateLayout", "UnknownNameError",
+    "PhantomAdjoint", "PluginError", "Result", "Solution", "SolveStats", "State", "StateLayout", "TaskOption", "UnknownNameError",
     "UnrolledAdjoint", "__version__", "check_positive", "check_range", "fixed_point", "jacobian_frobenius", "load",
     "plugins", "reduce_stats", "registry", "resolve_adjoint", "resolve_solver", "residual_norms", "run_loop", "save",
 ]

@@ -21,13 +21,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ._errors import DeqConfigError, UnknownNameError
+from ._errors import DeqConfigError
 from ._loop import LoopControl
 from ._solver import AbstractFixedPointSolver, FlatMap, check_positive, check_range
 
-__all__ = [
-    "AbstractAdjoint", "ImplicitAdjoint", "NeumannAdjoint", "PhantomAdjoint", "UnrolledAdjoint", "resolve_adjoint",
-]
+__all__ = ["AbstractAdjoint", "ImplicitAdjoint", "NeumannAdjoint", "PhantomAdjoint", "UnrolledAdjoint"]
 
 
 class AbstractAdjoint(abc.ABC):
@@ -85,9 +83,9 @@ class ImplicitAdjoint(AbstractAdjoint):
                  rtol: float | None = None, max_steps: int | None = None, throw: bool = False,
                  **options: Any) -> None:
         if isinstance(solver, str):
-            from .registry import get_solver
+            from ._resolve import resolve_solver  # the registry is imported only when a name is given
 
-            solver = get_solver(solver, **options)
+            solver = resolve_solver(solver, **options)
         elif options:
             raise DeqConfigError(
                 f"ImplicitAdjoint got solver options {sorted(options)} without a solver name; "
@@ -223,24 +221,3 @@ class UnrolledAdjoint(AbstractAdjoint):
 
     def attach(self, f, z_star, *, solver, control, init=None):
         return z_star
-
-
-_ADJOINTS: dict[str, type[AbstractAdjoint]] = {
-    a.name: a for a in (ImplicitAdjoint, NeumannAdjoint, PhantomAdjoint, UnrolledAdjoint)
-}
-
-
-def resolve_adjoint(adjoint: AbstractAdjoint | str | None, **options: Any) -> AbstractAdjoint | None:
-    """An adjoint object as is, ``None``, or one of ``implicit``, ``neumann``, ``phantom``, ``unrolled``."""
-    if adjoint is None or isinstance(adjoint, AbstractAdjoint):
-        if options:
-            raise DeqConfigError("adjoint options are only accepted with an adjoint name")
-        return adjoint
-    if isinstance(adjoint, str):
-        if adjoint not in _ADJOINTS:
-            raise UnknownNameError("adjoint", adjoint, _ADJOINTS)
-        try:
-            return _ADJOINTS[adjoint](**options)
-        except TypeError as e:
-            raise DeqConfigError(f"bad options for adjoint {adjoint!r}: {e}") from None
-    raise DeqConfigError(f"adjoint must be an AbstractAdjoint, a name or None, got {type(adjoint).__name__}")

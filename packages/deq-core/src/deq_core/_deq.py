@@ -9,10 +9,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._adjoint import AbstractAdjoint, resolve_adjoint
-from ._driver import check_tolerances, failure_message, fixed_point, resolve_solver, solve_flat
+from ._adjoint import AbstractAdjoint
+from ._driver import check_tolerances, failure_message, fixed_point, solve_flat
 from ._errors import DeqConfigError, DeqInputError, DeqSolveError
 from ._jacobian import jacobian_frobenius
+from ._resolve import resolve_adjoint, resolve_solver
 from ._loop import LoopControl, residual_norms
 from ._solution import Result, Solution, SolveStats
 from ._solver import AbstractFixedPointSolver

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ._errors import DeqConfigError, DeqInputError, DeqSolveError
 from ._loop import LoopControl
+from ._resolve import resolve_adjoint, resolve_solver
 from ._solution import Result, Solution, SolveStats
 from ._solver import AbstractFixedPointSolver
 from ._state import State, StateLayout, flat_map
@@ -17,7 +18,7 @@ from ._state import State, StateLayout, flat_map
 if TYPE_CHECKING:
     from ._adjoint import AbstractAdjoint
 
-__all__ = ["fixed_point", "resolve_solver", "check_tolerances", "solve_flat"]
+__all__ = ["fixed_point", "check_tolerances", "solve_flat"]
 
 DEFAULT_SOLVER = "fixed-point"
 
@@ -77,8 +78,6 @@ def fixed_point(
         >>> bool(torch.allclose(x.grad, torch.full_like(x, 2.0)))
         True
     """
-    from ._adjoint import resolve_adjoint
-
     solver_obj = resolve_solver(solver)
     adjoint_obj = resolve_adjoint(adjoint)
     control = _control(atol, rtol, max_steps, check_every, divergence, record_trace)
@@ -129,18 +128,6 @@ def failure_message(result: Result, stats: SolveStats, worst: int = 3) -> str:
         f"{int(stats.steps.max())} steps ({worst_txt}). Pass throw=False to get the best iterate anyway, "
         f"or raise max_steps / loosen atol, rtol."
     )
-
-
-def resolve_solver(solver: AbstractFixedPointSolver | str) -> AbstractFixedPointSolver:
-    """A solver object as is, or a registered name resolved through :mod:`deq_core.registry`."""
-    if isinstance(solver, AbstractFixedPointSolver):
-        return solver
-    if isinstance(solver, str):
-        from . import registry
-
-        return registry.get_solver(solver)
-    raise DeqConfigError(
-        f"solver must be an AbstractFixedPointSolver or a registered name, got {type(solver).__name__}")
 
 
 def check_tolerances(atol: float, rtol: float, max_steps: int) -> None:

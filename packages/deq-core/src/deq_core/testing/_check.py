@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from torch import Tensor
 
 from .._adjoint import ImplicitAdjoint
-from .._driver import fixed_point, resolve_solver
+from .._driver import fixed_point
+from .._resolve import resolve_solver
 from .._errors import DeqInputError, DeqSolveError
 from .._solution import Result, Solution
 from .._solver import AbstractFixedPointSolver
