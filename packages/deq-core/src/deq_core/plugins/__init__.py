@@ -26,6 +26,8 @@ from ._manager import (
     BUILTIN_MODULE,
     ENTRY_POINT_GROUP,
     FIRST_PARTY,
+    KINDS,
+    KINDS_PLURAL,
     PluginManager,
     PluginSource,
     env_settings,
@@ -45,7 +47,7 @@ from ._types import (
 )
 
 __all__ = [
-    "AdjointEntry", "BUILTIN_MODULE", "DeqPluginWarning", "ENTRY_POINT_GROUP", "Entry", "FIRST_PARTY", "HOOK_NAMES",
+    "AdjointEntry", "BUILTIN_MODULE", "DeqPluginWarning", "ENTRY_POINT_GROUP", "Entry", "FIRST_PARTY", "HOOK_NAMES", "KINDS", "KINDS_PLURAL",
     "ModelEntry", "NameConflictError", "PROJECT_NAME", "PluginInfo", "PluginManager", "PluginSource", "SolverEntry",
     "TaskEntry", "env_settings", "get_manager", "hookimpl", "hookspec", "install_hint", "use_manager",
 ]

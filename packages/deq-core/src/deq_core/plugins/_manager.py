@@ -51,7 +51,7 @@ from ._types import (
 )
 
 __all__ = [
-    "BUILTIN_MODULE", "ENTRY_POINT_GROUP", "FIRST_PARTY", "KINDS", "PluginManager", "PluginSource", "env_settings",
+    "BUILTIN_MODULE", "ENTRY_POINT_GROUP", "FIRST_PARTY", "KINDS", "KINDS_PLURAL", "PluginManager", "PluginSource", "env_settings",
     "get_manager", "install_hint", "use_manager",
 ]
 
@@ -61,6 +61,8 @@ KINDS: Mapping[str, type[Entry]] = MappingProxyType(
     {"solver": SolverEntry, "adjoint": AdjointEntry, "task": TaskEntry, "model": ModelEntry})
 _HOOK_OF_KIND = {"solver": "deq_solvers", "adjoint": "deq_adjoints", "task": "deq_tasks", "model": "deq_models"}
 _PLURAL = {"solver": "solvers", "adjoint": "adjoints", "task": "tasks", "model": "models", "command": "commands"}
+KINDS_PLURAL: Mapping[str, str] = MappingProxyType({k: _PLURAL[k] for k in KINDS})
+"""``{kind: plural}`` of the record kinds, in listing order (``"solver": "solvers"``, ...)."""
 
 FIRST_PARTY: frozenset[str] = frozenset({"deq-core", "deq-solvers", "deq-tasks", "deq-inr"})
 """deq's own distributions: their names win a clash with a third-party plugin, and they load first."""
@@ -256,6 +258,11 @@ class PluginManager:
                    disabled=env_disabled if disabled is None else disabled)
 
     # -- queries ------------------------------------------------------------------------------------------
+    @property
+    def sources(self) -> tuple[PluginSource, ...]:
+        """The plugins this manager knows (loaded or not)."""
+        return self._sources
+
     def entries(self, kind: str) -> Mapping[str, Entry]:
         """Read-only ``{name: entry}`` of one kind (``"solver"``, ``"adjoint"``, ``"task"``, ``"model"``), sorted by
         name; conflicted names and shadowed duplicates are left out (see :meth:`conflicts`, :meth:`plugins`)."""
@@ -386,8 +393,8 @@ class PluginManager:
                     status, error = "conflicted", "; ".join(clashes)
                 elif shadowed:
                     status = "shadowed"
-                    error = "; ".join(f"{s} is provided by deq's own packages too, which win; this plugin's is "
-                                      f"'{me}:{s.split(' ', 1)[1]}'" for s in shadowed)
+                    error = (f"deq's own packages provide {', '.join(shadowed)} too and win; this plugin's are "
+                             f"selected as '{me}:NAME'")
             out.append(PluginInfo(p.source.name, p.source.distribution, p.source.version, p.source.module,
                                   status, MappingProxyType(provides), error, hooks=p.hooks,
                                   aliases=MappingProxyType(aliases), shadowed=shadowed,
