@@ -35,7 +35,9 @@ CLOSURES: dict[str, tuple[list[str], list[str]]] = {
     "deq-tasks": ([CORE, SOLVERS, f"{TASKS}[testing]"], ["deq_inr"]),
     "deq-inr": ([CORE, SOLVERS, f"{INR}[testing]"], ["deq_tasks"]),
 }
-EXAMPLES = ["examples/deq-solver-example[testing]", "examples/deq-broken-plugin"]
+# plugins installed (by pip, as users would) for the integration tests: a solver example, a broken plugin, and a
+# plugin claiming deq's own names next to its own adjoint, task and model (tests/integration/test_shadow_plugin.py)
+EXAMPLES = ["examples/deq-solver-example[testing]", "examples/deq-broken-plugin", "tests/integration/deq-shadow-plugin"]
 BENCHES = {
     "core": f"{CORE}/benchmarks/bench_core.py",
     "solvers": f"{SOLVERS}/benchmarks/bench_solvers.py",
