@@ -23,10 +23,12 @@ from .distributed import reduce_stats
 __version__ = "0.1.0"
 
 __all__ = [
-    "AbstractAdjoint", "AbstractFixedPointSolver", "AbstractTask", "DEQ", "DEQInfo", "DeqConfigError", "DeqError", "DeqInputError",
+    "AbstractAdjoint", "AbstractFixedPointSolver", "AbstractTask", "DEQ", "DEQInfo", "DeqConfigError", "DeqError",
+    "DeqInputError",
     "DeqSolveError", "FixedPointIteration", "FlatMap", "ImplicitAdjoint", "LoopControl", "LoopOutcome",
     "NeumannAdjoint",
-    "PhantomAdjoint", "PluginError", "Result", "Solution", "SolveStats", "State", "StateLayout", "TaskOption", "UnknownNameError",
+    "PhantomAdjoint", "PluginError", "Result", "Solution", "SolveStats", "State", "StateLayout", "TaskOption",
+    "UnknownNameError",
     "UnrolledAdjoint", "__version__", "check_positive", "check_range", "fixed_point", "jacobian_frobenius", "load",
     "plugins", "reduce_stats", "registry", "resolve_adjoint", "resolve_solver", "residual_norms", "run_loop", "save",
 ]

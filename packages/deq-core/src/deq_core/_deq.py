@@ -13,8 +13,8 @@ from ._adjoint import AbstractAdjoint
 from ._driver import check_tolerances, failure_message, fixed_point, solve_flat
 from ._errors import DeqConfigError, DeqInputError, DeqSolveError
 from ._jacobian import jacobian_frobenius
-from ._resolve import resolve_adjoint, resolve_solver
 from ._loop import LoopControl, residual_norms
+from ._resolve import resolve_adjoint, resolve_solver
 from ._solution import Result, Solution, SolveStats
 from ._solver import AbstractFixedPointSolver
 from ._state import State, StateLayout, flat_map

@@ -47,8 +47,8 @@ def build_registered_model(name: str, in_features: int, out_features: int, **opt
     model = registry.get_model(name, in_features=in_features, out_features=out_features, **options)
     missing = [a for a in ("predict", "config") if not callable(getattr(model, a, None))]
     if missing or not callable(model):
-        raise DeqConfigError(f"model {name!r} built a {type(model).__name__} without {', '.join(missing) or 'forward'}; "
-                             f"deq inr fit needs {_INR_CONTRACT}")
+        raise DeqConfigError(f"model {name!r} built a {type(model).__name__} without "
+                             f"{', '.join(missing) or 'forward'}; deq inr fit needs {_INR_CONTRACT}")
     return model
 
 

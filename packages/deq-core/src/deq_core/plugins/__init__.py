@@ -47,7 +47,8 @@ from ._types import (
 )
 
 __all__ = [
-    "AdjointEntry", "BUILTIN_MODULE", "DeqPluginWarning", "ENTRY_POINT_GROUP", "Entry", "FIRST_PARTY", "HOOK_NAMES", "KINDS", "KINDS_PLURAL",
+    "AdjointEntry", "BUILTIN_MODULE", "DeqPluginWarning", "ENTRY_POINT_GROUP", "Entry", "FIRST_PARTY", "HOOK_NAMES",
+    "KINDS", "KINDS_PLURAL",
     "ModelEntry", "NameConflictError", "PROJECT_NAME", "PluginInfo", "PluginManager", "PluginSource", "SolverEntry",
     "TaskEntry", "env_settings", "get_manager", "hookimpl", "hookspec", "install_hint", "use_manager",
 ]

@@ -51,7 +51,8 @@ from ._types import (
 )
 
 __all__ = [
-    "BUILTIN_MODULE", "ENTRY_POINT_GROUP", "FIRST_PARTY", "KINDS", "KINDS_PLURAL", "PluginManager", "PluginSource", "env_settings",
+    "BUILTIN_MODULE", "ENTRY_POINT_GROUP", "FIRST_PARTY", "KINDS", "KINDS_PLURAL", "PluginManager", "PluginSource",
+    "env_settings",
     "get_manager", "install_hint", "use_manager",
 ]
 

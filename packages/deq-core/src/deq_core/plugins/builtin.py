@@ -44,7 +44,7 @@ def deq_adjoints() -> Iterable[AdjointEntry]:
 
     return [
         AdjointEntry("implicit", ImplicitAdjoint,
-                     "Exact implicit gradient: solve u = J^T u + v with a fixed-point solver (default: the forward one).",
+                     "Exact implicit gradient: solve u = J^T u + v with a fixed-point solver (default: the forward's).",
                      tags=("builtin", "exact")),
         AdjointEntry("neumann", NeumannAdjoint, "Truncated Neumann series u = sum_{t<=terms} (J^T)^t v.",
                      tags=("builtin", "approximate")),

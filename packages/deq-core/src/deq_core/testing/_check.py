@@ -15,8 +15,8 @@ from torch import Tensor
 
 from .._adjoint import ImplicitAdjoint
 from .._driver import fixed_point
-from .._resolve import resolve_solver
 from .._errors import DeqInputError, DeqSolveError
+from .._resolve import resolve_solver
 from .._solution import Result, Solution
 from .._solver import AbstractFixedPointSolver
 from .._state import State

@@ -35,14 +35,15 @@ def check_adjoint(adjoint: AbstractAdjoint | str, *, solver: AbstractFixedPointS
     On ``max_examples`` random float64 problems ``z* = tanh(z* W^T + x)`` (``B = batch`` samples of width
     ``N = width``, ``||W||_2 = rho`` drawn from ``rho``), solved to ``1e-13`` with ``solver``:
 
-    1. the value ``fixed_point(..., adjoint=adjoint)`` returns is the forward fixed point (to ``1e-12``);
-    2. the gradients of ``sum(v * z*)`` with respect to ``x`` and ``W`` equal the adjoint's own definition,
+    1. it states its definition: ``exact = True``, or a ``reference(J, v)`` of its own;
+    2. the value ``fixed_point(..., adjoint=adjoint)`` returns is the forward fixed point (to ``1e-12``);
+    3. the gradients of ``sum(v * z*)`` with respect to ``x`` and ``W`` equal the adjoint's own definition,
        ``(df/dx)^T u`` and ``(df/dW)^T u`` with ``u = adjoint.reference(J, v)`` computed densely from the
        per-sample Jacobians ``J = df/dz`` (for an exact adjoint, ``exact = True``: ``u = (I - J^T)^{-1} v``, a
        float64 dense solve; ``neumann``: the truncated series; ``phantom``: ``k`` damped steps), to
        ``rtol * max|reference| + atol``;
-    3. under ``torch.no_grad()`` the value carries no graph;
-    4. the adjoint survives ``pickle`` and ``copy.deepcopy`` (a ``DEQ`` holding it must).
+    4. under ``torch.no_grad()`` the value carries no graph;
+    5. the adjoint survives ``pickle`` and ``copy.deepcopy`` (a ``DEQ`` holding it must).
 
     Arguments:
         adjoint: the adjoint object (or a registered name) with the options to test.
@@ -75,6 +76,12 @@ def check_adjoint(adjoint: AbstractAdjoint | str, *, solver: AbstractFixedPointS
         if type(again) is not type(adjoint_obj):
             raise AssertionError(f"check_adjoint: {what} changed the type of {adjoint_obj!r} to {type(again)}")
 
+    if not adjoint_obj.exact:
+        try:
+            adjoint_obj.reference(torch.zeros(1, 1, 1, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64))
+        except NotImplementedError as e:
+            raise AssertionError(f"check_adjoint: {type(adjoint_obj).__name__} does not state its gradient: {e}") from e
+
     @settings(settings(), max_examples=max_examples, deadline=None, suppress_health_check=list(HealthCheck),
               phases=(Phase.explicit, Phase.reuse, Phase.generate), report_multiple_bugs=False)
     @given(st.integers(0, 2**31 - 1), st.floats(*rho))
@@ -105,7 +112,8 @@ def _check_adjoint_problem(adjoint: AbstractAdjoint, solver: AbstractFixedPointS
     if not gap <= 1e-12:
         raise AssertionError(f"check_adjoint: {adjoint!r} changed the forward value by {gap:.3g}\n  problem: {problem}")
     if not sol.value.requires_grad:
-        raise AssertionError(f"check_adjoint: {adjoint!r} returned a value without a gradient path\n  problem: {problem}")
+        raise AssertionError(f"check_adjoint: {adjoint!r} returned a value without a gradient path\n"
+                             f"  problem: {problem}")
     gx, gW = torch.autograd.grad((sol.value * v).sum(), (x, W), allow_unused=True)
     gx = torch.zeros_like(x) if gx is None else gx
     gW = torch.zeros_like(W) if gW is None else gW
@@ -117,8 +125,8 @@ def _check_adjoint_problem(adjoint: AbstractAdjoint, solver: AbstractFixedPointS
         # an exact adjoint is held to the dense solve itself, not to a reference() it may override
         u = AbstractAdjoint.reference(adjoint, J, v) if adjoint.exact else adjoint.reference(J, v)
         if not (isinstance(u, Tensor) and u.shape == v.shape):
-            raise AssertionError(f"check_adjoint: {type(adjoint).__name__}.reference(J, v) must return a {tuple(v.shape)} "
-                                 f"tensor, got {getattr(u, 'shape', type(u).__name__)}")
+            raise AssertionError(f"check_adjoint: {type(adjoint).__name__}.reference(J, v) must return a "
+                                 f"{tuple(v.shape)} tensor, got {getattr(u, 'shape', type(u).__name__)}")
         ref_x = s * u                                     # (df/dx)^T u
         ref_W = ref_x.T @ plain                           # (df/dW)^T u = sum_b (s_b u_b) z*_b^T
     what = "the implicit-function-theorem gradient (I - J^T)^-1 v" if adjoint.exact else "its reference(J, v)"
