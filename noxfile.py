@@ -106,7 +106,8 @@ def bench(session: nox.Session) -> None:
 @nox.session(default=False)
 def docs(session: nox.Session) -> None:
     """Build the docs strictly and run every code block in them."""
-    _install_all(session, "mkdocs-material", "mkdocstrings[python]", "examples/deq-task-example")  # its how-to imports it
+    # the task how-to imports its example package
+    _install_all(session, "mkdocs-material", "mkdocstrings[python]", "examples/deq-task-example")
     session.run("mkdocs", "build", "--strict", "--site-dir", "site")
     session.run("pytest", "tests/docs", *session.posargs, env=ENV)
 

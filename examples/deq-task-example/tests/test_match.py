@@ -1,10 +1,10 @@
 """The example task keeps deq's task contract and finds the input."""
 
 import pytest
+from deq_task_example.task import MatchEquilibrium
 
 from deq_core import DeqConfigError
 from deq_core.testing import check_task
-from deq_task_example.task import MatchEquilibrium
 
 
 def test_passes_the_deq_task_kit(tmp_path):
