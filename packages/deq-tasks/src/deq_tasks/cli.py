@@ -7,7 +7,7 @@
 
 ``run`` takes the common options below; any other ``--name value`` pair is a task option (``--mask block``,
 ``--alpha 0.03``; ``-`` and ``_`` are the same), checked against the task's options before anything runs. A task
-object has ``run(out, *, checkpoint=None, progress_bar=True) -> dict`` and writes ``metrics.json``, PNGs and
+object is a ``deq_core.AbstractTask`` with ``run(out, *, checkpoint=None, progress=True) -> dict`` and writes ``metrics.json``, PNGs and
 ``model.safetensors`` into ``out``.
 """
 

@@ -33,10 +33,11 @@ def _richardson(steps: int = 30, damping: float = 0.8):
     return RichardsonAdjoint(steps=steps, damping=damping)
 
 
-def _tiny_inr(in_features: int = 2, out_features: int = 1, width: int = 16, solver: str = "fixed-point"):
+def _tiny_inr(in_features: int = 2, out_features: int = 1, width: int = 16, solver: str = "fixed-point",
+              adjoint: str = "richardson"):
     from ._parts import TinyINR
 
-    return TinyINR(in_features, out_features, width=width, solver=solver)
+    return TinyINR(in_features, out_features, width=width, solver=solver, adjoint=adjoint)
 
 
 @hookimpl
