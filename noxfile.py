@@ -35,7 +35,10 @@ CLOSURES: dict[str, tuple[list[str], list[str]]] = {
     "deq-tasks": ([CORE, SOLVERS, f"{TASKS}[testing]"], ["deq_inr"]),
     "deq-inr": ([CORE, SOLVERS, f"{INR}[testing]"], ["deq_tasks"]),
 }
-EXAMPLES = ["examples/deq-solver-example[testing]", "examples/deq-broken-plugin"]
+# plugins installed (by pip, as users would) for the integration tests: a solver example, a broken plugin, and a
+# plugin claiming deq's own names next to its own adjoint, task and model (tests/integration/test_shadow_plugin.py)
+EXAMPLES = ["examples/deq-solver-example[testing]", "examples/deq-task-example[testing]", "examples/deq-broken-plugin",
+            "tests/integration/deq-shadow-plugin"]
 BENCHES = {
     "core": f"{CORE}/benchmarks/bench_core.py",
     "solvers": f"{SOLVERS}/benchmarks/bench_solvers.py",
@@ -66,7 +69,8 @@ def tests(session: nox.Session, package: str) -> None:
     if package == "integration":
         _install_all(session, *EXAMPLES)
         session.run("pytest", "tests/integration", *session.posargs, env=ENV)
-        session.run("pytest", "examples/deq-solver-example/tests", *session.posargs, env=ENV)
+        session.run("pytest", "examples/deq-solver-example/tests", "examples/deq-task-example/tests", *session.posargs,
+                    env=ENV)
         return
     reqs, forbidden = CLOSURES[package]
     _install(session, *reqs)
@@ -102,7 +106,8 @@ def bench(session: nox.Session) -> None:
 @nox.session(default=False)
 def docs(session: nox.Session) -> None:
     """Build the docs strictly and run every code block in them."""
-    _install_all(session, "mkdocs-material", "mkdocstrings[python]")
+    # the task how-to imports its example package
+    _install_all(session, "mkdocs-material", "mkdocstrings[python]", "examples/deq-task-example")
     session.run("mkdocs", "build", "--strict", "--site-dir", "site")
     session.run("pytest", "tests/docs", *session.posargs, env=ENV)
 

@@ -1,7 +1,8 @@
 """Installed plugins working together: discovery, a broken plugin, strict and disabled modes.
 
-Assumes nox installed deq-core, deq-solvers, deq-tasks, deq-inr, examples/deq-solver-example and
-examples/deq-broken-plugin into this environment.
+Assumes nox installed deq-core, deq-solvers, deq-tasks, deq-inr and the plugins of noxfile.py's EXAMPLES
+(examples/deq-solver-example, examples/deq-broken-plugin, tests/integration/deq-shadow-plugin, ...) into this
+environment.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from deq_core.plugins import DeqPluginWarning, PluginManager, use_manager
 
 BROKEN = "deq-broken-plugin"
 EXAMPLE = "deq-solver-example"
+SHADOW = "deq-shadow-plugin"  # claims deq's own names on purpose: shadowed (tests/integration/test_shadow_plugin.py)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -71,9 +73,11 @@ def test_deq_plugins_json_lists_every_installed_plugin(listing):
 def test_first_party_plugins_load_cleanly_together(listing):
     data, _ = listing
     bad = {p["name"]: (p["status"], p["error"]) for p in data["plugins"]
-           if p["name"] != BROKEN and p["status"] != "active"}
+           if p["name"] not in (BROKEN, SHADOW) and p["status"] != "active"}
     assert bad == {}, f"plugins that are not active: {bad}"
     assert data["conflicts"] == {}
+    shadowed = {n for table in data["shadowed"].values() for n, owners in table.items() if owners != [SHADOW]}
+    assert shadowed == set(), f"names of deq's own packages shadowing more than the test plugin: {shadowed}"
 
 
 def test_plugin_commands_appear_in_help(listing):
@@ -106,10 +110,11 @@ def test_broken_plugin_in_the_table():
 def test_get_solver_still_works_with_a_broken_plugin_installed():
     mgr = entry_point_manager()
     with use_manager(mgr):
-        with pytest.warns(DeqPluginWarning, match=BROKEN):
-            solver = registry.get_solver("fixed-point", damping=0.5)
+        solver = registry.get_solver("fixed-point", damping=0.5)  # a built-in name: third-party plugins not loaded
         assert solver.damping == 0.5
-        assert [p.name for p in registry.broken()] == [BROKEN]
+        assert BROKEN not in mgr.loaded_names()
+        with pytest.warns(DeqPluginWarning, match=BROKEN):
+            assert [p.name for p in registry.broken()] == [BROKEN]
         sol = fixed_point(lambda z: 0.5 * z + 1.0, torch.zeros(2, 3), solver="momentum")  # the example's alias
         torch.testing.assert_close(sol.value, torch.full((2, 3), 2.0), rtol=1e-3, atol=1e-3)
 

@@ -92,7 +92,8 @@ def test_plugins_json(capsys):
     plugins = {p["name"]: p for p in data["plugins"]}
     assert plugins["deq-core"] == {
         "name": "deq-core", "distribution": "deq-core", "version": "0.1.0", "module": "", "status": "active",
-        "provides": {"solvers": ["fixed-point"], "tasks": [], "models": [], "commands": []}, "error": None,
+        "provides": {"solvers": ["fixed-point"], "adjoints": [], "tasks": [], "models": [], "commands": []},
+        "error": None, "hooks": ["deq_solvers"], "aliases": {}, "shadowed": [], "first_party": True,
     }
     assert plugins["gone"]["status"] == "broken" and "No module named 'gone'" in plugins["gone"]["error"]
     assert data["solvers"]["picard-half"] == {"name": "picard-half", "summary": "Picard", "aliases": ["ph"],

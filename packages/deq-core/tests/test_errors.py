@@ -128,7 +128,7 @@ def test_unknown_option_is_an_error() -> None:
         ImplicitAdjoint("fixed-point", dampnig=0.5)
     with pytest.raises(DeqConfigError, match="without a solver name"):
         ImplicitAdjoint(damping=0.5)
-    with pytest.raises(DeqConfigError, match="bad options for adjoint 'neumann'"):
+    with pytest.raises(DeqConfigError, match="adjoint 'neumann' has no option 'trems' \\(did you mean 'terms'\\?\\)"):
         resolve_adjoint("neumann", trems=2)
 
 

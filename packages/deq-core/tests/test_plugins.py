@@ -298,7 +298,8 @@ def test_conflicting_name_raises_listing_both_providers_and_other_names_work():
     assert mgr.provider("solver", "only-a") == "deq-a" and mgr.provider("solver", "only-b") == "deq-b"
     assert list(mgr.entries("solver")) == ["only-a", "only-b"]
     statuses = {p.name: (p.status, p.error) for p in mgr.plugins()}
-    assert statuses["deq-a"] == ("conflicted", "solver 'dup' is also provided by 'deq-b'")
+    assert statuses["deq-a"] == ("conflicted", "solver 'dup' is also provided by 'deq-b' (select one as 'deq-a:dup')")
+    assert mgr.provider("solver", "deq-b:dup") == "deq-b"
     assert dict(mgr.conflicts()["solver"]) == {"dup": ("deq-a", "deq-b")}
 
 

@@ -45,6 +45,10 @@ class Core:
     def deq_solvers(self):
         return [SolverEntry("fixed-point", FixedPointIteration, "damped Picard")]
 
+    @hookimpl
+    def deq_adjoints(self):  # fixed_point and DEQ resolve their default adjoint "implicit" by name
+        return builtin.deq_adjoints()
+
 
 class Fake:
     @hookimpl
@@ -141,12 +145,14 @@ def test_plugins_and_broken(mgr):
     info = {p.name: p for p in registry.plugins()}
     assert set(info) == {"deq-core", "fake", "broken-one"}
     assert info["fake"].status == "active"
-    assert info["fake"].provides == {"solvers": ("half-picard", "not-a-solver"), "tasks": ("toy-task",),
-                                     "models": ("free-model", "toy-model"), "commands": ()}
+    assert info["fake"].provides == {"solvers": ("half-picard", "not-a-solver"), "adjoints": (),
+                                     "tasks": ("toy-task",), "models": ("free-model", "toy-model"), "commands": ()}
+    assert info["fake"].hooks == ("deq_solvers", "deq_tasks", "deq_models")
+    assert info["fake"].aliases == {"half-picard": ("half",), "toy-model": ("toy",)}
     (broken,) = registry.broken()
     assert (broken.name, broken.version, broken.status) == ("broken-one", "0.3", "broken")
     assert broken.error == "ImportError: cannot import name 'thing'"
-    assert broken.to_dict()["provides"] == {"solvers": [], "tasks": [], "models": [], "commands": []}
+    assert broken.to_dict()["provides"] == {"solvers": [], "adjoints": [], "tasks": [], "models": [], "commands": []}
 
 
 def test_conflicted_name_raises_and_other_names_work():

@@ -19,17 +19,18 @@ from ._resolve import resolve_adjoint, resolve_solver
 from ._solution import Result, Solution, SolveStats
 from ._solver import AbstractFixedPointSolver, FlatMap
 from ._state import State, StateLayout
+from ._task import AbstractTask, TaskOption
 from ._validate import check_bool, check_int, check_positive, check_range, check_tolerances
 from .distributed import reduce_stats
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AbstractAdjoint", "AbstractFixedPointSolver", "DEQ", "DEQInfo", "DeqConfigError", "DeqError", "DeqInputError",
-    "DeqSolveError", "FixedPointCache", "FixedPointIteration", "FlatMap", "ImplicitAdjoint", "LoopControl",
-    "LoopOutcome", "NeumannAdjoint",
-    "PhantomAdjoint", "PluginError", "Result", "Solution", "SolveStats", "State", "StateLayout", "UnknownNameError",
-    "UnrolledAdjoint", "__version__", "check_bool", "check_int", "check_positive", "check_range", "check_tolerances",
-    "fixed_point", "jacobian_frobenius", "load", "meets_tolerance", "plugins", "reduce_stats", "registry",
-    "resolve_adjoint", "resolve_solver", "residual_norms", "run_loop", "save",
+    "AbstractAdjoint", "AbstractFixedPointSolver", "AbstractTask", "DEQ", "DEQInfo", "DeqConfigError", "DeqError",
+    "DeqInputError", "DeqSolveError", "FixedPointCache", "FixedPointIteration", "FlatMap", "ImplicitAdjoint",
+    "LoopControl", "LoopOutcome", "NeumannAdjoint", "PhantomAdjoint", "PluginError", "Result", "Solution",
+    "SolveStats", "State", "StateLayout", "TaskOption", "UnknownNameError", "UnrolledAdjoint", "__version__",
+    "check_bool", "check_int", "check_positive", "check_range", "check_tolerances", "fixed_point",
+    "jacobian_frobenius", "load", "meets_tolerance", "plugins", "reduce_stats", "registry", "residual_norms",
+    "resolve_adjoint", "resolve_solver", "run_loop", "save",
 ]

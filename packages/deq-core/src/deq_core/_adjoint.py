@@ -31,10 +31,46 @@ __all__ = ["AbstractAdjoint", "ImplicitAdjoint", "NeumannAdjoint", "PhantomAdjoi
 
 
 class AbstractAdjoint(abc.ABC):
-    """Base class: ``attach(f, z_star, ...)`` returns ``z_star`` with a gradient path through ``f``."""
+    """Base class: ``attach(f, z_star, ...)`` returns ``z_star`` with a gradient path through ``f``.
+
+    An adjoint states its definition, which :func:`deq_core.testing.check_adjoint` holds it to: with
+    ``J = df/dz`` at ``z*`` and the incoming gradient ``v = dL/dz*``, the gradient it sends into ``f``'s other
+    inputs (parameters, ``x``) is ``(df/dtheta)^T u`` with ``u = reference(J, v)``. ``exact = True`` (implicit,
+    unrolled) means ``u = (I - J^T)^{-1} v``, the implicit-function-theorem gradient, which the default
+    :meth:`reference` computes by a dense solve; an approximate adjoint sets ``exact = False`` and overrides
+    :meth:`reference` with its own formula (a truncated series, ``k`` damped steps, ...).
+    """
 
     name: ClassVar[str] = "abstract"
     needs_forward_graph: ClassVar[bool] = False
+    exact: ClassVar[bool] = False
+
+    def reference(self, J: Tensor, v: Tensor) -> Tensor:
+        """The vector ``u`` this adjoint back-propagates into ``f``'s inputs, by definition (dense, for tests).
+
+        Arguments:
+            J: ``(B, N, N)`` per-sample Jacobians ``df/dz`` at ``z*``.
+            v: ``(B, N)`` incoming gradient ``dL/dz*``.
+
+        Returns:
+            ``(B, N)``: ``(I - J^T)^{-1} v`` for an exact adjoint.
+
+        Raises:
+            NotImplementedError: an approximate adjoint (``exact = False``) that does not override it.
+
+        Example:
+            >>> import torch
+            >>> from deq_core import ImplicitAdjoint
+            >>> J = torch.full((1, 1, 1), 0.5, dtype=torch.float64)
+            >>> ImplicitAdjoint().reference(J, torch.ones(1, 1, dtype=torch.float64))   # 1 / (1 - 0.5)
+            tensor([[2.]], dtype=torch.float64)
+        """
+        if not self.exact:
+            raise NotImplementedError(
+                f"{type(self).__name__} is not exact (exact = False) and does not state its gradient: override "
+                "reference(J, v) with the u it back-propagates (see AbstractAdjoint)")
+        eye = torch.eye(J.shape[-1], dtype=J.dtype, device=J.device).expand_as(J)
+        return torch.linalg.solve(eye - J.transpose(-1, -2), v.unsqueeze(-1)).squeeze(-1)
 
     @abc.abstractmethod
     def attach(self, f: FlatMap, z_star: Tensor, *, solver: AbstractFixedPointSolver, control: LoopControl,
@@ -85,6 +121,7 @@ class ImplicitAdjoint(AbstractAdjoint):
     """
 
     name: ClassVar[str] = "implicit"
+    exact: ClassVar[bool] = True
 
     def __init__(self, solver: AbstractFixedPointSolver | str | None = None, *, atol: float | None = None,
                  rtol: float | None = None, max_steps: int | None = None, throw: bool = False,
@@ -172,6 +209,14 @@ class NeumannAdjoint(AbstractAdjoint):
     def __post_init__(self) -> None:
         check_int(self, "terms", self.terms, 0)
 
+    def reference(self, J: Tensor, v: Tensor) -> Tensor:
+        """``u = sum_{t=0..terms} (J^T)^t v``."""
+        total, term = v, v
+        for _ in range(self.terms):
+            term = (J.transpose(-1, -2) @ term.unsqueeze(-1)).squeeze(-1)
+            total = total + term
+        return total
+
     def attach(self, f, z_star, *, solver, control, init=None, forward=None):
         z, fz = _reengage(f, z_star)
         if not fz.requires_grad:
@@ -210,6 +255,15 @@ class PhantomAdjoint(AbstractAdjoint):
         check_int(self, "steps", self.steps, 1)
         check_range(self, "damping", self.damping, 0.0, 1.0)
 
+    def reference(self, J: Tensor, v: Tensor) -> Tensor:
+        """``u = d * sum_{j<steps} ((1 - d) I + d J^T)^j v`` (``d = damping``): ``steps`` damped steps from ``z*``."""
+        d = self.damping
+        total, term = torch.zeros_like(v), v
+        for _ in range(self.steps):
+            total = total + d * term
+            term = (1 - d) * term + d * (J.transpose(-1, -2) @ term.unsqueeze(-1)).squeeze(-1)
+        return total
+
     def attach(self, f, z_star, *, solver, control, init=None, forward=None):
         z = z_star.detach()
         with torch.enable_grad():
@@ -226,6 +280,7 @@ class UnrolledAdjoint(AbstractAdjoint):
 
     name: ClassVar[str] = "unrolled"
     needs_forward_graph: ClassVar[bool] = True
+    exact: ClassVar[bool] = True  # to the forward tolerance: the unrolled solve's derivative tends to (I - J)^-1
 
     def attach(self, f, z_star, *, solver, control, init=None, forward=None):
         return z_star

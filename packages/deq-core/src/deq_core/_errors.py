@@ -33,15 +33,20 @@ class PluginError(DeqError, RuntimeError):
 
 
 class UnknownNameError(DeqError, KeyError):
-    """A name (solver, task, model, option) is not known; the message lists what exists."""
+    """A name (solver, adjoint, task, model, option) is not known; the message lists what exists.
 
-    def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
+    ``hint`` (e.g. ``"It comes with deq-solvers: pip install deq-solvers."``) replaces the closest-match
+    suggestion when given.
+    """
+
+    def __init__(self, kind: str, name: str, known: Iterable[str], *, hint: str = "") -> None:
         known = sorted(set(known))
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        suggest = f" {hint}" if hint else (f" Did you mean {close[0]!r}?" if close else "")
         listing = ", ".join(repr(k) for k in known) or "(none registered)"
         self.kind, self.name, self.known, self.suggestion = kind, name, known, (close[0] if close else None)
-        super().__init__(f"unknown {kind} {name!r}.{hint} Known {kind}s: {listing}.")
+        self.hint = hint
+        super().__init__(f"unknown {kind} {name!r}.{suggest} Known {kind}s: {listing}.")
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])

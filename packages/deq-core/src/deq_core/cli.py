@@ -7,6 +7,7 @@ traceback (set ``DEQ_DEBUG=1`` to get one). Plugin warnings are shown as one ``w
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import sys
@@ -18,13 +19,18 @@ import click
 
 from . import __version__
 from ._errors import DeqError
-from .plugins import DeqPluginWarning, PluginManager, get_manager
+from .plugins import KINDS_PLURAL, DeqPluginWarning, PluginManager, get_manager, install_hint
 
 __all__ = ["cli", "main"]
 
 
 class _DeqGroup(click.Group):
-    """A group that adds the plugins' commands (from the manager in use) after its own built-in ones."""
+    """A group that adds the plugins' commands (from the manager in use) after its own built-in ones.
+
+    Looking up one command loads only deq's own plugins when one of them adds it; listing loads every plugin.
+    A mistyped command gets the closest match, and a command of an optional deq package that is not
+    installed gets the ``pip install`` line.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -48,17 +54,38 @@ class _DeqGroup(click.Group):
         return sorted(set(self.commands) | set(self._plugins()))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        plugin_commands = self._plugins()  # loads the plugins (and reports clashes) for every command
         if cmd_name in self.commands:
             return self.commands[cmd_name]
-        found = plugin_commands.get(cmd_name)
-        owners = get_manager().conflicts().get("command", {}).get(cmd_name)
+        manager = get_manager()
+        found = manager.command(cmd_name)
+        owners = manager.conflicts().get("command", {}).get(cmd_name) if found is None else None
         if found is None and owners:
             raise click.UsageError(
                 f"command {cmd_name!r} is added by several plugins ({', '.join(map(repr, owners))}); "
                 f"uninstall one or hide it with DEQ_DISABLE_PLUGINS={owners[-1]}"
             )
         return found
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                             list[str]]:
+        name = args[0]
+        cmd = self.get_command(ctx, name)
+        if cmd is None and not ctx.resilient_parsing:
+            if name.startswith("-"):
+                self.parse_args(ctx, ctx.args)  # click's own "no such option" error
+            manager = get_manager()
+            hint = install_hint("command", name, manager.sources,
+                                {p.name: p.status for p in manager.plugins()})
+            known = self.list_commands(ctx)
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+            if hint:
+                msg = f"unknown command {name!r}. {hint}"
+            elif close:
+                msg = f"unknown command {name!r}. Did you mean {close[0]!r}?"
+            else:
+                msg = f"unknown command {name!r}"
+            raise click.UsageError(f"{msg} Commands: {', '.join(known)}.", ctx)
+        return (cmd.name if cmd is not None else None), cmd, args[1:]
 
 
 @click.group(cls=_DeqGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -71,7 +98,9 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--traceback", "show_tb", is_flag=True, help="Also print the traceback of each broken plugin.")
 def plugins_command(as_json: bool, show_tb: bool) -> None:
-    """List the installed plugins: distribution, version, status and what each provides."""
+    """List the installed plugins: distribution, version, status, hooks and what each provides (aliases in
+    parentheses). Status: active, broken, disabled, conflicted, or shadowed (a name also provided by deq's
+    own packages, which win; the plugin's is reachable as PLUGIN:NAME)."""
     manager = get_manager()
     if as_json:
         click.echo(json.dumps(_plugins_json(manager), indent=2))
@@ -84,29 +113,36 @@ def plugins_command(as_json: bool, show_tb: bool) -> None:
 
 def _plugins_json(manager: PluginManager) -> dict[str, Any]:
     out: dict[str, Any] = {"plugins": [p.to_dict() for p in manager.plugins()]}
-    for kind in ("solver", "task", "model"):
-        out[f"{kind}s"] = {
+    for kind, plural in KINDS_PLURAL.items():
+        out[plural] = {
             name: {**entry.describe(), "provider": manager.provider(kind, name)}
             for name, entry in manager.entries(kind).items()
         }
     out["conflicts"] = {kind: {n: list(p) for n, p in table.items()} for kind, table in manager.conflicts().items()
                         if table}
+    out["shadowed"] = {kind: {n: list(p) for n, p in table.items()} for kind, table in manager.shadowed().items()
+                       if table}
     return out
 
 
 def _plugins_table(manager: PluginManager) -> str:
-    rows = [("DISTRIBUTION", "VERSION", "STATUS", "PROVIDES")]
+    rows = [("DISTRIBUTION", "VERSION", "STATUS", "HOOKS", "PROVIDES")]
     notes = []
     for p in manager.plugins():
-        provides = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in p.provides.items() if names) or "-"
+        def named(n: str, p=p) -> str:
+            return f"{n} ({', '.join(p.aliases[n])})" if n in p.aliases else n
+
+        provides = "; ".join(f"{kind}: {', '.join(map(named, names))}"
+                             for kind, names in p.provides.items() if names) or "-"
         label = p.distribution or p.name
         if p.distribution and p.name != p.distribution:
             label = f"{p.distribution} ({p.name})"
-        rows.append((label, p.version or "-", p.status, provides if p.status != "broken" else "-"))
+        hooks = ",".join(h.removeprefix("deq_") for h in p.hooks) or "-"
+        rows.append((label, p.version or "-", p.status, hooks, provides if p.status != "broken" else "-"))
         if p.error:
             notes.append(f"  {p.name}: {p.error}")
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
     if len(rows) == 1:
         lines.append("(no plugins installed)")
     if notes:
@@ -125,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except click.exceptions.Exit as exc:
             code = exc.exit_code
         except click.ClickException as exc:
-            exc.show()
+            click.echo(f"error: {_one_line(exc)}", err=True)
             code = exc.exit_code
         except click.Abort:
             click.echo("Aborted!", err=True)
@@ -138,6 +174,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             _replay(caught)
     return code
+
+
+def _one_line(exc: click.ClickException) -> str:
+    """The exception's message on one line, with the command to ask for help for a usage error."""
+    msg = " ".join(exc.format_message().split())
+    if isinstance(exc, click.UsageError) and exc.ctx is not None:
+        msg += f" (see '{exc.ctx.command_path} --help')"
+    return msg
 
 
 def _replay(caught: list[warnings.WarningMessage]) -> None:

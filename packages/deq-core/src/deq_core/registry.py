@@ -1,7 +1,8 @@
-"""Read-only view of what the installed plugins provide: solvers, tasks and models by name.
+"""Read-only view of what the installed plugins provide: solvers, adjoints, tasks and models by name.
 
 Names come from plugins (``deq`` entry points, see :mod:`deq_core.plugins`); there is no function to
-register things at run time. Tests swap the whole view with
+register things at run time. deq's own packages win a name clash; ``"dist:name"`` (``"my-plugin:anderson"``,
+``"deq-solvers:anderson"``) selects the one a given plugin provides. Tests swap the whole view with
 ``with deq_core.plugins.use_manager(PluginManager.from_plugins([...])): ...``.
 
 Example:
@@ -23,15 +24,22 @@ from typing import Any
 
 from ._errors import PluginError
 from ._solver import AbstractFixedPointSolver
-from .plugins import ModelEntry, PluginInfo, SolverEntry, TaskEntry, get_manager
+from .plugins import AdjointEntry, ModelEntry, PluginInfo, SolverEntry, TaskEntry, get_manager
 
-__all__ = ["broken", "get_model", "get_solver", "get_task", "models", "plugins", "solvers", "tasks"]
+__all__ = [
+    "adjoints", "broken", "get_adjoint", "get_model", "get_solver", "get_task", "models", "plugins", "solvers", "tasks",
+]
 
 
 def solvers() -> Mapping[str, SolverEntry]:
     """Read-only ``{name: SolverEntry}`` of every usable solver, sorted by name (aliases and names claimed
     by two plugins are left out)."""
     return get_manager().entries("solver")  # type: ignore[return-value]
+
+
+def adjoints() -> Mapping[str, AdjointEntry]:
+    """Read-only ``{name: AdjointEntry}`` of every usable adjoint (``implicit``, ``neumann``, ...)."""
+    return get_manager().entries("adjoint")  # type: ignore[return-value]
 
 
 def tasks() -> Mapping[str, TaskEntry]:
@@ -77,8 +85,32 @@ def get_solver(name: str, /, **options: Any) -> AbstractFixedPointSolver:
     return solver
 
 
+def get_adjoint(name: str, /, **options: Any) -> Any:
+    """Build the adjoint registered as ``name`` with ``options`` (errors as in :func:`get_solver`).
+
+    Returns:
+        A new :class:`deq_core.AbstractAdjoint`.
+
+    Example:
+        >>> from deq_core import registry
+        >>> registry.get_adjoint("neumann", terms=3)
+        NeumannAdjoint(terms=3)
+    """
+    from ._adjoint import AbstractAdjoint
+
+    manager = get_manager()
+    adjoint = manager.create("adjoint", name, **options)
+    if not isinstance(adjoint, AbstractAdjoint):
+        raise PluginError(
+            f"adjoint {name!r} (plugin {manager.provider('adjoint', name)!r}) was built as "
+            f"{type(adjoint).__name__}, expected an AbstractAdjoint"
+        )
+    return adjoint
+
+
 def get_task(name: str, /, **options: Any) -> Any:
-    """Build the task registered as ``name`` with ``options`` (errors as in :func:`get_solver`)."""
+    """Build the task registered as ``name`` with ``options`` (a :class:`deq_core.AbstractTask` for tasks on
+    the task contract; errors as in :func:`get_solver`)."""
     return get_manager().create("task", name, **options)
 
 
@@ -89,7 +121,8 @@ def get_model(name: str, /, **options: Any) -> Any:
 
 def plugins() -> tuple[PluginInfo, ...]:
     """Every plugin (one per ``deq`` entry point): name, distribution, version, status
-    (``active`` / ``broken`` / ``disabled`` / ``conflicted``), what it provides and its error."""
+    (``active`` / ``broken`` / ``disabled`` / ``conflicted`` / ``shadowed``), hooks, what it provides and its
+    error."""
     return get_manager().plugins()
 
 

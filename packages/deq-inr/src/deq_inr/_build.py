@@ -66,6 +66,10 @@ def model_from_config(config: dict[str, Any]) -> nn.Module:
     cfg = dict(config)
     name = cfg.pop("model")
     in_f, out_f = cfg.pop("in_features"), cfg.pop("out_features")
+    if name not in MODELS:  # a plugin's model: rebuilt through the registry from its own config()
+        from deq_core import registry
+
+        return registry.get_model(name, in_features=in_f, out_features=out_f, **cfg)
     injection = cfg.pop("injection", True)
     if name == "siren" and not injection:
         return Siren(in_f, out_f, width=cfg["width"], layers=cfg["layers"], omega_0=cfg["omega_0"])

@@ -55,7 +55,10 @@ def load_checkpoint(path: str | os.PathLike[str], expect_model: str | None = Non
             than ``expect_model``, or weights that do not match the stored architecture.
     """
     if expect_model is not None and expect_model not in MODELS:
-        raise DeqInputError(f"unknown model {expect_model!r}; known: {', '.join(MODELS)}")
+        from deq_core import registry
+
+        if expect_model not in registry.models():
+            raise DeqInputError(f"unknown model {expect_model!r}; known: {', '.join(sorted(registry.models()))}")
     _, config = _load(path)
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise DeqInputError(f"{path} is a deq checkpoint but not a deq-inr model checkpoint "

@@ -5,13 +5,51 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from typing import Any
 
 import click
 
-from ._build import MODELS
+__all__ = ["inr", "build_registered_model"]
 
-__all__ = ["inr"]
+_MODEL_HELP = ("Model name from the registry: isiren, imfn-fourier, imfn-gabor (implicit); siren, mfn-fourier, "
+               "mfn-gabor (explicit); or any plugin model tagged 'inr' (`deq plugins` lists them; 'dist:name' "
+               "selects a given plugin's).")
+_INR_CONTRACT = ("an nn.Module with forward(coords, cache_key=None) -> (values, info or None), "
+                 "predict(coords, chunk=...) and config()")
+
+
+def build_registered_model(name: str, in_features: int, out_features: int, **options: Any) -> Any:
+    """Build the INR model registered as ``name`` (deq-inr's or a plugin's) through ``deq_core.registry``.
+
+    ``options`` (``width``, ``layers``, ``input_scale``, ``injection`` and, for a model tagged ``"implicit"``,
+    ``solver``, ``neumann_terms``, ``amortize``, ``reuse_steps``) are passed when the model's factory takes
+    them (all of them to a factory with ``**options``); ``in_features`` / ``out_features`` always.
+
+    Raises:
+        UnknownNameError: no such model (lists the known ones; names deq-inr's package when it is missing).
+        DeqConfigError: the model is not tagged ``"inr"``, or did not build an INR.
+    """
+    from deq_core import DeqConfigError, registry
+    from deq_core.plugins import get_manager
+
+    entry = get_manager().lookup("model", name)
+    if "inr" not in entry.tags:
+        inr_names = sorted(n for n, e in registry.models().items() if "inr" in e.tags)
+        raise DeqConfigError(f"model {name!r} is not an INR model (its record has no 'inr' tag); "
+                             f"INR models: {', '.join(inr_names)}")
+    implicit = ("solver", "neumann_terms", "amortize", "reuse_steps")
+    if "implicit" not in entry.tags:
+        options = {k: v for k, v in options.items() if k not in implicit}
+    valid = entry.option_names()
+    if valid is not None:
+        options = {k: v for k, v in options.items() if k in valid}
+    model = registry.get_model(name, in_features=in_features, out_features=out_features, **options)
+    missing = [a for a in ("predict", "config") if not callable(getattr(model, a, None))]
+    if missing or not callable(model):
+        raise DeqConfigError(f"model {name!r} built a {type(model).__name__} without "
+                             f"{', '.join(missing) or 'forward'}; deq inr fit needs {_INR_CONTRACT}")
+    return model
 
 
 def _fail(exc: BaseException) -> click.ClickException:
@@ -47,15 +85,15 @@ def inr() -> None:
 
 
 @inr.command("fit")
-@click.option("--model", "model_name", type=click.Choice(list(MODELS)), default="imfn-gabor", show_default=True,
-              help="isiren, imfn-fourier, imfn-gabor (implicit); siren, mfn-fourier, mfn-gabor (explicit).")
+@click.option("--model", "model_name", default="imfn-gabor", show_default=True, metavar="NAME", help=_MODEL_HELP)
 @click.option("--image", default=None, help="Bundled scikit-image name (camera, astronaut, coffee, chelsea, rocket, "
               "text, page) or an image path. Default: camera (unless --audio / --video).")
 @click.option("--audio", is_flag=False, flag_value="synth", default=None,
               help="Fit audio: a WAV path, or no value for a synthesized chirp.")
 @click.option("--video", is_flag=False, flag_value="bundled", default=None,
               help="Fit a video: a GIF/video path, or no value for scikit-image's bundled GIF.")
-@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True,
+              help="Adam training steps.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output directory.")
 @click.option("--layers", type=click.IntRange(min=1), default=1, show_default=True, help="Sub-layers L.")
 @click.option("--width", type=click.IntRange(min=1), default=256, show_default=True, help="Width D.")
@@ -67,24 +105,29 @@ def inr() -> None:
               help="Center-crop and resize images to size x size (0 = as is).")
 @click.option("--input-scale", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Filter frequency scale; default about half the training points per side.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Adam learning rate (constant).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the initialization, the held-out split and mini-batches.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Mini-batch size (default full batch).")
 @click.option("--amortize/--no-amortize", default=True, show_default=True,
               help="Implicit models: warm start from the previous step's fixed point.")
-@click.option("--reuse-steps", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--reuse-steps", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Implicit models with --amortize: solver steps per training step from the warm start "
+                   "(1 = one f evaluation, Implicit^2's amortized step; 0 = reuse the cached point).")
 @click.option("--neumann-terms", default="1", show_default=True, help="Backward Neumann order T, or 'inf' (exact).")
 @click.option("--solver", default="fixed-point", show_default=True, help="Forward solver (registered name).")
 @click.option("--no-injection", is_flag=True, help="siren only: classic SIREN (omega_0 = 30) without injection.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr (default: only when stderr is a terminal).")
 def fit_command(model_name: str, image: str | None, audio: str | None, video: str | None, steps: int, out_dir: str,
                 layers: int, width: int, holdout: float | None, no_holdout: bool, size: int, input_scale: float | None,
                 lr: float, seed: int, batch_size: int | None, amortize: bool, reuse_steps: int, neumann_terms: str,
-                solver: str, no_injection: bool, progress: bool) -> None:
-    """Fit MODEL to an image, audio clip or video; write metrics.json, PNGs and model.safetensors to OUT."""
+                solver: str, no_injection: bool, progress: bool | None) -> None:
+    """Fit the model --model NAME to an image, audio clip or video; write metrics.json, PNGs and model.safetensors
+    to --out."""
     import torch
 
-    from ._build import build_model
     from ._checkpoint import save_checkpoint
     from ._data import audio_data, default_input_scale, image_data, video_data, write_wav
     from ._fit import fit
@@ -95,6 +138,8 @@ def fit_command(model_name: str, image: str | None, audio: str | None, video: st
     if holdout is not None and not 0 < holdout < 1:
         raise click.ClickException(f"--holdout must be in (0, 1) (e.g. 0.25), got {holdout}")
     terms = _terms(neumann_terms)
+    if progress is None:
+        progress = sys.stderr.isatty()
     try:
         torch.manual_seed(seed)
         if audio is not None:
@@ -107,11 +152,9 @@ def fit_command(model_name: str, image: str | None, audio: str | None, video: st
             data = image_data(image or "camera", size=size or None, seed=seed,
                               holdout=None if no_holdout else (0.25 if holdout is None else holdout))
         scale = default_input_scale(data) if input_scale is None else input_scale
-        options: dict[str, Any] = {}
-        if MODELS[model_name][1]:
-            options = {"solver": solver, "neumann_terms": terms, "amortize": amortize, "reuse_steps": reuse_steps}
-        model = build_model(model_name, data.in_features, data.channels, width=width, layers=layers,
-                            input_scale=scale, injection=not no_injection, **options)
+        model = build_registered_model(model_name, data.in_features, data.channels, width=width, layers=layers,
+                                       input_scale=scale, injection=not no_injection, solver=solver,
+                                       neumann_terms=terms, amortize=amortize, reuse_steps=reuse_steps)
         result = fit(model, data, steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
                      grad_clip=0.1 if data.kind == "video" else None)
     except click.ClickException:
@@ -141,7 +184,7 @@ def fit_command(model_name: str, image: str | None, audio: str | None, video: st
 @inr.command("render")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output directory.")
-@click.option("--model", "expect_model", type=click.Choice(list(MODELS)), default=None,
+@click.option("--model", "expect_model", default=None, metavar="NAME",
               help="Fail unless the checkpoint holds this model.")
 def render_command(checkpoint: str, out_dir: str, expect_model: str | None) -> None:
     """Load a checkpoint written by `deq inr fit` and render its signal on the full grid into OUT."""

@@ -7,7 +7,7 @@
 
 ``run`` takes the common options below; any other ``--name value`` pair is a task option (``--mask block``,
 ``--alpha 0.03``; ``-`` and ``_`` are the same), checked against the task's options before anything runs. A task
-object has ``run(out, *, checkpoint=None, progress_bar=True) -> dict`` and writes ``metrics.json``, PNGs and
+object is a ``deq_core.AbstractTask`` with ``run(out, *, checkpoint=None, progress=True) -> dict`` and writes ``metrics.json``, PNGs and
 ``model.safetensors`` into ``out``.
 """
 
@@ -68,7 +68,12 @@ def run_command(ctx: click.Context, task: str, out: Path, steps: int | None, epo
             options[key] = value
     obj = registry.get_task(task, **options)
     show = sys.stderr.isatty() if progress is None else progress
-    metrics = obj.run(out, checkpoint=checkpoint, progress_bar=show)
+    from deq_core import AbstractTask
+
+    if isinstance(obj, AbstractTask):  # the deq_core.AbstractTask contract
+        metrics = obj.run(out, checkpoint=checkpoint, progress=show)
+    else:
+        metrics = obj.run(out, checkpoint=checkpoint, progress_bar=show)
     click.echo(f"wrote {out / 'metrics.json'}")
     click.echo(json.dumps(_headline(metrics), indent=2))
 

@@ -19,7 +19,7 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from ._types import ModelEntry, SolverEntry, TaskEntry
+    from ._types import AdjointEntry, ModelEntry, SolverEntry, TaskEntry
 
 __all__ = ["PROJECT_NAME", "HOOK_NAMES", "hookimpl", "hookspec"]
 
@@ -52,10 +52,31 @@ def deq_solvers() -> Iterable[SolverEntry]:
 
 
 @hookspec
+def deq_adjoints() -> Iterable[AdjointEntry]:
+    """Adjoints (how gradients flow back through a fixed point) this plugin provides.
+
+    Returns:
+        An iterable of :class:`~deq_core.plugins.AdjointEntry`; each ``factory(**options)`` must return a
+        :class:`deq_core.AbstractAdjoint`. Names are looked up by :func:`deq_core.registry.get_adjoint`,
+        ``fixed_point(..., adjoint="name")`` and ``DEQ(adjoint="name")``; check an adjoint with
+        :func:`deq_core.testing.check_adjoint`.
+
+    Example:
+        >>> from deq_core.plugins import AdjointEntry, hookimpl
+        >>> from deq_core import PhantomAdjoint
+        >>> @hookimpl
+        ... def deq_adjoints():
+        ...     return [AdjointEntry("one-step", lambda: PhantomAdjoint(steps=1, damping=1.0), "Backprop one f step.")]
+    """
+
+
+@hookspec
 def deq_tasks() -> Iterable[TaskEntry]:
     """Tasks (runnable experiments) this plugin provides, as :class:`~deq_core.plugins.TaskEntry` records.
 
-    ``factory(**options)`` returns the task object; :func:`deq_core.registry.get_task` calls it.
+    ``factory(**options)`` returns a :class:`deq_core.AbstractTask` (usually ``factory`` is the task class);
+    :func:`deq_core.registry.get_task` calls it and ``deq tasks run NAME`` runs it. Check a task with
+    :func:`deq_core.testing.check_task`.
     """
 
 
@@ -63,7 +84,9 @@ def deq_tasks() -> Iterable[TaskEntry]:
 def deq_models() -> Iterable[ModelEntry]:
     """Models (``nn.Module`` builders) this plugin provides, as :class:`~deq_core.plugins.ModelEntry` records.
 
-    ``factory(**options)`` returns the model; :func:`deq_core.registry.get_model` calls it.
+    ``factory(**options)`` returns the model; :func:`deq_core.registry.get_model` calls it (and
+    ``deq inr fit --model NAME`` for models tagged ``"inr"``). Check a model with
+    :func:`deq_core.testing.check_model`.
     """
 
 
@@ -87,5 +110,5 @@ def deq_commands(cli: click.Group) -> None:
     """
 
 
-HOOK_NAMES: tuple[str, ...] = ("deq_solvers", "deq_tasks", "deq_models", "deq_commands")
+HOOK_NAMES: tuple[str, ...] = ("deq_solvers", "deq_adjoints", "deq_tasks", "deq_models", "deq_commands")
 """Every hook name, in documentation order."""

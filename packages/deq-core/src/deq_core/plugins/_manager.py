@@ -1,10 +1,19 @@
 """The plugin manager: discovers ``deq`` entry points lazily, guards each one, resolves names and conflicts.
 
-Loading happens once, on the first query. Each plugin is loaded and validated on its own: a plugin whose
-module fails to import, whose hooks raise, or whose hooks return invalid records is recorded as *broken*
-(with its error) and warned about once with :class:`DeqPluginWarning`; every other plugin keeps working.
-``DEQ_STRICT_PLUGINS=1`` raises :class:`deq_core.PluginError` instead, and ``DEQ_DISABLE_PLUGINS=a,b``
+Loading happens lazily and at most once per plugin, in two stages: a name lookup first loads only deq's own
+distributions (:data:`FIRST_PARTY`: deq-core, deq-solvers, deq-tasks, deq-inr) and answers from them when
+it can, so resolving a built-in name never imports (or waits for) third-party plugins; the others are loaded
+when a name is not found there, when a qualified ``dist:name`` names them, or when everything is listed.
+
+Each plugin is loaded and validated on its own: a plugin whose module fails to import, whose hooks raise, or
+whose hooks return invalid records is recorded as *broken* (with its error) and warned about once with
+:class:`DeqPluginWarning`; every other plugin keeps working. ``DEQ_STRICT_PLUGINS=1`` raises
+:class:`deq_core.PluginError` instead (and loads every plugin up front), and ``DEQ_DISABLE_PLUGINS=a,b``
 skips the plugins whose entry-point or distribution name is listed (without importing them).
+
+Names: deq's own distributions win a clash with a third-party plugin (the duplicate is *shadowed*, listed as
+such, and reachable as ``dist:name``); two third-party plugins claiming one new name make it *conflicted*
+(a plain lookup raises :class:`NameConflictError`; ``dist:name`` picks one).
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import difflib
 import importlib
 import importlib.metadata
 import os
+import re
 import threading
 import traceback
 import warnings
@@ -29,6 +39,7 @@ from .._errors import DeqConfigError, PluginError, UnknownNameError
 from . import _hookspecs
 from ._hookspecs import HOOK_NAMES, PROJECT_NAME
 from ._types import (
+    AdjointEntry,
     DeqPluginWarning,
     Entry,
     ModelEntry,
@@ -40,15 +51,32 @@ from ._types import (
 )
 
 __all__ = [
-    "BUILTIN_MODULE", "ENTRY_POINT_GROUP", "KINDS", "PluginManager", "PluginSource", "env_settings", "get_manager",
-    "use_manager",
+    "BUILTIN_MODULE", "ENTRY_POINT_GROUP", "FIRST_PARTY", "KINDS", "KINDS_PLURAL", "PluginManager", "PluginSource",
+    "env_settings",
+    "get_manager", "install_hint", "use_manager",
 ]
 
 ENTRY_POINT_GROUP = "deq"
 BUILTIN_MODULE = "deq_core.plugins.builtin"
-KINDS: Mapping[str, type[Entry]] = MappingProxyType({"solver": SolverEntry, "task": TaskEntry, "model": ModelEntry})
-_HOOK_OF_KIND = {"solver": "deq_solvers", "task": "deq_tasks", "model": "deq_models"}
-_PLURAL = {"solver": "solvers", "task": "tasks", "model": "models", "command": "commands"}
+KINDS: Mapping[str, type[Entry]] = MappingProxyType(
+    {"solver": SolverEntry, "adjoint": AdjointEntry, "task": TaskEntry, "model": ModelEntry})
+_HOOK_OF_KIND = {"solver": "deq_solvers", "adjoint": "deq_adjoints", "task": "deq_tasks", "model": "deq_models"}
+_PLURAL = {"solver": "solvers", "adjoint": "adjoints", "task": "tasks", "model": "models", "command": "commands"}
+KINDS_PLURAL: Mapping[str, str] = MappingProxyType({k: _PLURAL[k] for k in KINDS})
+"""``{kind: plural}`` of the record kinds, in listing order (``"solver": "solvers"``, ...)."""
+
+FIRST_PARTY: frozenset[str] = frozenset({"deq-core", "deq-solvers", "deq-tasks", "deq-inr"})
+"""deq's own distributions: their names win a clash with a third-party plugin, and they load first."""
+
+# Names that deq's optional packages provide, for "pip install ..." hints when one is not installed.
+_OWN_NAMES: Mapping[str, Mapping[str, tuple[str, ...]]] = MappingProxyType({
+    "deq-solvers": {"solver": ("picard", "anderson", "broyden", "neumann", "fused-anderson", "fused"),
+                    "adjoint": ("reversible", "shine", "jfb")},
+    "deq-tasks": {"task": ("generative", "inverse", "adversarial", "meta-learning"), "command": ("tasks",)},
+    "deq-inr": {"model": ("isiren", "imfn-fourier", "imfn-gabor", "siren", "mfn-fourier", "mfn-gabor"),
+                "command": ("inr",)},
+})
+_INR_MODEL = re.compile(r"^(i?siren|i?mfn)(-|$)")  # deq-inr's model families, widths and variants included
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
@@ -80,6 +108,16 @@ class PluginSource:
     version: str | None = None
     module: str = ""
 
+    @property
+    def first_party(self) -> bool:
+        """Whether the plugin belongs to one of deq's own distributions (:data:`FIRST_PARTY`)."""
+        return self.distribution is not None and normalize_name(self.distribution) in FIRST_PARTY
+
+    @property
+    def qualifiers(self) -> frozenset[str]:
+        """The prefixes that select this plugin's names as ``prefix:name``: its name and its distribution."""
+        return frozenset(normalize_name(q) for q in (self.name, self.distribution) if q)
+
     @classmethod
     def of(cls, plugin: object) -> PluginSource:
         """Wrap an already imported plugin object, a ``(name, object)`` pair, or return a ``PluginSource``."""
@@ -107,14 +145,18 @@ class _Loaded:
     traceback: str | None = None
     records: dict[str, tuple[Entry, ...]] = dataclasses.field(default_factory=dict)
     commands: dict[str, Any] = dataclasses.field(default_factory=dict)
+    hooks: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
 class _State:
     loaded: list[_Loaded]
+    complete: bool  # every source loaded (else: only deq's own distributions)
     names: dict[str, dict[str, Entry]]  # kind -> name or alias -> entry
-    providers: dict[str, dict[str, str]]  # kind -> canonical name -> plugin name
+    owner: dict[int, str]  # id(entry) -> plugin name (every loaded entry, shadowed and conflicted ones too)
     conflicts: dict[str, dict[str, tuple[str, ...]]]  # kind (incl. "command") -> name -> providers
+    shadowed: dict[str, dict[str, tuple[str, ...]]]  # kind (incl. "command") -> name -> third-party providers
+    qualified: dict[str, dict[tuple[str, str], Entry]]  # kind -> (qualifier, name or alias) -> entry
     commands: dict[str, Any]
 
 
@@ -168,7 +210,10 @@ class PluginManager:
             seen.add(s.name)
         self.strict = bool(strict)
         self.disabled = frozenset(normalize_name(d) for d in disabled)
-        self._state: _State | None = None
+        self._loaded: dict[str, _Loaded] = {}
+        self._state: _State | None = None       # every source loaded
+        self._own_state: _State | None = None   # deq's own distributions loaded
+        self._warned: set[str] = set()
         self._lock = threading.RLock()
         self._loading = False
 
@@ -214,36 +259,65 @@ class PluginManager:
                    disabled=env_disabled if disabled is None else disabled)
 
     # -- queries ------------------------------------------------------------------------------------------
+    @property
+    def sources(self) -> tuple[PluginSource, ...]:
+        """The plugins this manager knows (loaded or not)."""
+        return self._sources
+
     def entries(self, kind: str) -> Mapping[str, Entry]:
-        """Read-only ``{name: entry}`` of one kind (``"solver"``, ``"task"``, ``"model"``), sorted by name;
-        conflicted names are left out (see :meth:`conflicts`)."""
+        """Read-only ``{name: entry}`` of one kind (``"solver"``, ``"adjoint"``, ``"task"``, ``"model"``), sorted by
+        name; conflicted names and shadowed duplicates are left out (see :meth:`conflicts`, :meth:`plugins`)."""
         state = self._ensure_loaded()
         table = state.names[_check_kind(kind)]
         return MappingProxyType({n: e for n, e in sorted(table.items()) if e.name == n})
 
     def lookup(self, kind: str, name: str, /) -> Entry:
-        """The entry called ``name`` (or an alias of it).
+        """The entry called ``name`` (or an alias of it), or ``dist:name`` for the one a given plugin provides.
+
+        A plain name is answered from deq's own distributions when they provide it (without loading
+        third-party plugins); otherwise every plugin is loaded and asked.
 
         Raises:
-            UnknownNameError: no plugin provides it (the message lists what exists and the closest match).
-            NameConflictError: two plugins claim it (the message names both).
+            UnknownNameError: no plugin provides it (the message lists what exists, the closest match and, for a
+                name of one of deq's optional packages, the package to install).
+            NameConflictError: two third-party plugins claim it (the message names both).
         """
-        state = self._ensure_loaded()
         kind = _check_kind(kind)
         if not isinstance(name, str):
             raise DeqConfigError(f"a {kind} name must be a str, got {type(name).__name__}")
         key = normalize_name(name)
+        if ":" in key:
+            return self._lookup_qualified(kind, name, key)
+        state = self._ensure_loaded(own_only=True)
+        if key not in state.names[kind] and key not in state.conflicts[kind]:
+            state = self._ensure_loaded()
         table = state.names[kind]
         if key in table:
             return table[key]
         if key in state.conflicts[kind]:
             raise NameConflictError(kind, key, state.conflicts[kind][key])
-        raise UnknownNameError(kind, name, list(table) + list(state.conflicts[kind]))
+        hint = install_hint(kind, key, self._sources, {n: i.status for n, i in self._loaded.items()})
+        raise UnknownNameError(kind, name, list(table) + list(state.conflicts[kind]), hint=hint)
+
+    def _lookup_qualified(self, kind: str, name: str, key: str) -> Entry:
+        qualifier, _, bare = key.partition(":")
+        sources = [s for s in self._sources if qualifier in s.qualifiers]
+        if not sources:
+            known = sorted({q for s in self._sources for q in s.qualifiers})
+            raise UnknownNameError("plugin", qualifier, known)
+        state = self._ensure_loaded(own_only=all(s.first_party for s in sources))
+        entry = state.qualified[kind].get((qualifier, bare))
+        if entry is not None:
+            return entry
+        offered = [f"{q}:{n}" for (q, n), e in state.qualified[kind].items() if q == qualifier and e.name == n]
+        statuses = {s.name: self._loaded[s.name].status for s in sources if s.name in self._loaded}
+        why = "; ".join(f"plugin {n!r} is {st}" for n, st in statuses.items() if st != "active")
+        raise UnknownNameError(kind, name, offered, hint=f"({why})" if why else "")
 
     def provider(self, kind: str, name: str, /) -> str:
-        """Name of the plugin that provides ``name``."""
+        """Name of the plugin that provides ``name`` (plain or ``dist:name``)."""
         entry = self.lookup(kind, name)
-        return self._ensure_loaded().providers[kind][entry.name]
+        return self._ensure_loaded(own_only=True).owner.get(id(entry)) or self._ensure_loaded().owner[id(entry)]
 
     def create(self, kind: str, name: str, /, **options: Any) -> Any:
         """``lookup(kind, name).factory(**options)``, refusing options the factory does not take.
@@ -265,15 +339,31 @@ class PluginManager:
         return entry.factory(**options)
 
     def conflicts(self) -> Mapping[str, Mapping[str, tuple[str, ...]]]:
-        """``{kind: {name: providers}}`` for names claimed by several plugins (kinds include ``"command"``)."""
+        """``{kind: {name: providers}}`` for names claimed by several third-party plugins (kinds include
+        ``"command"``)."""
         state = self._ensure_loaded()
         return MappingProxyType({k: MappingProxyType(dict(v)) for k, v in state.conflicts.items()})
+
+    def shadowed(self) -> Mapping[str, Mapping[str, tuple[str, ...]]]:
+        """``{kind: {name: third-party providers}}`` for names that one of deq's own distributions provides too
+        (deq's wins; the others are reachable as ``plugin:name``)."""
+        state = self._ensure_loaded()
+        return MappingProxyType({k: MappingProxyType(dict(v)) for k, v in state.shadowed.items()})
+
+    def command(self, name: str, /) -> Any | None:
+        """The ``click.Command`` a plugin adds as ``deq NAME`` (deq's own packages first, without loading
+        third-party plugins when one of them has it), or ``None``."""
+        state = self._ensure_loaded(own_only=True)
+        if name not in state.commands and name not in state.conflicts["command"]:
+            state = self._ensure_loaded()
+        return state.commands.get(name)
 
     def command_provider(self, name: str, /) -> str:
         """Name of the plugin that adds the ``deq`` subcommand ``name``."""
         state = self._ensure_loaded()
+        cmd = state.commands.get(name)
         for item in state.loaded:
-            if item.status == "active" and name in item.commands:
+            if item.status == "active" and name in item.commands and (cmd is None or item.commands[name] is cmd):
                 return item.source.name
         raise UnknownNameError("command", name, state.commands)
 
@@ -288,17 +378,28 @@ class PluginManager:
         for p in state.loaded:
             provides = {_PLURAL[k]: tuple(sorted(e.name for e in p.records.get(k, ()))) for k in KINDS}
             provides["commands"] = tuple(sorted(p.commands))
-            status, error = p.status, p.error
+            aliases = {e.name: e.aliases for k in KINDS for e in p.records.get(k, ()) if e.aliases}
+            status, error, shadowed = p.status, p.error, ()
             if status == "active":
+                me = p.source.name
                 clashes = [
-                    f"{kind} {n!r} is also provided by {', '.join(repr(o) for o in owners if o != p.source.name)}"
+                    f"{kind} {n!r} is also provided by {', '.join(repr(o) for o in owners if o != me)} "
+                    f"(select one as '{me}:{n}')"
                     for kind, table in state.conflicts.items() for n, owners in sorted(table.items())
-                    if p.source.name in owners
+                    if me in owners
                 ]
+                shadowed = tuple(f"{kind} {n}" for kind, table in state.shadowed.items()
+                                 for n, owners in sorted(table.items()) if me in owners)
                 if clashes:
                     status, error = "conflicted", "; ".join(clashes)
+                elif shadowed:
+                    status = "shadowed"
+                    error = (f"deq's own packages provide {', '.join(shadowed)} too and win; this plugin's are "
+                             f"selected as '{me}:NAME'")
             out.append(PluginInfo(p.source.name, p.source.distribution, p.source.version, p.source.module,
-                                  status, MappingProxyType(provides), error))
+                                  status, MappingProxyType(provides), error, hooks=p.hooks,
+                                  aliases=MappingProxyType(aliases), shadowed=shadowed,
+                                  first_party=p.source.first_party))
         return tuple(sorted(out, key=lambda i: i.name))
 
     def broken(self) -> tuple[PluginInfo, ...]:
@@ -310,14 +411,21 @@ class PluginManager:
         state = self._ensure_loaded()
         return MappingProxyType({p.source.name: p.traceback for p in state.loaded if p.traceback})
 
+    def loaded_names(self) -> tuple[str, ...]:
+        """Names of the plugins imported (or tried) so far, in load order; loads nothing."""
+        return tuple(self._loaded)
+
     # -- loading ------------------------------------------------------------------------------------------
-    def _ensure_loaded(self) -> _State:
-        state = self._state
+    def _ensure_loaded(self, own_only: bool = False) -> _State:
+        """The state over every plugin, or (``own_only``) at least over deq's own distributions."""
+        own_only = own_only and not self.strict
+        state = self._state if self._state is not None or not own_only else self._own_state
         if state is not None:
             return state
         with self._lock:
-            if self._state is not None:
-                return self._state
+            state = self._state if self._state is not None or not own_only else self._own_state
+            if state is not None:
+                return state
             if self._loading:
                 raise PluginError(
                     "a deq plugin used the registry while plugins were being loaded; "
@@ -325,25 +433,32 @@ class PluginManager:
                 )
             self._loading = True
             try:
-                state, problems = self._load_all()
+                problems = self._load_sources([s for s in self._sources if s.name not in self._loaded
+                                               and (s.first_party or not own_only)])
+                state, conflicts = self._build(complete=not own_only)
+                problems += conflicts
             finally:
                 self._loading = False
-            self._state = state
+            if own_only:
+                self._own_state = state
+            else:
+                self._state = state
         for message in problems:  # after the state is stored: a warning turned into an error cannot half-load
-            warnings.warn(message, DeqPluginWarning, stacklevel=4)
+            if message not in self._warned:
+                self._warned.add(message)
+                warnings.warn(message, DeqPluginWarning, stacklevel=4)
         return state
 
-    def _load_all(self) -> tuple[_State, list[str]]:
-        loaded: list[_Loaded] = []
+    def _load_sources(self, sources: list[PluginSource]) -> list[str]:
         problems: list[str] = []
-        for source in self._sources:
+        for source in sources:
             item = _Loaded(source)
             if normalize_name(source.name) in self.disabled or (
                     source.distribution is not None and normalize_name(source.distribution) in self.disabled):
                 item.status = "disabled"
             else:
                 try:
-                    item.records, item.commands = _collect(source)
+                    item.records, item.commands, item.hooks = _collect(source)
                 except Exception as exc:  # noqa: BLE001 - the guard: any failure makes this one plugin broken
                     item.status, item.error = "broken", f"{type(exc).__name__}: {exc}"
                     item.traceback = "".join(traceback.format_exception(exc))
@@ -358,40 +473,85 @@ class PluginManager:
                         f"`deq plugins` lists every plugin; DEQ_DISABLE_PLUGINS={source.name} hides this one, "
                         f"DEQ_STRICT_PLUGINS=1 makes this an error."
                     )
-            loaded.append(item)
+            self._loaded[source.name] = item
+        return problems
 
-        claims: dict[str, dict[str, list[tuple[str, Any]]]] = {k: {} for k in (*KINDS, "command")}
+    def _build(self, complete: bool) -> tuple[_State, list[str]]:
+        loaded = [self._loaded[s.name] for s in self._sources if s.name in self._loaded]
+        problems: list[str] = []
+        claims: dict[str, dict[str, list[tuple[_Loaded, Any]]]] = {k: {} for k in (*KINDS, "command")}
+        owner: dict[int, str] = {}
+        qualified: dict[str, dict[tuple[str, str], Entry]] = {k: {} for k in KINDS}
         for item in loaded:
             if item.status != "active":
                 continue
             for kind, records in item.records.items():
                 for entry in records:
+                    owner[id(entry)] = item.source.name
                     for n in entry.names:
-                        claims[kind].setdefault(n, []).append((item.source.name, entry))
+                        claims[kind].setdefault(n, []).append((item, entry))
+                        for q in item.source.qualifiers:
+                            qualified[kind].setdefault((q, n), entry)
             for n, cmd in item.commands.items():
-                claims["command"].setdefault(n, []).append((item.source.name, cmd))
+                claims["command"].setdefault(n, []).append((item, cmd))
         names: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
-        providers: dict[str, dict[str, str]] = {k: {} for k in KINDS}
         conflicts: dict[str, dict[str, tuple[str, ...]]] = {k: {} for k in (*KINDS, "command")}
+        shadowed: dict[str, dict[str, tuple[str, ...]]] = {k: {} for k in (*KINDS, "command")}
         commands: dict[str, Any] = {}
         for kind, table in claims.items():
             for n, owners in sorted(table.items()):
-                if len(owners) > 1:
-                    who = tuple(o for o, _ in owners)
+                own = [o for o in owners if o[0].source.first_party]
+                if own and len(own) < len(owners):
+                    shadowed[kind][n] = tuple(i.source.name for i, _ in owners if not i.source.first_party)
+                winners = own or owners
+                if len(winners) > 1:
+                    who = tuple(i.source.name for i, _ in winners)
                     conflicts[kind][n] = who
                     msg = (f"deq plugins {', '.join(map(repr, who))} all provide {kind} {n!r}; that name cannot be "
-                           f"used until one of them is uninstalled or disabled (DEQ_DISABLE_PLUGINS={who[-1]}).")
+                           f"used plainly until one of them is uninstalled or disabled (DEQ_DISABLE_PLUGINS={who[-1]})"
+                           f"; '{who[0]}:{n}' selects one.")
                     if self.strict:
                         raise PluginError(msg + " (DEQ_STRICT_PLUGINS is set)")
                     problems.append(msg)
                 elif kind == "command":
-                    commands[n] = owners[0][1]
+                    commands[n] = winners[0][1]
                 else:
-                    owner, entry = owners[0]
-                    names[kind][n] = entry
-                    if entry.name == n:
-                        providers[kind][n] = owner
-        return _State(loaded, names, providers, conflicts, commands), problems
+                    names[kind][n] = winners[0][1]
+        return _State(loaded, complete, names, owner, conflicts, shadowed, qualified, commands), problems
+
+
+def install_hint(kind: str, name: str, sources: Iterable[PluginSource] = (),
+                 statuses: Mapping[str, str] | None = None) -> str:
+    """A sentence naming the deq package that provides ``kind`` ``name`` when that package is not usable
+    (``"It comes with deq-solvers: pip install deq-solvers."``), else ``""``.
+
+    Arguments:
+        kind: ``"solver"``, ``"adjoint"``, ``"task"``, ``"model"`` or ``"command"``.
+        name: the normalized name asked for.
+        sources: the plugin sources known (an installed package has one).
+        statuses: ``{plugin name: status}`` of the loaded ones (``"broken"`` / ``"disabled"`` change the hint).
+
+    Example:
+        >>> install_hint("solver", "anderson")
+        'It comes with deq-solvers: pip install deq-solvers.'
+        >>> install_hint("solver", "my-solver")
+        ''
+    """
+    statuses = statuses or {}
+    for dist, table in _OWN_NAMES.items():
+        if name in table.get(kind, ()) or (dist == "deq-inr" and kind == "model" and _INR_MODEL.match(name)):
+            break
+    else:
+        return ""
+    mine = [s for s in sources if s.distribution is not None and normalize_name(s.distribution) == dist]
+    if not mine:
+        return f"It comes with {dist}: pip install {dist}."
+    status = statuses.get(mine[0].name, "active")
+    if status == "disabled":
+        return f"It comes with {dist}, which is installed but disabled by DEQ_DISABLE_PLUGINS."
+    if status == "broken":
+        return f"It comes with {dist}, which is installed but broken (see `deq plugins`)."
+    return ""
 
 
 def _builtin_source(unique_from: set[str]) -> PluginSource:
@@ -408,7 +568,7 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
-def _collect(source: PluginSource) -> tuple[dict[str, tuple[Entry, ...]], dict[str, Any]]:
+def _collect(source: PluginSource) -> tuple[dict[str, tuple[Entry, ...]], dict[str, Any], tuple[str, ...]]:
     """Import one plugin and run its hooks; raise on anything invalid (the caller's guard records it)."""
     obj = source.load()
     pm = pluggy.PluginManager(PROJECT_NAME)
@@ -464,7 +624,7 @@ def _collect(source: PluginSource) -> tuple[dict[str, tuple[Entry, ...]], dict[s
             if not isinstance(cmd, click.Command):
                 raise PluginError(f"deq_commands() added {n!r} as {type(cmd).__name__}, expected a click.Command")
         commands = dict(probe.commands)
-    return records, commands
+    return records, commands, tuple(h for h in HOOK_NAMES if h in impls)
 
 
 _GLOBAL: PluginManager | None = None

@@ -1,4 +1,5 @@
-"""Records that plugins yield (``SolverEntry``, ``TaskEntry``, ``ModelEntry``) and what the manager reports."""
+"""Records that plugins yield (``SolverEntry``, ``AdjointEntry``, ``TaskEntry``, ``ModelEntry``) and what the
+manager reports (:class:`PluginInfo`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Any, ClassVar
 from .._errors import DeqConfigError, DeqError
 
 __all__ = [
-    "DeqPluginWarning", "Entry", "ModelEntry", "NameConflictError", "PluginInfo", "SolverEntry", "TaskEntry",
-    "check_name", "normalize_name",
+    "AdjointEntry", "DeqPluginWarning", "Entry", "ModelEntry", "NameConflictError", "PluginInfo", "SolverEntry",
+    "TaskEntry", "check_name", "normalize_name",
 ]
 
 _KEBAB = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
@@ -30,7 +31,8 @@ class NameConflictError(DeqError, KeyError):
         listing = ", ".join(repr(p) for p in providers)
         super().__init__(
             f"{kind} {name!r} is provided by {len(providers)} plugins ({listing}), so it is ambiguous. "
-            f"Uninstall one of them, or hide one with DEQ_DISABLE_PLUGINS={providers[-1]}."
+            f"Pick one as '{providers[0]}:{name}', uninstall one of them, or hide one with "
+            f"DEQ_DISABLE_PLUGINS={providers[-1]}."
         )
 
     def __str__(self) -> str:  # KeyError would repr() the message
@@ -54,7 +56,8 @@ def check_name(what: str, name: object) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """Base of the records plugins yield; use :class:`SolverEntry`, :class:`TaskEntry`, :class:`ModelEntry`.
+    """Base of the records plugins yield; use :class:`SolverEntry`, :class:`AdjointEntry`, :class:`TaskEntry`,
+    :class:`ModelEntry`.
 
     Attributes:
         name: lower-case kebab name users type (``"anderson"``).
@@ -135,15 +138,35 @@ class SolverEntry(Entry):
 
 
 @dataclasses.dataclass(frozen=True)
+class AdjointEntry(Entry):
+    """An adjoint (how gradients flow back through ``z*``); ``factory(**options)`` returns an
+    :class:`deq_core.AbstractAdjoint`. Checked by :func:`deq_core.testing.check_adjoint`.
+
+    Example:
+        >>> from deq_core import NeumannAdjoint
+        >>> from deq_core.plugins import AdjointEntry
+        >>> AdjointEntry("my-neumann", NeumannAdjoint, "Truncated Neumann series.").option_names()
+        ('terms',)
+    """
+
+    kind: ClassVar[str] = "adjoint"
+
+
+@dataclasses.dataclass(frozen=True)
 class TaskEntry(Entry):
-    """A task (experiment); ``factory(**options)`` returns the task object."""
+    """A task (experiment); ``factory(**options)`` returns a :class:`deq_core.AbstractTask` (usually the task
+    class itself, whose ``options`` are its ``Config`` fields). Checked by :func:`deq_core.testing.check_task`."""
 
     kind: ClassVar[str] = "task"
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry(Entry):
-    """A model; ``factory(**options)`` returns the model (usually an ``nn.Module``)."""
+    """A model; ``factory(**options)`` returns an ``nn.Module``. Checked by :func:`deq_core.testing.check_model`.
+
+    Models tagged ``"inr"`` are also buildable by ``deq inr fit --model NAME`` (see deq-inr's model contract:
+    ``factory(in_features, out_features, width=..., layers=..., ...)``, ``forward(coords, cache_key=None)
+    -> (y, info_or_None)``, ``predict(coords, chunk=...)``, ``config()``)."""
 
     kind: ClassVar[str] = "model"
 
@@ -158,13 +181,19 @@ class PluginInfo:
         version: that distribution's version.
         module: the entry point's target (``"deq_core.plugins.builtin"``).
         status: ``"active"``, ``"broken"`` (failed to import or validate; provides nothing),
-            ``"disabled"`` (blocked by ``DEQ_DISABLE_PLUGINS``) or ``"conflicted"`` (works, but some of its
-            names are also claimed by another plugin and cannot be looked up).
-        provides: ``{"solvers": names, "tasks": names, "models": names, "commands": names}``.
-        error: why it is broken / conflicted, else ``None``.
+            ``"disabled"`` (blocked by ``DEQ_DISABLE_PLUGINS``), ``"conflicted"`` (works, but some of its
+            names are also claimed by another third-party plugin and cannot be looked up plainly) or
+            ``"shadowed"`` (works, but some of its names are also provided by one of deq's own packages,
+            which wins; the plugin's own is reachable as ``dist:name``).
+        provides: ``{"solvers": names, "adjoints": names, "tasks": names, "models": names, "commands": names}``.
+        error: why it is broken / conflicted / shadowed, else ``None``.
+        hooks: the hooks it implements (``("deq_solvers", "deq_commands")``); empty unless loaded.
+        aliases: ``{name: aliases}`` of the names it provides that have aliases.
+        shadowed: ``("solver anderson", ...)``: its names that one of deq's own packages provides too.
+        first_party: it belongs to one of deq's own distributions (deq-core, deq-solvers, deq-tasks, deq-inr).
     """
 
-    STATUSES: ClassVar[tuple[str, ...]] = ("active", "broken", "disabled", "conflicted")
+    STATUSES: ClassVar[tuple[str, ...]] = ("active", "broken", "disabled", "conflicted", "shadowed")
 
     name: str
     distribution: str | None
@@ -173,10 +202,16 @@ class PluginInfo:
     status: str
     provides: Mapping[str, tuple[str, ...]]
     error: str | None = None
+    hooks: tuple[str, ...] = ()
+    aliases: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    shadowed: tuple[str, ...] = ()
+    first_party: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict."""
         return {
             "name": self.name, "distribution": self.distribution, "version": self.version, "module": self.module,
             "status": self.status, "provides": {k: list(v) for k, v in self.provides.items()}, "error": self.error,
+            "hooks": list(self.hooks), "aliases": {k: list(v) for k, v in self.aliases.items()},
+            "shadowed": list(self.shadowed), "first_party": self.first_party,
         }

@@ -1,7 +1,8 @@
 """deq-core's own plugin (entry point ``deq-core = "deq_core.plugins.builtin"``).
 
-It registers what ships inside deq-core, through the same hooks third-party plugins use. To add more,
-append records to the lists below or add another ``@hookimpl`` function (``deq_models``, ``deq_tasks``).
+It registers what ships inside deq-core, through the same hooks third-party plugins use: the solvers
+``fixed-point`` and ``halpern``, the adjoints ``implicit``, ``neumann``, ``phantom``, ``unrolled`` and the OptEq
+models. To add more, append records to the lists below.
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ._hookspecs import hookimpl
-from ._types import ModelEntry, SolverEntry
+from ._types import AdjointEntry, ModelEntry, SolverEntry
 
-__all__ = ["deq_models", "deq_solvers"]
+__all__ = ["deq_adjoints", "deq_models", "deq_solvers"]
 
 
 @hookimpl
@@ -33,6 +34,26 @@ def deq_solvers() -> Iterable[SolverEntry]:
             summary="Anchored (Halpern) iteration z <- u/(k+2) + (1 - 1/(k+2)) f(z): the fixed point nearest anchor u.",
             tags=("builtin", "opteq", "nonexpansive"),
         ),
+    ]
+
+
+@hookimpl
+def deq_adjoints() -> Iterable[AdjointEntry]:
+    """The adjoints of :mod:`deq_core`: ``implicit`` (default), ``neumann``, ``phantom``, ``unrolled``."""
+    from .._adjoint import ImplicitAdjoint, NeumannAdjoint, PhantomAdjoint, UnrolledAdjoint
+
+    return [
+        AdjointEntry("implicit", ImplicitAdjoint,
+                     "Exact implicit gradient: solve u = J^T u + v with a fixed-point solver (default: the forward's).",
+                     tags=("builtin", "exact")),
+        AdjointEntry("neumann", NeumannAdjoint, "Truncated Neumann series u = sum_{t<=terms} (J^T)^t v.",
+                     tags=("builtin", "approximate")),
+        AdjointEntry("phantom", PhantomAdjoint,
+                     "Phantom gradient: backprop through k damped steps started at z* (Jacobian-free).",
+                     tags=("builtin", "approximate")),
+        AdjointEntry("unrolled", UnrolledAdjoint,
+                     "Backprop through every forward solver step (a reference; memory grows with the steps).",
+                     tags=("builtin", "exact", "reference")),
     ]
 
 

@@ -1,5 +1,7 @@
-"""Conformance kit for fixed-point solvers: Hypothesis strategies for contractions with known fixed points
-and :func:`check_solver`, which every solver (deq-core's, deq-solvers', third-party plugins') runs alike.
+"""Conformance kit for every plugin kind: Hypothesis strategies for contractions with known fixed points,
+:func:`check_solver` (solvers), :func:`check_adjoint` (adjoints, against their own stated definition),
+:func:`check_task` (the :class:`deq_core.AbstractTask` contract) and :func:`check_model` (models); deq's own
+plugins and third-party ones run them alike.
 
 Needs Hypothesis (``pip install deq-core[testing]``).
 
@@ -32,6 +34,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from e
 
 from ._check import DEFAULT_TOLERANCES, check_solver
+from ._kinds import check_adjoint, check_model, check_task
 from ._strategies import (
     Contraction,
     NoFixedPoint,
@@ -45,6 +48,7 @@ from ._strategies import (
 from ._torchrun import run_torchrun
 
 __all__ = [
-    "DEFAULT_TOLERANCES", "Contraction", "NoFixedPoint", "affine_contractions", "check_solver", "contractions",
+    "DEFAULT_TOLERANCES", "Contraction", "NoFixedPoint", "affine_contractions", "check_adjoint", "check_model",
+    "check_solver", "check_task", "contractions",
     "make_contraction", "no_fixed_point_maps", "run_torchrun", "state_shapes", "tanh_contractions",
 ]

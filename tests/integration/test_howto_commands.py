@@ -1,0 +1,72 @@
+"""The command lines of every how-to run as written, in page order, in one scratch directory per page.
+
+``pip install PATH...`` lines are the installation nox's integration session performs (noxfile.py installs the
+same paths, EXAMPLES included, with pip/uv into this environment): here they are checked to be installed, not
+run again. Every ``deq ...`` line is run exactly as written and must exit 0. ``torchrun`` lines run in
+tests/docs/test_ddp_recipe.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+ROOT = Path(__file__).resolve().parents[2]
+HOWTOS = sorted((ROOT / "docs" / "how-to").glob("*.md"))
+_BASH = re.compile(r"^```bash[^\n]*\n(?P<body>.*?)^```", re.M | re.S)
+
+
+def command_lines(page: Path) -> list[str]:
+    lines = []
+    for m in _BASH.finditer(page.read_text(encoding="utf-8")):
+        for line in m.group("body").splitlines():
+            line = line.split(" #")[0].strip()
+            if line.startswith(("deq ", "pip install ")):
+                lines.append(line)
+    return lines
+
+
+PAGES = [p for p in HOWTOS if any(line.startswith("deq ") for line in command_lines(p))]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_howto_commands_run_as_written(page, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEQ_")}
+    env["DEQ_DISABLE_PLUGINS"] = "deq-broken-plugin"  # installed next to the how-to's plugin for other tests
+    ran = 0
+    for line in command_lines(page):
+        argv = shlex.split(line)
+        if argv[:2] == ["pip", "install"]:
+            for path in (a for a in argv[2:] if not a.startswith("-")):
+                name = tomllib.loads((ROOT / path / "pyproject.toml").read_text())["project"]["name"]
+                try:
+                    distribution(name)
+                except PackageNotFoundError:
+                    pytest.fail(f"docs/how-to/{page.name}: `{line}`: {name} is not installed here; add {path} to "
+                                "noxfile.py's EXAMPLES")
+            continue
+        proc = subprocess.run([sys.executable, "-m", "deq_core.cli", *argv[1:]], capture_output=True, text=True,
+                              cwd=tmp_path, env=env, timeout=600)
+        assert proc.returncode == 0, f"docs/how-to/{page.name}: `{line}` exited {proc.returncode}:\n{proc.stderr}"
+        ran += 1
+    assert ran > 0
+
+
+def test_the_task_how_to_runs_its_task_and_checkpoint(tmp_path):
+    page = ROOT / "docs" / "how-to" / "write-a-task-plugin.md"
+    test_howto_commands_run_as_written(page, tmp_path)
+    import json
+
+    first = json.loads((tmp_path / "runs" / "match" / "metrics.json").read_text())
+    again = json.loads((tmp_path / "runs" / "match-again" / "metrics.json").read_text())
+    assert first["from_checkpoint"] is False and again["from_checkpoint"] is True
+    assert again["loss"] == pytest.approx(first["loss"], rel=1e-9)
