@@ -32,6 +32,7 @@ from deq_core.opteq import (
     get_prox,
     with_l1,
 )
+from deq_core.testing import example_budget
 
 F64 = torch.float64
 
@@ -134,7 +135,7 @@ def random_layer(seed: int, prox: AbstractProx, n: int, d: int, norm: float, sca
     return OptEqLayer.from_matrices(w, u, b, prox=prox)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=example_budget(30), deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),
     name=st.sampled_from(sorted(PROXES)),
