@@ -1,9 +1,9 @@
 """The Hypothesis profiles every deq test suite (and a plugin's) runs under, defined once.
 
 * ``dev`` (default): random examples, a new sample of problems on every run (failures are replayed from the
-  local ``.hypothesis`` database).
-* ``ci`` (selected when the ``CI`` environment variable is set): the same budget, derandomized, so CI is
-  reproducible; failures print the blob that reproduces them.
+  local ``.hypothesis`` database), 1.5x the ``ci`` budget for tests that do not set their own.
+* ``ci`` (selected when the ``CI`` environment variable is set): derandomized, so CI is reproducible;
+  failures print the blob that reproduces them.
 * ``explore``: many random examples (:func:`example_budget` scales explicit budgets by
   :data:`EXPLORE_FACTOR`), for bug hunting: ``nox -s fuzz`` or ``pytest --hypothesis-profile=explore``.
 
@@ -32,7 +32,7 @@ _BASE = 20  # examples of a test that does not set its own budget (dev and ci)
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors])
 
 PROFILES: dict[str, dict] = {
-    "dev": dict(_COMMON, max_examples=_BASE),
+    "dev": dict(_COMMON, max_examples=_BASE * 3 // 2),
     "ci": dict(_COMMON, max_examples=_BASE, derandomize=True, print_blob=True),
     "explore": dict(_COMMON, max_examples=_BASE * EXPLORE_FACTOR, print_blob=True),
 }
