@@ -10,7 +10,7 @@ import torch
 
 from deq_core import DeqConfigError, FixedPointIteration, fixed_point, registry
 from deq_core.plugins import DeqPluginWarning, PluginManager, use_manager
-from deq_core.testing import check_solver
+from deq_core.testing import DEFAULT_TOLERANCES, check_solver, make_contraction
 from deq_solver_example import HeavyBall
 from deq_solver_example import plugin as example_plugin
 
@@ -119,6 +119,20 @@ def test_entry_point_is_declared_and_discovered():
         info = {p.name: p for p in mgr.plugins()}
     assert info["deq-solver-example"].status == "active"
     assert info["deq-solver-example"].provides["solvers"] == ("heavy-ball",)
+
+
+@pytest.mark.parametrize(("kind", "shape", "rho", "dtype", "seed"), [
+    ("affine", [(4, 3, 1, 1)], 0.714, torch.float32, 2133470821),
+    ("tanh", [(3, 7)], 0.892, torch.float64, 815993425),
+    ("tanh", [(4, 11)], 0.896, torch.float64, 426587693),
+])
+def test_kit_problems_plain_momentum_failed_on(kind, shape, rho, dtype, seed):
+    # found by running the kit with many random examples: unrestarted momentum 0.5 did not converge in 500 steps
+    c = make_contraction(kind, shape, rho=rho, seed=seed, dtype=dtype)
+    atol, rtol = DEFAULT_TOLERANCES[dtype]
+    sol = fixed_point(c.f, c.z0, solver=HeavyBall(momentum=0.5), atol=atol, rtol=rtol, max_steps=500, adjoint=None)
+    assert sol.result.name == "CONVERGED"
+    assert bool((c.error(sol.value) <= c.error_bound(c.residual(sol.value)) + 1e-5).all())
 
 
 @pytest.mark.parametrize("momentum", [0.5, 0.9])
