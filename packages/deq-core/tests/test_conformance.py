@@ -18,6 +18,7 @@ from deq_core.testing import (
     affine_contractions,
     check_solver,
     contractions,
+    example_budget,
     make_contraction,
     tanh_contractions,
 )
@@ -56,7 +57,7 @@ def test_maps_are_rho_contractions(c: Contraction, seed: int) -> None:
     assert bool((lhs <= rhs * (1 + 1e-9)).all())
 
 
-@settings(max_examples=30)
+@settings(max_examples=example_budget(30))
 @given(contractions((torch.float32, torch.float64)))
 def test_strategies_cover_shapes_dtypes_and_tuples(c: Contraction) -> None:
     out = c.f(c.z0)
@@ -71,7 +72,7 @@ def test_strategies_cover_shapes_dtypes_and_tuples(c: Contraction) -> None:
 def test_affine_and_tanh_strategies_give_their_kind() -> None:
     seen = []
 
-    @settings(max_examples=5)
+    @settings(max_examples=example_budget(5))
     @given(affine_contractions(torch.float32), tanh_contractions(torch.float64))
     def run(a: Contraction, t: Contraction) -> None:
         seen.append((a.kind, a.dtype, t.kind, t.dtype))

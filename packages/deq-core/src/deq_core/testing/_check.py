@@ -20,6 +20,7 @@ from .._resolve import resolve_solver
 from .._solution import Result, Solution
 from .._solver import AbstractFixedPointSolver
 from .._state import State
+from ._profiles import example_budget
 from ._strategies import Contraction, _parts, contractions, make_contraction, no_fixed_point_maps
 
 __all__ = ["DEFAULT_TOLERANCES", "check_solver"]
@@ -63,8 +64,8 @@ def check_solver(solver: AbstractFixedPointSolver | str, *,
     Arguments:
         solver: the solver object (or a registered name) to check, with the hyperparameters to test.
         dtype: a float dtype or a sequence of them.
-        max_examples: Hypothesis examples per dtype for check 1 (the active Hypothesis profile supplies
-            the rest: derandomization, database).
+        max_examples: Hypothesis examples per dtype for check 1, times ``EXPLORE_FACTOR`` under the
+            ``explore`` profile (the active profile supplies the rest: derandomization, database).
         max_steps: solver budget; the default suits damped Picard up to ``rho = 0.9``.
         atol, rtol: tolerances to ask for (default: :data:`DEFAULT_TOLERANCES` per dtype).
         rho: range of contraction factors drawn.
@@ -178,8 +179,9 @@ def _same_structure(a: State, b: State) -> bool:
 
 def _check_accuracy(opts: _Options, rho: tuple[float, float], max_examples: int) -> None:
     # no shrinking: a failing solver would be re-run on hundreds of problems; the message names the seed
-    @settings(settings(), max_examples=max_examples, deadline=None, suppress_health_check=list(HealthCheck),
-              phases=(Phase.explicit, Phase.reuse, Phase.generate), report_multiple_bugs=False)
+    @settings(settings(), max_examples=example_budget(max_examples), deadline=None,
+              suppress_health_check=list(HealthCheck), phases=(Phase.explicit, Phase.reuse, Phase.generate),
+              report_multiple_bugs=False)
     @given(contractions(opts.dtype, rho=rho, device=opts.device))
     def accuracy(c: Contraction) -> None:
         _check_problem(opts, c)
