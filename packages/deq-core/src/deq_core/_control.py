@@ -77,11 +77,16 @@ class LoopOutcome:
 
 def residual_norms(z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor]:
     """Per-sample ``(||f(z) - z||, ||f(z)||)`` in at least float32, shapes ``(B,)``."""
+    if fz.dtype in _NATIVE:  # float32 / float64 accumulate in their own dtype: no dtype= (it copies the input)
+        return torch.linalg.vector_norm(fz - z, dim=1), torch.linalg.vector_norm(fz, dim=1)
     acc = torch.promote_types(fz.dtype, torch.float32)
     return (
         torch.linalg.vector_norm(fz - z, dim=1, dtype=acc),
         torch.linalg.vector_norm(fz, dim=1, dtype=acc),
     )
+
+
+_NATIVE = (torch.float32, torch.float64)
 
 
 def meets_tolerance(res: Tensor, fnorm: Tensor, atol: float, rtol: float) -> Tensor:
