@@ -137,3 +137,23 @@ def demo(session: nox.Session) -> None:
     """The main job on bundled data: INR fit vs explicit, JIIO inpainting vs Adam, solvers vs torchdeq."""
     _install_all(session, "torchdeq==0.1.0")
     session.run("python", "tools/demo.py", "--out", "demo-out", *session.posargs, env=ENV)
+
+
+@nox.session(default=False, venv_params=["--system-site-packages"])
+def gpu(session: nox.Session) -> None:
+    """On a CUDA machine: every package's `gpu`-marked tests, then the core and solver benchmarks on the GPU.
+
+    The env sees the machine's own (CUDA) torch (`--system-site-packages`; the CPU constraint is not applied)
+    and installs deq's packages without dependencies on top of it.
+    """
+    session.install("--no-deps", "-e", CORE, "-e", SOLVERS, "-e", TASKS, "-e", INR)
+    session.install("pluggy", "einops", "safetensors", "hypothesis", "pytest", "click", "triton")
+    where = session.run("python", "-c", "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')",
+                        silent=True)
+    if "cuda" not in str(where):
+        session.skip("CUDA is not available here")
+    for pkg in CLOSURES:
+        session.run("pytest", f"packages/{pkg}/tests", "-p", "no:cacheprovider", "-m", "gpu", *session.posargs,
+                    env=ENV, success_codes=[0, 5])  # 5: no gpu test in this package
+    session.run("python", BENCHES["core"], "--device", "cuda", env=ENV)
+    session.run("python", BENCHES["solvers"], "--quick", env=ENV)
