@@ -148,8 +148,9 @@ def gpu(session: nox.Session) -> None:
     """
     session.install("--no-deps", "-e", CORE, "-e", SOLVERS, "-e", TASKS, "-e", INR)
     session.install("pluggy", "einops", "safetensors", "hypothesis", "pytest", "click", "triton")
-    where = session.run("python", "-c", "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')",
-                        silent=True)
+    probe = "import importlib.util as u; t = u.find_spec('torch') and __import__('torch'); " \
+            "print('cuda' if t and t.cuda.is_available() else 'no-cuda')"
+    where = session.run("python", "-c", probe, silent=True)
     if "cuda" not in str(where):
         session.skip("CUDA is not available here")
     for pkg in CLOSURES:
