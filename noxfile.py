@@ -151,7 +151,7 @@ def gpu(session: nox.Session) -> None:
     probe = "import importlib.util as u; t = u.find_spec('torch') and __import__('torch'); " \
             "print('cuda' if t and t.cuda.is_available() else 'no-cuda')"
     where = session.run("python", "-c", probe, silent=True)
-    if "cuda" not in str(where):
+    if str(where).strip() != "cuda":
         session.skip("CUDA is not available here")
     for pkg in CLOSURES:
         session.run("pytest", f"packages/{pkg}/tests", "-p", "no:cacheprovider", "-m", "gpu", *session.posargs,
