@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ._errors import DeqConfigError, UnknownNameError
-from ._loop import LoopControl
+from ._loop import LoopControl, LoopOutcome
 from ._solver import AbstractFixedPointSolver, FlatMap, check_positive, check_range
 
 __all__ = [
@@ -38,8 +38,9 @@ class AbstractAdjoint(abc.ABC):
 
     @abc.abstractmethod
     def attach(self, f: FlatMap, z_star: Tensor, *, solver: AbstractFixedPointSolver, control: LoopControl,
-               init: Tensor | None = None) -> Tensor:
-        """``f`` and ``z_star`` are flat ``(B, N)``; return a ``(B, N)`` tensor equal to ``z_star``."""
+               init: Tensor | None = None, forward: LoopOutcome | None = None) -> Tensor:
+        """``f`` and ``z_star`` are flat ``(B, N)``; return a ``(B, N)`` tensor equal to ``z_star``.
+        ``forward`` is the forward solve's :class:`LoopOutcome` (``forward.state``: the solver's final state)."""
 
 
 def _reengage(f: FlatMap, z_star: Tensor) -> tuple[Tensor, Tensor]:
@@ -113,7 +114,7 @@ class ImplicitAdjoint(AbstractAdjoint):
     def __hash__(self) -> int:
         return hash(repr(self))
 
-    def attach(self, f, z_star, *, solver, control, init=None):
+    def attach(self, f, z_star, *, solver, control, init=None, forward=None):
         z, fz = _reengage(f, z_star)
         if not fz.requires_grad:
             return z_star.detach()
@@ -164,7 +165,7 @@ class NeumannAdjoint(AbstractAdjoint):
         if isinstance(self.terms, bool) or not isinstance(self.terms, int) or self.terms < 0:
             raise DeqConfigError(f"NeumannAdjoint.terms must be an int >= 0, got {self.terms!r}")
 
-    def attach(self, f, z_star, *, solver, control, init=None):
+    def attach(self, f, z_star, *, solver, control, init=None, forward=None):
         z, fz = _reengage(f, z_star)
         if not fz.requires_grad:
             return z_star.detach()
@@ -204,7 +205,7 @@ class PhantomAdjoint(AbstractAdjoint):
             raise DeqConfigError(f"PhantomAdjoint.steps must be an int >= 1, got {self.steps!r}")
         check_range(self, "damping", self.damping, 0.0, 1.0)
 
-    def attach(self, f, z_star, *, solver, control, init=None):
+    def attach(self, f, z_star, *, solver, control, init=None, forward=None):
         z = z_star.detach()
         with torch.enable_grad():
             for _ in range(self.steps):
@@ -221,7 +222,7 @@ class UnrolledAdjoint(AbstractAdjoint):
     name: ClassVar[str] = "unrolled"
     needs_forward_graph: ClassVar[bool] = True
 
-    def attach(self, f, z_star, *, solver, control, init=None):
+    def attach(self, f, z_star, *, solver, control, init=None, forward=None):
         return z_star
 
 

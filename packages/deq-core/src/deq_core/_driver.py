@@ -107,7 +107,7 @@ def fixed_point(
                             Solution(layout.unpack(value), outcome.result, stats))
     if adjoint_obj is not None and torch.is_grad_enabled():
         init = None if adjoint_init is None else layout.pack(adjoint_init).detach()
-        value = adjoint_obj.attach(g, value, solver=solver_obj, control=control, init=init)
+        value = adjoint_obj.attach(g, value, solver=solver_obj, control=control, init=init, forward=outcome)
     elif not needs_graph:
         value = value.detach()
     return Solution(layout.unpack(value), outcome.result, stats)

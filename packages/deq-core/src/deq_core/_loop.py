@@ -51,6 +51,8 @@ class LoopOutcome:
     trace: Tensor
     nfev: int
     solver_stats: dict[str, Any] = field(default_factory=dict)
+    state: Any = None
+    """The solver's final state (adjoints such as SHINE and the reversible one read it)."""
 
 
 def residual_norms(z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor]:
@@ -187,7 +189,7 @@ def run_loop(solver: AbstractFixedPointSolver, f: Callable[[Tensor], Tensor], z:
     else:
         trace = best_res.new_zeros(0, best_res.numel())
     return LoopOutcome(best_z, best_fz, result, steps, best_res, best_fn, converged, trace,
-                       counter.calls, solver.stats(state))
+                       counter.calls, solver.stats(state), state)
 
 
 class _Counter:

@@ -14,6 +14,7 @@ def deq_solvers() -> Iterable[SolverEntry]:
     from ._fused import FusedAnderson
     from ._neumann import Neumann
     from ._picard import Picard
+    from ._reversible import Reversible
 
     return [
         SolverEntry("picard", Picard, "Damped fixed-point iteration with optional per-sample adaptive damping.",
@@ -28,4 +29,7 @@ def deq_solvers() -> Iterable[SolverEntry]:
         SolverEntry("fused-anderson", FusedAnderson,
                     "Anderson with the Gram update and mixing fused in Triton kernels; owns its loop.",
                     aliases=("fused",), tags=("accelerated", "gpu", "triton")),
+        SolverEntry("reversible", Reversible,
+                    "Reversible relaxed iteration (RevDEQ); with ReversibleAdjoint an exact O(1)-memory backward.",
+                    tags=("fixed-point", "reversible", "low-memory")),
     ]
