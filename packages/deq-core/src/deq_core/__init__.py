@@ -8,6 +8,7 @@ from . import plugins, registry
 from ._adjoint import AbstractAdjoint, ImplicitAdjoint, NeumannAdjoint, PhantomAdjoint, UnrolledAdjoint, resolve_adjoint
 from ._checkpoint import load, save
 from ._deq import DEQ, DEQInfo
+from ._diagnostics import spectral_radius
 from ._driver import fixed_point, resolve_solver
 from ._errors import DeqConfigError, DeqError, DeqInputError, DeqSolveError, PluginError, UnknownNameError
 from ._jacobian import jacobian_frobenius
@@ -27,4 +28,5 @@ __all__ = [
     "PhantomAdjoint", "PluginError", "Result", "Solution", "SolveStats", "State", "StateLayout", "UnknownNameError",
     "UnrolledAdjoint", "__version__", "check_positive", "check_range", "fixed_point", "jacobian_frobenius", "load",
     "plugins", "reduce_stats", "registry", "resolve_adjoint", "resolve_solver", "residual_norms", "run_loop", "save",
+    "spectral_radius",
 ]

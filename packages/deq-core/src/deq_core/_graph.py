@@ -67,6 +67,7 @@ class Frontier:
         self.edges: list[GradientEdge] = []
         self._sites: list[list[tuple[object, int]]] = []  # per edge: (inside node, input index) feeding it
         self._pending: Sequence[Tensor | None] | None = None
+        self._task = -1
         self._hooked = False
         root = fz.grad_fn
         if root is None:
@@ -116,7 +117,10 @@ class Frontier:
         what that graph computes; call before autograd reaches the graph's nodes (from a hook on ``fz``)."""
         if len(grads) != len(self.edges):
             raise ValueError(f"Frontier.deliver expected {len(self.edges)} gradients, got {len(grads)}")
+        # only the backward pass running now (its graph task) substitutes: a later pass that runs the same
+        # nodes again (double backward through their outputs) must see what the graph computes
         self._pending = list(grads)
+        self._task = torch._C._current_graph_task_id()
         if self._hooked:
             return
         self._hooked = True
@@ -126,13 +130,13 @@ class Frontier:
 
     def _substitute(self, e: int, i: int, *, first: bool):
         def hook(grad_inputs, grad_outputs):
-            if self._pending is None:
+            if self._pending is None or torch._C._current_graph_task_id() != self._task:
                 return None
             out = list(grad_inputs)
+            if out[i] is None:  # this backward does not need the edge (autograd.grad with other inputs)
+                return None
             g = self._pending[e] if first else None
-            if g is None and out[i] is not None:
-                g = torch.zeros_like(out[i])
-            out[i] = g
+            out[i] = torch.zeros_like(out[i]) if g is None else g
             return tuple(out)
 
         return hook
