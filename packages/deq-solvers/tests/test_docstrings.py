@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["_anderson", "_broyden", "_picard", "_neumann", "_fused"])
+@pytest.mark.parametrize("module", ["_anderson", "_broyden", "_picard", "_neumann", "_fused", "_reversible", "_shine"])
 def test_docstring_examples(module):
     mod = importlib.import_module(f"deq_solvers.{module}")
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
