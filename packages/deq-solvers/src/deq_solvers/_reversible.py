@@ -42,9 +42,10 @@ class Reversible(AbstractFixedPointSolver):
     The inverse step multiplies round-off by up to about ``1 / |1 - b|`` per step (the forward contracts,
     so its inverse expands), so the reconstructed iterates carry an error of roughly
     ``eps * |1 - b|^{-K}`` after ``K`` steps; :class:`ReversibleAdjoint` measures it on every backward
-    (``state.reconstruction_error``, and ``max_error`` to refuse a gradient past a bound).
+    (``stats.solver["reconstruction_error"]``, and ``max_error`` to refuse a gradient past a bound).
 
-    Statistics: ``damping``, ``evaluations_per_step`` (2).
+    Statistics: ``damping``, ``evaluations_per_step`` (2), ``reconstruction_error``: a list to which every
+    reversible backward of this solve appends its ``(B,)`` relative reconstruction error (empty until then).
 
     Example:
         >>> import torch
@@ -83,7 +84,8 @@ class Reversible(AbstractFixedPointSolver):
         return z_next, fz_next, s
 
     def stats(self, state: _ReversibleState) -> dict[str, Any]:
-        return {"damping": self.damping, "evaluations_per_step": 2}
+        # the list is shared with the state: each reversible backward appends its (B,) reconstruction error
+        return {"damping": self.damping, "evaluations_per_step": 2, "reconstruction_error": state.errors}
 
 
 class _ReversibleState:
@@ -91,7 +93,7 @@ class _ReversibleState:
     ``(B,)`` for n = 0..K, bitwise as the driver computed them (they identify which iterate it returned);
     ``reconstruction_error`` ``(B,)``: set by the last reversible backward."""
 
-    __slots__ = ("damping", "y", "z", "z0", "residuals", "steps", "reconstruction_error")
+    __slots__ = ("damping", "y", "z", "z0", "residuals", "steps", "reconstruction_error", "errors")
 
     def __init__(self, damping: float, z: Tensor, fz: Tensor) -> None:
         self.damping = damping
@@ -99,6 +101,7 @@ class _ReversibleState:
         self.residuals = [residual_norms(z, fz)[0]]
         self.steps = 0
         self.reconstruction_error: Tensor | None = None
+        self.errors: list[Tensor] = []
 
     def returned_steps(self, residual: Tensor, steps: Tensor) -> Tensor:
         """Per sample, the step ``n`` whose iterate the driver returned, ``(B,)`` long.
@@ -137,7 +140,8 @@ class ReversibleAdjoint(AbstractAdjoint):
             ``(y_0, z_0)`` differs from the true ``z_0`` by more than this, relative to
             ``max(||z_0||, ||z_K||)`` per sample (``None``: only record it).
 
-    After each backward, ``forward.state.reconstruction_error`` holds that relative error ``(B,)``.
+    After each backward, ``sol.stats.solver["reconstruction_error"][-1]`` (and
+    ``forward.state.reconstruction_error``) holds that relative error ``(B,)``.
     First-order only (a backward with ``create_graph=True`` raises; use :class:`~deq_core.ImplicitAdjoint`).
 
     Example:
@@ -244,4 +248,5 @@ def reverse(f: FlatMap, state: _ReversibleState, frontier: Frontier, v: Tensor, 
     err = torch.maximum(torch.linalg.vector_norm(y - z0, dim=1, dtype=acc_t),
                         torch.linalg.vector_norm(z - z0, dim=1, dtype=acc_t))
     state.reconstruction_error = err / scale
+    state.errors.append(state.reconstruction_error)
     return acc
