@@ -4,7 +4,7 @@
 
 Prints one JSON line per measurement, then a summary of ratios:
 
-1. ``reversible``, exactness: float64 ``f(z) = tanh(z W^T + h U^T + c)`` (batch 4, width 32), damping 0.5,
+1. ``reversible``, exactness: float64 ``f(z) = tanh(z W^T + h U^T + c)`` (batch 4, width 32), damping 0.3/0.5/0.8,
    K steps: largest relative difference of the parameter gradients to autograd through the unrolled
    iteration, and the relative reconstruction error of the start ``z_0`` after the reverse pass.
 2. ``reversible``, memory: the dense problem of ``bench_solvers.py`` (batch 64, width 256, float32), damping
@@ -65,7 +65,7 @@ def tanh_net(seed: int, batch: int, n: int, m: int, rho: float, dtype=torch.floa
 
 
 def reversible_exactness(rows, out, steps_list) -> None:
-    for damping in (0.3, 0.5):
+    for damping in (0.3, 0.5, 0.8):
         for K in steps_list:
             make_f, params, z0, w = tanh_net(0, 4, 32, 16, 0.8)
             sol = fixed_point(make_f(), z0, solver=Reversible(damping=damping), adjoint=ReversibleAdjoint(),
@@ -180,11 +180,15 @@ def summary(rows: list[dict]) -> dict:
     ex = [r for r in rows if r["bench"] == "reversible-exactness"]
     if ex:
         s["reversible_max_grad_rel_err"] = {f"damping={r['damping']},K={r['steps']}": r["grad_rel_err"] for r in ex}
+        s["reversible_start_reconstruction_rel_err"] = {
+            f"damping={r['damping']},K={r['steps']}": r["reconstruction_rel_err"] for r in ex}
     mem = {(r["adjoint"], r["steps"]): r["peak_saved_bytes"] for r in rows if r["bench"] == "reversible-memory"}
     if mem:
         s["reversible_peak_100_over_10"] = mem["reversible", 100] / mem["reversible", 10]
         s["unrolled_peak_100_over_10"] = mem["unrolled", 100] / mem["unrolled", 10]
         s["reversible_over_unrolled_at_100"] = mem["reversible", 100] / mem["unrolled", 100]
+        bw = {(r["adjoint"], r["steps"]): r["backward_s"] for r in rows if r["bench"] == "reversible-memory"}
+        s["reversible_backward_time_over_unrolled_at_100"] = bw["reversible", 100] / bw["unrolled", 100]
     sh = [r for r in rows if r["bench"] == "shine-vs-implicit"]
     for key in ("shine", "shine-refine1", "shine-refine3", "jfb"):
         sel = [r for r in sh if r["adjoint"] == key]
