@@ -294,3 +294,12 @@ def test_jfb_is_one_undamped_phantom_step():
     z = sol.value.detach()
     want = net.grads(net.map()(z))  # (df/dtheta at z*)^T w
     assert rel_err(net.grads(sol.value), want) <= 1e-14
+
+
+def test_reversible_overflowing_reconstruction_raises_instead_of_returning_nan():
+    x = torch.randn(2, 8, requires_grad=True)
+    W = 0.5 * torch.linalg.qr(torch.randn(8, 8))[0]
+    sol = fixed_point(lambda z: z @ W.T + x, torch.zeros(2, 8), solver=Reversible(damping=0.9),
+                      adjoint=ReversibleAdjoint(), max_steps=80, **NO_STOP)
+    with pytest.raises(DeqSolveError, match="overflowed"):
+        torch.autograd.grad(sol.value.sum(), x)

@@ -140,6 +140,11 @@ class ReversibleAdjoint(AbstractAdjoint):
             ``(y_0, z_0)`` differs from the true ``z_0`` by more than this, relative to
             ``max(||z_0||, ||z_K||)`` per sample (``None``: only record it).
 
+    The rebuilt start is a pessimistic gauge of the gradient: the directions that lose accuracy are those
+    the forward contracts fastest, and the cotangent reaching the early steps is damped by as much (measured
+    in float64 with tanh: damping 0.8 over 20 steps rebuilds ``z_0`` with relative error 15 while the gradient
+    is still right to 4e-10). Rebuilt iterates that overflow raise :class:`DeqSolveError`.
+
     After each backward, ``sol.stats.solver["reconstruction_error"][-1]`` (and
     ``forward.state.reconstruction_error``) holds that relative error ``(B,)``.
     First-order only (a backward with ``create_graph=True`` raises; use :class:`~deq_core.ImplicitAdjoint`).
@@ -183,6 +188,11 @@ class ReversibleAdjoint(AbstractAdjoint):
                                      "create_graph=True); use ImplicitAdjoint for second-order gradients")
             grads = reverse(f, state, frontier, v, returned)
             err = state.reconstruction_error
+            if not bool(torch.isfinite(err).all()):
+                raise DeqSolveError(
+                    f"ReversibleAdjoint: rebuilding {state.steps} steps overflowed (non-finite iterates), so the "
+                    "gradient is not usable; use fewer steps or a damping nearer 0 (round-off grows about "
+                    "|1 - damping|^-1 per step)")
             if max_error is not None and bool((err > max_error).any()):
                 raise DeqSolveError(
                     f"ReversibleAdjoint: reconstructed start differs from z0 by up to {float(err.max()):.3g} "
