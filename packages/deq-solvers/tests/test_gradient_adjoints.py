@@ -303,3 +303,46 @@ def test_reversible_overflowing_reconstruction_raises_instead_of_returning_nan()
                       adjoint=ReversibleAdjoint(), max_steps=80, **NO_STOP)
     with pytest.raises(DeqSolveError, match="overflowed"):
         torch.autograd.grad(sol.value.sum(), x)
+
+
+def test_reversible_and_shine_through_the_deq_module_reach_parameters_and_the_encoder():
+    from torch import nn
+
+    from deq_core import DEQ
+
+    class Cell(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.inj = nn.Linear(8, 8, dtype=F64), nn.Linear(3, 8, dtype=F64)
+            with torch.no_grad():
+                self.lin.weight.mul_(0.5 / torch.linalg.matrix_norm(self.lin.weight, ord=2))
+
+        def forward(self, z, x):
+            return torch.tanh(self.lin(z) + self.inj(x))
+
+        def init_state(self, x):
+            return torch.zeros(x.shape[0], 8, dtype=F64)
+
+    torch.manual_seed(0)
+    cell, enc = Cell(), nn.Linear(3, 3, dtype=F64)
+    x = torch.randn(4, 3, dtype=F64)
+    leaves = [*cell.parameters(), *enc.parameters()]
+    deq = DEQ(cell, solver=Reversible(damping=0.4), adjoint=ReversibleAdjoint(), atol=1e-300, rtol=1e-300,
+              max_steps=12)
+    z, _ = deq(enc(x))
+    got = torch.autograd.grad(z.square().sum(), leaves)
+    h, y = enc(x), cell.init_state(x)
+    zz = y
+    for _ in range(12):
+        y = y.mul(0.6).add(cell(zz, h), alpha=0.4)
+        zz = zz.mul(0.6).add(cell(y, h), alpha=0.4)
+    assert torch.equal(zz.detach(), z.detach())
+    want = torch.autograd.grad(zz.square().sum(), leaves)
+    assert rel_err(list(got), list(want)) <= 1e-10
+    deq = DEQ(cell, solver=Broyden(), adjoint=ShineAdjoint(refine=100), atol=1e-12, rtol=1e-12, max_steps=100)
+    z, _ = deq(enc(x))
+    got = torch.autograd.grad(z.square().sum(), leaves)
+    deq = DEQ(cell, solver=Broyden(), adjoint=ImplicitAdjoint(atol=1e-13, rtol=1e-13, max_steps=500), atol=1e-12,
+              rtol=1e-12, max_steps=100)
+    z, _ = deq(enc(x))
+    assert rel_err(list(got), list(torch.autograd.grad(z.square().sum(), leaves))) <= 1e-8
