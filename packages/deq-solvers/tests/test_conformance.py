@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from deq_core.testing import check_solver
-from deq_solvers import Anderson, Broyden, FusedAnderson, Neumann, Picard, triton_status
+from deq_solvers import Anderson, Broyden, FusedAnderson, Neumann, Picard, Reversible, triton_status
 
 
 @pytest.mark.parametrize("solver", [
     Picard(), Picard(damping=0.9, adaptive=True), Anderson(), Anderson(m=2, damping=0.8), Broyden(),
-    Broyden(m=3, line_search=True), Neumann(),
+    Broyden(m=3, line_search=True), Neumann(), Reversible(), Reversible(damping=0.8),
 ], ids=repr)
 def test_check_solver(solver):
     check_solver(solver, max_examples=6)

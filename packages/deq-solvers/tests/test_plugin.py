@@ -8,10 +8,10 @@ import pytest
 
 from deq_core import UnknownNameError, fixed_point, registry
 from deq_core.plugins import PluginManager, SolverEntry, use_manager
-from deq_solvers import Anderson, Broyden, FusedAnderson, Neumann, Picard, plugin
+from deq_solvers import Anderson, Broyden, FusedAnderson, Neumann, Picard, Reversible, plugin
 
 EXPECTED = {"picard": Picard, "anderson": Anderson, "broyden": Broyden, "neumann": Neumann,
-            "fused-anderson": FusedAnderson}
+            "fused-anderson": FusedAnderson, "reversible": Reversible}
 
 
 def test_entry_point_is_declared():

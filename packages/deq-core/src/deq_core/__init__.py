@@ -10,6 +10,7 @@ from ._cache import FixedPointCache
 from ._checkpoint import load, save
 from ._control import LoopControl, LoopOutcome, meets_tolerance, residual_norms
 from ._deq import DEQ, DEQInfo
+from ._diagnostics import spectral_radius
 from ._errors import DeqConfigError, DeqError, DeqInputError, DeqSolveError, PluginError, UnknownNameError
 from ._fixed_point import fixed_point
 from ._jacobian import jacobian_frobenius
@@ -32,5 +33,5 @@ __all__ = [
     "SolveStats", "State", "StateLayout", "TaskOption", "UnknownNameError", "UnrolledAdjoint", "__version__",
     "check_bool", "check_int", "check_positive", "check_range", "check_tolerances", "fixed_point",
     "jacobian_frobenius", "load", "meets_tolerance", "plugins", "reduce_stats", "registry", "residual_norms",
-    "resolve_adjoint", "resolve_solver", "run_loop", "save",
+    "resolve_adjoint", "resolve_solver", "run_loop", "save", "spectral_radius",
 ]

@@ -90,6 +90,66 @@ def _reengage(f: FlatMap, z_star: Tensor) -> tuple[Tensor, Tensor]:
     return z, fz
 
 
+def _reengage_marked(f: FlatMap, z_star: Tensor) -> tuple[Tensor, Tensor, int]:
+    # as _reengage, plus the autograd sequence mark taken just before f ran: the graph of f(z) can then
+    # be walked for what f closes over (deq_core._graph.Frontier), which second-order gradients need
+    from ._graph import graph_mark
+
+    mark = graph_mark()
+    z, fz = _reengage(f, z_star)
+    return z, fz, mark
+
+
+def _implicit_second_order(adjoint: ImplicitAdjoint, f: FlatMap, z_star: Tensor, z: Tensor, fz: Tensor, mark: int,
+                           v: Tensor, u_star: Tensor, back_solver: AbstractFixedPointSolver,
+                           back_control: LoopControl, solver: AbstractFixedPointSolver,
+                           control: LoopControl) -> Tensor:
+    """The implicit hook's answer in a backward with ``create_graph=True``: a gradient that is itself
+    differentiable, second-order terms through ``z*`` included.
+
+    With ``u*`` the solved ``(I - J^T)^{-1} v``: a fresh implicit attachment ``z^`` of ``z*`` (equal to it,
+    carrying ``dz*/dtheta``), ``G = v + J(z^)^T u*`` with its graph, ``u = u* + (G - G.detach())`` whose hook
+    solves the transposed system ``w = J w + u_bar`` (JVPs by double VJP) for the next backward, and the
+    gradient for everything ``f`` closes over, ``(df/dtheta at z^)^T u``, handed to the walked graph's
+    frontier. Returns the (zero) gradient for ``f(z*)``'s own graph, which the frontier overrides."""
+    from ._graph import Frontier
+
+    frontier = Frontier(fz, z, mark)
+    gate = _Gate()
+    z_hat = adjoint._attach(f, z_star, solver, control, None, gate)
+    with torch.enable_grad():
+        f_hat = f(z_hat)
+        u_var = u_star.detach().requires_grad_()
+        (jtu,) = torch.autograd.grad(f_hat, z_hat, u_var, create_graph=True, retain_graph=True)
+
+        def transposed(u_bar: Tensor) -> Tensor:
+            def forward_map(w: Tensor) -> Tensor:
+                (jw,) = torch.autograd.grad(jtu, u_var, w, retain_graph=True)
+                return jw + u_bar
+
+            with torch.no_grad():
+                out = run_loop(back_solver, forward_map, u_bar, forward_map(u_bar), back_control)
+            return out.z
+
+        u = _value(u_star, _hooked(v + jtu, transposed))
+        gate.closed = True  # this VJP is first order: nothing may flow on through z^ (it would count J^T u twice)
+        try:
+            _, grads = frontier.vjp(f_hat, None, u, create_graph=True, retain_graph=True)
+        finally:
+            gate.closed = False
+    frontier.deliver(grads)
+    return torch.zeros_like(v)
+
+
+class _Gate:
+    """While ``closed``, an implicit attachment's hook passes zero on (see ``_implicit_second_order``)."""
+
+    __slots__ = ("closed",)
+
+    def __init__(self) -> None:
+        self.closed = False
+
+
 def _hooked(fz: Tensor, hook) -> Tensor:
     # The hook sits on a view of f(z*): the VJPs it runs start at f(z*) itself and never re-enter it.
     out = fz.view_as(fz)
@@ -157,7 +217,10 @@ class ImplicitAdjoint(AbstractAdjoint):
         """As :meth:`AbstractAdjoint.attach`; besides, ``warm_rows`` ``(B,)`` bool limits the warm start ``init``
         to those rows (the others start at ``v``), and ``keep(u)`` receives the backward solution (both are how
         :class:`deq_core.FixedPointCache` warm-starts the backward solve per sample)."""
-        z, fz = _reengage(f, z_star)
+        return self._attach(f, z_star, solver, control, init, None, warm_rows, keep)
+
+    def _attach(self, f, z_star, solver, control, init, gate, warm_rows=None, keep=None):
+        z, fz, mark = _reengage_marked(f, z_star)
         if not fz.requires_grad:
             return z_star.detach()
         back_solver = self.solver if isinstance(self.solver, AbstractFixedPointSolver) else solver
@@ -172,6 +235,9 @@ class ImplicitAdjoint(AbstractAdjoint):
         warm = init
 
         def hook(v: Tensor) -> Tensor:
+            if gate is not None and gate.closed:
+                return torch.zeros_like(v)
+
             def backward_map(u: Tensor) -> Tensor:
                 (jtu,) = torch.autograd.grad(fz, z, u, retain_graph=True)
                 return jtu + v
@@ -185,6 +251,9 @@ class ImplicitAdjoint(AbstractAdjoint):
                 raise DeqSolveError(f"implicit backward solve {out.result.message}")
             if keep is not None:
                 keep(out.z)
+            if torch.is_grad_enabled():  # backward with create_graph=True: a differentiable gradient
+                return _implicit_second_order(self, f, z_star, z, fz, mark, v, out.z, back_solver, back_control,
+                                              solver, control)
             return out.z
 
         return _value(z_star, _hooked(fz, hook))
