@@ -169,3 +169,16 @@ def test_trajectory_states_along_the_solve_carry_one_step_gradients() -> None:
     assert torch.allclose(g, g_ref, atol=1e-10)
     _, plain = DEQ(layer)(x)
     assert plain.trajectory is None
+
+
+def test_diagnostics_report_the_spectral_radius_at_the_fixed_point() -> None:
+    layer = Layer()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    z, info = DEQ(layer, rtol=1e-10, diagnostics=60)(x)
+    J = torch.autograd.functional.jacobian(lambda zz: layer(zz, x[0:1]), z[0:1].detach()).reshape(6, 6)
+    rho = float(torch.linalg.eigvals(J).abs().max())
+    assert info.spectral_radius.shape == (4,)
+    assert abs(float(info.spectral_radius[0]) - rho) < 0.05 * rho + 1e-3
+    assert DEQ(layer)(x)[1].spectral_radius is None
+    with pytest.raises(DeqConfigError, match="diagnostics"):
+        DEQ(layer, diagnostics=1)

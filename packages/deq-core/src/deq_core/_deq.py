@@ -45,6 +45,8 @@ class DEQInfo:
             detached iterates at steps ``round(j * s_i / k)``, ``j = 1..k`` (``s_i``: sample ``i``'s steps), each
             carrying the gradient of that one application (DEQ-Flow's fixed-point correction: put a loss on
             every one). ``None`` otherwise, and on amortized (``reuse_steps``) calls.
+        spectral_radius: with ``DEQ(..., diagnostics=True)``: ``(B,)`` power-iteration estimates of the spectral
+            radius of ``df/dz`` at ``z*`` (:func:`deq_core.spectral_radius`; ``< 1``: locally contractive).
         failed: ``(B,)`` bool, samples whose input or solve was non-finite or diverged; with
             ``on_failure="mask"`` their rows of ``z*`` are detached (their best finite iterate, no gradient):
             drop them from the loss, e.g. ``loss = per_sample_loss[~info.failed].mean()``.
@@ -55,6 +57,7 @@ class DEQInfo:
     warm: bool = False
     jac_loss: Tensor | None = None
     trajectory: list[State] | None = None
+    spectral_radius: Tensor | None = None
 
     @property
     def failed(self) -> Tensor:
@@ -96,6 +99,8 @@ class DEQ(nn.Module):
             deadlock.
         trajectory: ``k > 0`` returns ``k`` states along the solve in ``info.trajectory``, each with the
             gradient of one application of ``f`` (trajectory supervision, DEQ-Flow's fixed-point correction).
+        diagnostics: ``True`` (or a number of power iterations, default 30) puts a spectral-radius estimate of
+            ``df/dz`` at ``z*`` into ``info.spectral_radius`` (costs that many VJPs per call; opt-in).
         compile_f: ``True`` (or a dict of ``torch.compile`` options) runs ``torch.compile(f)`` inside the solve
             loop and the adjoint. The loop itself stays eager (it is host-driven), and ``forward`` is excluded
             from an outer ``torch.compile``, so a compiled model containing a ``DEQ`` graph-breaks around it
@@ -126,7 +131,7 @@ class DEQ(nn.Module):
                  reuse_steps: int | None = None, strict: bool = False, jac_reg_probes: int = 0,
                  check_every: int = 1, on_failure: str = "raise", sync_ranks: bool = False,
                  cache: FixedPointCache | None = None, trajectory: int = 0,
-                 compile_f: bool | dict[str, Any] = False) -> None:
+                 compile_f: bool | dict[str, Any] = False, diagnostics: bool | int = False) -> None:
         super().__init__()
         self.f = f
         self.solver = resolve_solver(solver)
@@ -141,6 +146,10 @@ class DEQ(nn.Module):
         if not isinstance(compile_f, (bool, dict)):
             raise DeqConfigError(f"DEQ.compile_f must be a bool or a dict of torch.compile options, got {compile_f!r}")
         self.compile_f = compile_f
+        if not isinstance(diagnostics, (bool, int)) or (not isinstance(diagnostics, bool) and diagnostics < 2):
+            raise DeqConfigError(f"DEQ.diagnostics must be a bool or a number of power iterations >= 2, "
+                                 f"got {diagnostics!r}")
+        self.diagnostics = diagnostics
         self._f_compiled: Any = None
         _check_on_failure(on_failure)
         self.atol, self.rtol, self.max_steps = atol, rtol, max_steps
@@ -249,7 +258,17 @@ class DEQ(nn.Module):
             self._cache[cache_key] = _detach(value)
         if index is not None:
             self.cache.put(index, _detach(value), rows=~failed)
-        return value, DEQInfo(sol.result, sol.stats, warm, jac_loss, traj)
+        rho = self._spectral_radius(x, value) if self.diagnostics else None
+        return value, DEQInfo(sol.result, sol.stats, warm, jac_loss, traj, rho)
+
+    def _spectral_radius(self, x: Any, value: State) -> Tensor:
+        from ._diagnostics import spectral_radius
+
+        layout = StateLayout.of(value, "z")
+        g = flat_map(lambda z: self.f(z, x), layout, check=False)
+        iters = 30 if self.diagnostics is True else int(self.diagnostics)
+        with torch.enable_grad():
+            return spectral_radius(g, layout.pack(_detach(value)), iters=iters)
 
     def _trajectory(self, x: Any, recorder: _Recorder, steps: Tensor, failed: Tensor | None) -> list[State]:
         """``k`` states along the solve: ``f`` at the detached iterate of step ``round(j * s_i / k)`` per sample."""
