@@ -4,7 +4,7 @@
     nox -s "tests(deq-core)"  # one package
     nox -s fuzz               # the same with Hypothesis' `explore` profile (20x the examples, random)
     nox -s lint
-    nox -s bench -- solvers   # core | solvers | gradients | tasks | inr | opteq (several allowed; none = all)
+    nox -s bench -- solvers   # core | solvers | gradients | training | tasks | inr | opteq (several allowed; none = all)
     nox -s docs               # mkdocs build --strict + every docs code block run as a test
     nox -s demo               # the main job on bundled data -> demo-out/report.md
 """
@@ -44,6 +44,7 @@ BENCHES = {
     "core": f"{CORE}/benchmarks/bench_core.py",
     "solvers": f"{SOLVERS}/benchmarks/bench_solvers.py",
     "gradients": f"{SOLVERS}/benchmarks/bench_gradients.py",
+    "training": f"{SOLVERS}/benchmarks/bench_training.py",
     "tasks": f"{TASKS}/benchmarks/bench_tasks.py",
     "inr": f"{INR}/benchmarks/bench_inr.py",
     "opteq": f"{CORE}/benchmarks/opteq_mnist.py",

@@ -59,15 +59,19 @@ class _SpectralNorm(_Reparam):
             with torch.no_grad():
                 previous = None
                 for i in range(most):
-                    v.copy_(F.normalize(mat.t() @ u, dim=0, eps=self.eps))
+                    v = F.normalize(mat.t() @ u, dim=0, eps=self.eps)
                     mv = mat @ v
                     estimate = torch.linalg.vector_norm(mv)
-                    u.copy_(mv / estimate.clamp_min(self.eps))
+                    u = mv / estimate.clamp_min(self.eps)
                     if i + 1 >= self.n_power_iterations:
                         current = float(estimate)
                         if previous is not None and abs(current - previous) <= tol * current:
                             break
                         previous = current
+            # new buffers, not in-place writes: a graph built with the previous u, v (e.g. by a backward that
+            # re-evaluates f, as the reversible adjoint does) stays valid
+            setattr(module, self.name + "_u", u)
+            setattr(module, self.name + "_v", v)
         sigma = torch.dot(u, mat @ v)
         return w / torch.clamp(sigma / self.max_norm, min=1.0)
 
