@@ -63,7 +63,7 @@ def test_warmup_and_step_cap_reach_the_same_kkt_point() -> None:
     # warm-up (z alone first, then the full map with a restarted solver) and the trust-region cap on the x step
     # change the path, not the fixed point
     prob, _, (z_star, mu_star, x_star) = _toy(5)
-    z0, x0 = torch.zeros_like(z_star), torch.zeros_like(x_star)
+    z0, x0 = torch.full_like(z_star, 0.5), torch.zeros_like(x_star)   # z0 = 0 is z*(0): no warm-up
     res = jiio_solve(prob, z0, x0, JIIOConfig(budget=200, alpha=0.3, warmup=10, max_step=0.05, solver="anderson"))
     torch.testing.assert_close(res.x, x_star, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(res.mu, mu_star, atol=1e-6, rtol=1e-6)
@@ -78,13 +78,16 @@ def test_warmup_and_step_cap_reach_the_same_kkt_point() -> None:
 
 def test_warmup_holds_mu_and_x() -> None:
     prob, _, (z_star, _, x_star) = _toy(6)
-    z0, x0 = torch.zeros_like(z_star), torch.zeros_like(x_star)
+    z0, x0 = torch.full_like(z_star, 0.5), torch.zeros_like(x_star)   # z0 = 0 is z*(0): no warm-up
     warm = jiio_solve(prob, z0, x0, JIIOConfig(budget=6, alpha=0.3, warmup=5, best_iterate=False))
     plain = jiio_solve(prob, z0, x0, JIIOConfig(budget=5, alpha=0.3, best_iterate=False))
     # after 5 warm-up iterations mu and x are still 0, so the 6th (first full) step moves x by alpha * grad_x l = 0
     # (the toy's x enters l only through lam ||x||^2 / 2 at x = 0) and mu by beta_mu * grad_z l
     assert float(warm.x.abs().max()) == 0.0
     assert float(plain.x.abs().max()) > 0.0
+    # started at the equilibrium z*(x0) there is nothing to warm up: the warm-up is skipped
+    eq = jiio_solve(prob, torch.zeros_like(z_star), x0, JIIOConfig(budget=6, alpha=0.3, warmup=5, best_iterate=False))
+    assert float(eq.x.abs().max()) > 0.0
 
 
 def test_plain_damped_iteration_also_reaches_the_kkt_point() -> None:
