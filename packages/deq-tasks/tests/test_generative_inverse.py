@@ -10,11 +10,11 @@ import torch
 from deq_core import DeqConfigError, DeqInputError
 from deq_tasks.data import load_digits, psnr
 from deq_tasks.generative import (
+    DECODER_JIIO,
     adam_latents,
     build_decoder,
-    decoder_problem,
-    DECODER_JIIO,
     compare_latents,
+    decoder_problem,
     jiio_latents,
     latent_radius,
     train_decoder,
