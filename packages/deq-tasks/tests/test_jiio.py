@@ -269,3 +269,27 @@ def test_full_augmented_ift_matches_finite_differences_of_the_optimum() -> None:
     h = 1e-6
     fd = (x_opt(1.0 + h).sum() - x_opt(1.0 - h).sum()) / (2 * h)
     torch.testing.assert_close(s.grad, fd, atol=1e-6, rtol=1e-6)
+
+
+def test_tangent_step_keeps_the_boundary_optimum_and_leaves_interior_steps() -> None:
+    # z = f(z, x) = z / 2 + x (so z* = 2x); l = ||z - y||^2 with y / 2 outside the ball: x* = r y / ||y|| on the sphere
+    g = torch.Generator().manual_seed(0)
+    y = 6.0 * torch.randn(3, 5, generator=g, dtype=D)
+    r = 1.0
+    prob = JIIOProblem(f=lambda z, x: 0.5 * z + x, objective=lambda z, x: ((z - y) ** 2).sum(1), project=l2_ball(r))
+    x_star = r * y / y.norm(dim=1, keepdim=True)
+    z0 = torch.zeros(3, 5, dtype=D)
+    for tangent in (False, True):
+        res = jiio_solve(prob, z0, z0.clone(), JIIOConfig(budget=300, alpha=0.05, solver="fixed-point",
+                                                          tangent_step=tangent))
+        torch.testing.assert_close(res.x, x_star, atol=1e-5, rtol=1e-5)
+        assert res.stats["boundary"] == 1.0
+    # the map: an interior sample's step is untouched, a boundary sample's outward radial part is dropped
+    G = augmented_map(prob, JIIOConfig(alpha=0.1, tangent_step=True), z0, z0)
+    x = torch.stack([torch.tensor([0.5, 0, 0, 0, 0], dtype=D), torch.tensor([1.0, 0, 0, 0, 0], dtype=D),
+                     torch.tensor([1.0, 0, 0, 0, 0], dtype=D)])
+    step = torch.tensor([[-1.0, 1, 0, 0, 0], [-1.0, 1, 0, 0, 0], [1.0, 1, 0, 0, 0]], dtype=D)
+    out = G._tangent(x, step)
+    torch.testing.assert_close(out[0], step[0])                                   # interior: as is
+    torch.testing.assert_close(out[1], torch.tensor([0.0, 1, 0, 0, 0], dtype=D))  # boundary, outward: tangent only
+    torch.testing.assert_close(out[2], step[2])                                   # boundary, inward: as is

@@ -45,7 +45,8 @@ def l2_ball(eps: float | Tensor, center: Tensor | None = None) -> Callable[[Tens
         d = d * scale
         return d if center is None else center + d
 
-    project.radius = eps  # type: ignore[attr-defined]
+    project.radius = eps  # type: ignore[attr-defined]   (read by JIIO's tangent step and boundary statistics)
+    project.center = center  # type: ignore[attr-defined]
     return project
 
 

@@ -118,11 +118,29 @@ class AugmentedMap:
         if cfg.max_step is not None:
             length = step.reshape(step.shape[0], -1).norm(dim=1).clamp_min(1e-30)
             step = step * torch.clamp(cfg.max_step / length, max=1.0).reshape(-1, *([1] * (step.dim() - 1)))
+        if cfg.tangent_step and self.problem.project is not None:
+            step = self._tangent(x, step)
         x_next = x - step
         if self.problem.project is not None:
             x_next = project_checked(self.problem.project, x_next)
         self.last_input, self.last_cost = v, cost
         return self.stack(z_next, mu_next, x_next)
+
+    def _tangent(self, x: Tensor, step: Tensor) -> Tensor:
+        """For samples on the boundary of an L2-ball constraint whose step points outward, the step without its
+        outward radial part (a step along the sphere). The projection of ``x - step`` would otherwise shrink the
+        tangential move by ``r / (r + alpha |d_n|)``: with a strong outward gradient ``d_n`` the latent barely
+        moves along the boundary. Fixed points are unchanged: at a KKT point on the boundary ``d_x`` is normal, so the
+        step is 0 either way. Other constraint sets (no ``radius`` on the projection): the step as it is."""
+        radius = getattr(self.problem.project, "radius", None)
+        if not isinstance(radius, (int, float)) or getattr(self.problem.project, "center", None) is not None:
+            return step
+        flat_x, flat_s = x.reshape(x.shape[0], -1), step.reshape(step.shape[0], -1)
+        norm = flat_x.norm(dim=1, keepdim=True)
+        xhat = flat_x / norm.clamp_min(1e-30)
+        outward = -(flat_s * xhat).sum(1, keepdim=True)          # radial component of the move -step
+        on = (norm >= radius * (1 - 1e-5)) & (outward > 0)
+        return torch.where(on, flat_s + outward * xhat, flat_s).reshape(step.shape)
 
     def cost(self, v: Tensor) -> Tensor:
         """Signed cost at ``v`` (from the last evaluation when it was at ``v``)."""

@@ -77,6 +77,10 @@ class JIIOConfig:
         warmup: the first ``warmup`` iterations move ``z`` only (``mu`` and ``x`` held), then the solver restarts
             on the full map: far from the equilibrium an adjoint iterated from 0 overshoots its fixed point and
             throws ``x`` away. Counted in ``budget``.
+        tangent_step: for samples on the boundary of an L2-ball constraint (:func:`~deq_tasks.jiio.l2_ball`) whose
+            step points outward, drop the step's outward radial part (a step along the sphere; same fixed points).
+            The plain projected step moves such a latent along the boundary by only ``r / (r + alpha |d_n|)`` of its
+            tangential step, which stalls JIIO when the objective pushes many latents outward.
 
     Example:
         >>> cfg = JIIOConfig(budget=40, alpha=1.0, alpha_final=0.1, switch_at=25)
@@ -99,6 +103,7 @@ class JIIOConfig:
     x_scale: float | str | None = _help("the stacked state holds x / x_scale ('alpha' = alpha; none = 1)", None)
     max_step: float | None = _help("cap on the L2 length of each x step (none = no cap)", None)
     warmup: int = _help("first iterations that move z only (counted in budget)", 0)
+    tangent_step: bool = _help("on an L2-ball boundary, step along the sphere (drop the outward radial part)", False)
 
     def __post_init__(self) -> None:
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
