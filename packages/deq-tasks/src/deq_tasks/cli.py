@@ -207,7 +207,7 @@ def _task_command(name: str, factory: Any) -> click.Command:
         click.echo(f"wrote {out / 'metrics.json'}")
         click.echo(json.dumps(_headline(metrics), indent=2, default=str))
 
-    doc = (factory.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+    doc = " ".join((factory.__doc__ or "").strip().split("\n\n")[0].replace("``", "").split())
     return _TaskCommand(name, params=params, callback=callback, help=doc or f"Run the task {name!r}.",
                         context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 
