@@ -126,20 +126,24 @@ def write_datasets(folder: Path) -> dict[str, str]:
     return out
 
 
-def bench_datasets(quick: bool, seeds: tuple[int, ...]) -> list[dict[str, Any]]:
-    from deq_tasks.generative import GenerativeTask
+def bench_datasets(quick: bool, seeds: tuple[int, ...], only: tuple[str, ...] | None = None,
+                   tangent_step: bool = False) -> list[dict[str, Any]]:
+    from deq_tasks.generative import DECODER_JIIO, GenerativeTask
 
     recs = []
     with tempfile.TemporaryDirectory() as tmp:
         sets = write_datasets(Path(tmp))
         for label, path in sets.items():
+            if only and not any(label.startswith(o) for o in only):
+                continue
             for seed in seeds:
                 t = time.perf_counter()
                 task = GenerativeTask(data=path, seed=seed, vae=False, n_eval=16 if quick else 32,
-                                      steps=60 if quick else 200, n_samples_fit=100, eval_budgets=BUDGETS)
+                                      steps=60 if quick else 200, n_samples_fit=100, eval_budgets=BUDGETS,
+                                      jiio=DECODER_JIIO.replace(tangent_step=tangent_step))
                 m = task.run(Path(tmp) / f"run-{len(recs)}", progress=False)
                 recs.append(_summary("datasets", m["comparison"], {
-                    "set": label, "seed": seed, "decoder_size": m["data"]["decoder_size"],
+                    "set": label, "seed": seed, "tangent_step": tangent_step, "decoder_size": m["data"]["decoder_size"],
                     "n_train": m["data"]["n_train"], "train_final_loss": m["training"]["final_loss"],
                     "run_seconds": time.perf_counter() - t}))
     return recs
@@ -174,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=SECTIONS, action="append", default=None, help="run only these sections")
     p.add_argument("--checkpoint", default=None, help="decoder model.safetensors (generative / inverse)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the datasets section")
+    p.add_argument("--sets", nargs="+", default=None, help="datasets section: only these sets (name prefixes)")
+    p.add_argument("--tangent-step", action="store_true", help="datasets section: JIIO with tangent_step")
     p.add_argument("--json-out", default=None, help="also write all JSON records to this file")
     a = p.parse_args(argv)
     which = tuple(a.only or SECTIONS)
@@ -182,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if "generative" in which or "inverse" in which:
         recs += bench_latents(a.quick, a.checkpoint, which)
     if "datasets" in which:
-        recs += bench_datasets(a.quick, tuple(a.seeds))
+        recs += bench_datasets(a.quick, tuple(a.seeds), tuple(a.sets) if a.sets else None, a.tangent_step)
     extra_md = ""
     other = tuple(w for w in which if w in ("adversarial", "meta-learning"))
     if other:
