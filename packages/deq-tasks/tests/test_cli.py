@@ -126,6 +126,10 @@ def test_task_objects_validate_options_before_running() -> None:
     with pytest.raises(DeqConfigError):
         InverseTask(jiio_warmup=50, jiio_budget=10)
     assert GenerativeTask(jiio_alpha=0.05).config.jiio.alpha == 0.05
+    from deq_tasks.generative import DECODER_JIIO
+
+    nested = GenerativeTask(jiio=DECODER_JIIO.replace(tangent_step=True), jiio_budget=30).config.jiio
+    assert nested.tangent_step and nested.budget == 30            # a nested config object, then field overrides
     assert AdversarialTask(jiio_solver="anderson", jiio_solver_options={"m": 5}).config.jiio.make_solver().m == 5
     with pytest.raises(Exception, match="andersen"):
         AdversarialTask(jiio_solver="andersen")

@@ -206,7 +206,9 @@ class TaskBase(AbstractTask):
         elif not isinstance(config, cls):
             raise DeqConfigError(f"task {self.name!r} needs a {cls.__name__}, got {type(config).__name__}")
         if options:
-            config = _apply(config, options, self.name, [o.name for o in self.options()])
+            valid = [o.name for o in self.options()] + [f.name for f in dataclasses.fields(cls)
+                                                         if dataclasses.is_dataclass(getattr(config, f.name))]
+            config = _apply(config, options, self.name, valid)
         super().__init__(config)
 
     @classmethod
