@@ -20,6 +20,7 @@ Prints JSON lines (one per measurement) and a markdown table. ``--quick`` shrink
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -34,8 +35,9 @@ def _line(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def bench_adversarial(quick: bool, checkpoint: str | None = None) -> list[dict[str, Any]]:
-    from deq_tasks._adv_meta_utils import load_checkpoint, load_mnist
+    from deq_core import load
     from deq_tasks.adversarial import (
+        ADVERSARIAL_JIO,
         AdversarialConfig,
         adversarial_loss,
         build_classifier,
@@ -46,15 +48,18 @@ def bench_adversarial(quick: bool, checkpoint: str | None = None) -> list[dict[s
     )
 
     # the task's clean model (5 epochs, 95 % clean accuracy); --quick: 1 epoch on 1024 images
-    cfg = AdversarialConfig(n_train=1024 if quick else 4000, n_test=64, clean_epochs=1 if quick else 5)
+    from deq_tasks.data import load_labelled
+    from deq_tasks.jiio import JIIOConfig
+
+    cfg = AdversarialConfig(n_train=1024 if quick else 4000, n_test=64, epochs=1 if quick else 5)
     torch.manual_seed(0)
-    Xtr, Ytr, Xte, Yte = load_mnist(cfg.n_train, cfg.n_test, seed=0)
+    Xtr, Ytr, Xte, Yte, _ = load_labelled("mnist", size=28, n_train=cfg.n_train, n_test=cfg.n_test, seed=0)
     model = build_classifier(cfg)
     t = time.perf_counter()
     if checkpoint:
-        load_checkpoint(model, checkpoint)  # e.g. classifier_clean.safetensors of `deq tasks run adversarial`
+        load(checkpoint, model)  # e.g. classifier_clean.safetensors of `deq tasks run adversarial`
     else:
-        train_classifier(model, Xtr, Ytr, "clean", cfg, epochs=cfg.clean_epochs)
+        train_classifier(model, Xtr, Ytr, "clean", cfg, epochs=cfg.epochs)
     train_s = time.perf_counter() - t
     model.eval()
     B = 16 if quick else 32
@@ -62,7 +67,7 @@ def bench_adversarial(quick: bool, checkpoint: str | None = None) -> list[dict[s
     iters = solve_iterations(model, u)
     # warm-up (one-time lazy imports inside torch.autograd.grad cost seconds; keep them out of the timings)
     pgd_attack(model, u[:2], y[:2], 1.0, steps=1)
-    jio_attack(model, u[:2], y[:2], 1.0, budget=2, switch_at=1)
+    jio_attack(model, u[:2], y[:2], 1.0, ADVERSARIAL_JIO.replace(budget=2, switch_at=1))
     recs = []
     clean, ok = adversarial_loss(model, u, torch.zeros_like(u), y)
     t = time.perf_counter()
@@ -75,14 +80,15 @@ def bench_adversarial(quick: bool, checkpoint: str | None = None) -> list[dict[s
                        "model_train_seconds": train_s, "checkpoint": checkpoint,
                        "forward_solve_iterations": iters}))
     chosen = None
-    d = AdversarialConfig()   # the task's JIO: plain damped iteration, alpha 1.0 -> 0.1 at 5T/8
-    runs = [("JIO-paper-80 (Anderson m=20, 0.6 -> 0.2 at 50)", dict(budget=80, alpha=0.6, alpha_final=0.2,
-                                                                   switch_at=50, m=20, solver="anderson"))]
-    runs += [(f"JIO-{T}", dict(budget=T, alpha=d.jio_alpha, alpha_final=d.jio_alpha_final, switch_at=(5 * T) // 8,
-                               solver=d.jio_solver)) for T in ((40,) if quick else (30, 40, 50, 60))]
-    for name, kw in runs:
+    # the task's JIO: plain damped iteration, alpha 1.0 -> 0.1 at 5T/8; the paper's as a reference row
+    runs = [("JIO-paper-80 (Anderson m=20, 0.6 -> 0.2 at 50)",
+             JIIOConfig(budget=80, alpha=0.6, alpha_final=0.2, switch_at=50, normalized_step=True,
+                        solver="anderson", solver_options={"m": 20}))]
+    runs += [(f"JIO-{T}", ADVERSARIAL_JIO.replace(budget=T, switch_at=(5 * T) // 8))
+             for T in ((40,) if quick else (30, 40, 50, 60))]
+    for name, jcfg in runs:
         t = time.perf_counter()
-        d_jio, res = jio_attack(model, u, y, 1.0, **kw)
+        d_jio, res = jio_attack(model, u, y, 1.0, jcfg)
         t_jio = time.perf_counter() - t
         l_jio, ok_jio = adversarial_loss(model, u, d_jio, y)
         rec = _line({"bench": "adversarial", "method": name, "batch": B, "seconds": t_jio,
@@ -146,7 +152,7 @@ def bench_meta(quick: bool) -> list[dict[str, Any]]:
                        "seconds": t_maml, "support_objective": l_maml}))
     chosen = None
     for T in (10, 20, 30, 40, 60, 100):
-        c = MetaConfig(datasets=("sinusoid",), jiio_budget=T, jiio_switch_at=int(0.66 * T))
+        c = dataclasses.replace(cfg, jiio=cfg.jiio.replace(budget=T, switch_at=int(0.66 * T)))
         t = time.perf_counter()
         v_j, res = adapt_jiio(model, xs, ys, c)
         t_j = time.perf_counter() - t

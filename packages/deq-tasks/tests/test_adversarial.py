@@ -10,25 +10,27 @@ import torch.nn.functional as F
 
 from deq_core import DeqConfigError, DeqInputError
 from deq_tasks.adversarial import (
+    ADVERSARIAL_JIO,
     AdversarialConfig,
     AdversarialTask,
     adversarial_loss,
     jio_attack,
     pgd_attack,
     project_l2,
-    run,
 )
+from deq_tasks.jiio import JIIOConfig
 from deq_tasks.models.classifier import MDEQClassifier
 
 
 @pytest.fixture(scope="module")
 def trained():
     """A tiny MDEQ classifier fitted for a few steps on 64 real digits (so that attacks have something to break)."""
-    from deq_tasks._adv_meta_utils import load_mnist, make_solver
+    from deq_core import registry
+    from deq_tasks.data import load_labelled
 
     torch.manual_seed(0)
-    Xtr, Ytr, _, _ = load_mnist(64, 16, seed=0)
-    model = MDEQClassifier(channels=(4, 6), groups=2, solver=make_solver("anderson", m=5), max_steps=10,
+    Xtr, Ytr, _, _, _ = load_labelled("mnist", size=28, n_train=64, n_test=16, seed=0)
+    model = MDEQClassifier(channels=(4, 6), groups=2, solver=registry.get_solver("anderson", m=5), max_steps=10,
                            backward_steps=10)
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     for _ in range(8):
@@ -67,7 +69,8 @@ def test_pgd_stays_in_ball_and_increases_loss(trained):
 
 def test_jio_feasible_and_increases_loss(trained):
     model, u, y = trained
-    delta, res = jio_attack(model, u, y, eps=1.0, budget=25, switch_at=15, m=10)
+    delta, res = jio_attack(model, u, y, 1.0, JIIOConfig(budget=25, alpha=0.6, alpha_final=0.2, switch_at=15,
+                                                     normalized_step=True, solver_options={"m": 10}))
     assert bool((delta.flatten(1).norm(dim=1) <= 1.0 + 1e-5).all())
     assert set(res.kkt) == {"z", "mu", "x"} and res.kkt["z"].shape == (8,)
     clean, _ = adversarial_loss(model, u, torch.zeros_like(u), y)
@@ -81,7 +84,8 @@ def test_jio_feasible_and_increases_loss(trained):
 def test_nonpositive_eps_is_a_clear_error(trained, eps):
     model, u, y = trained
     for call in (lambda: project_l2(u, eps), lambda: pgd_attack(model, u, y, eps=eps, steps=1),
-                 lambda: jio_attack(model, u, y, eps=eps, budget=2), lambda: AdversarialConfig(eps=eps)):
+                 lambda: jio_attack(model, u, y, eps, ADVERSARIAL_JIO.with_budget(2)),
+                 lambda: AdversarialConfig(eps=eps)):
         with pytest.raises(DeqConfigError, match="eps"):
             call()
 
@@ -91,43 +95,58 @@ def test_bad_inputs_are_clear_errors(trained):
     with pytest.raises(DeqInputError, match="labels"):
         pgd_attack(model, u, y[:3], eps=1.0, steps=1)
     with pytest.raises(DeqInputError, match=r"\(B, 1, 28, 28\)"):
-        jio_attack(model, u[:, :, :14], y, eps=1.0, budget=2)
+        jio_attack(model, u[:, :, :14], y, 1.0, ADVERSARIAL_JIO.with_budget(2))
     with pytest.raises(DeqConfigError, match="step size"):
-        jio_attack(model, u, y, eps=1.0, budget=2, alpha=-0.1)
+        jio_attack(model, u, y, 1.0, ADVERSARIAL_JIO.replace(alpha=-0.1))
     with pytest.raises(DeqConfigError, match="lr"):
         pgd_attack(model, u, y, eps=1.0, steps=1, lr=0.0)
-    with pytest.raises(DeqConfigError, match="unknown adversarial options"):
+    with pytest.raises(DeqConfigError, match="no option 'epsilon'"):
         AdversarialTask(epsilon=1.0)
 
 
+TINY = dict(n_train=16, n_test=8, batch=16, channels=(4, 6), jiio_budget=6, jiio_switch_at=4, eval_budgets=(3,),
+            pgd_steps=2, max_steps=6, backward_steps=6, epochs=1)
+
+
 def test_tiny_run_writes_metrics_png_and_loadable_checkpoints(tmp_path):
-    cfg = dict(quick=True, n_train=16, n_test=8, batch_size=16, channels=(4, 6), jio_budget=6, jio_switch_at=4,
-               pgd_steps=2, max_steps=6, backward_steps=6, jac_reg=0.0)
-    metrics = run(cfg, tmp_path, progress=False)
+    metrics = AdversarialTask(**TINY).run(tmp_path, progress=False)
     table = metrics["accuracy"]
     assert set(table) == {"clean", "pgd", "jio"} and all(set(r) == {"clean", "pgd", "jio"} for r in table.values())
     assert json.loads((tmp_path / "metrics.json").read_text())["accuracy"] == table
-    assert (tmp_path / "adversarial_examples.png").stat().st_size > 1000
+    assert (tmp_path / "adversarial_examples.png").stat().st_size > 1000 and (tmp_path / "training.png").is_file()
+    cmp = metrics["comparison"]
+    assert [r["budget"] for r in cmp["jio"]["per_budget"]] == [3, 6] and len(cmp["pgd"]["loss_per_step"]) == 3
+    assert "jio_reaches_pgd_loss" in cmp["speedup"]
     # a later run can start from the saved clean model
-    again = AdversarialTask(**cfg).run(tmp_path / "again", checkpoint=tmp_path / "classifier_clean.safetensors",
-                                       progress_bar=False)
+    again = AdversarialTask(**TINY).run(tmp_path / "again", checkpoint=tmp_path / "classifier_clean.safetensors",
+                                        progress=False)
     assert again["checkpoint"].endswith("classifier_clean.safetensors")
     assert again["accuracy"]["clean"]["clean"] == table["clean"]["clean"]
+
+
+def test_labelled_npz_data(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "xy.npz"
+    np.savez(path, x=rng.integers(0, 255, (30, 16, 16), dtype=np.uint8), y=rng.integers(0, 3, 30))
+    metrics = AdversarialTask(**{**TINY, "n_test": 6, "n_train": 24}, data=str(path)).run(tmp_path / "o",
+                                                                                          progress=False)
+    assert metrics["data"]["n_classes"] == 3 and metrics["data"]["decoder_size"] == 28
 
 
 def test_config_rejects_unknown_jio_solver() -> None:
     from deq_core import UnknownNameError
 
     with pytest.raises(UnknownNameError, match="andersen"):
-        AdversarialConfig(jio_solver="andersen")
+        AdversarialConfig(jiio=ADVERSARIAL_JIO.replace(solver="andersen"))
 
 
 def test_jio_plain_iteration_attack_stays_in_ball_and_raises_loss(trained) -> None:
     """The task's default JIO (plain damped iteration, no Anderson) is a valid attack: inside the eps-ball and
     at least as strong as no perturbation, on every sample."""
     model, u, y = trained
-    delta, res = jio_attack(model, u, y, eps=1.0, budget=25, alpha=1.0, alpha_final=0.1, switch_at=15,
-                            solver="fixed-point")
+    delta, res = jio_attack(model, u, y, 1.0, ADVERSARIAL_JIO.replace(budget=25, switch_at=15))
     assert float(delta.flatten(1).norm(dim=1).max()) <= 1.0 + 1e-5
     clean, _ = adversarial_loss(model, u, torch.zeros_like(u), y)
     adv, _ = adversarial_loss(model, u, delta, y)

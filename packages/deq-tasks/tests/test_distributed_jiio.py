@@ -27,7 +27,7 @@ import torch
 
 from deq_core.testing import run_torchrun
 from deq_tasks.data import load_digits
-from deq_tasks.generative import build_decoder, decoder_gradient, default_jiio_config, train_decoder
+from deq_tasks.generative import DECODER_JIIO, build_decoder, decoder_gradient, train_decoder
 
 STEPS, BATCH = 3, 8
 
@@ -40,7 +40,7 @@ def _setup():
                           solver_options={"m": 5, "adaptive": False}, rtol=1e-11, atol=1e-14, max_steps=300,
                           backward_steps=300).double()
     images = load_digits("digits", n_train=64, n_test=8, seed=0).train_x.double()
-    config = default_jiio_config(10, alpha=0.1).replace(solver_options={"m": 5, "adaptive": False})
+    config = DECODER_JIIO.with_budget(10).replace(solver_options={"m": 5, "adaptive": False})
     return model, images, config
 
 

@@ -64,7 +64,7 @@ def test_warmup_and_step_cap_reach_the_same_kkt_point() -> None:
     # warm-up (z alone first, then the full map with a restarted solver) and the trust-region cap on the x step
     # change the path, not the fixed point
     prob, _, (z_star, mu_star, x_star) = _toy(5)
-    z0, x0 = torch.zeros_like(z_star), torch.zeros_like(x_star)
+    z0, x0 = torch.full_like(z_star, 0.5), torch.zeros_like(x_star)   # z0 = 0 is z*(0): no warm-up
     res = jiio_solve(prob, z0, x0, JIIOConfig(budget=200, alpha=0.3, warmup=10, max_step=0.05, solver="anderson"))
     torch.testing.assert_close(res.x, x_star, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(res.mu, mu_star, atol=1e-6, rtol=1e-6)
@@ -79,13 +79,16 @@ def test_warmup_and_step_cap_reach_the_same_kkt_point() -> None:
 
 def test_warmup_holds_mu_and_x() -> None:
     prob, _, (z_star, _, x_star) = _toy(6)
-    z0, x0 = torch.zeros_like(z_star), torch.zeros_like(x_star)
+    z0, x0 = torch.full_like(z_star, 0.5), torch.zeros_like(x_star)   # z0 = 0 is z*(0): no warm-up
     warm = jiio_solve(prob, z0, x0, JIIOConfig(budget=6, alpha=0.3, warmup=5, best_iterate=False))
     plain = jiio_solve(prob, z0, x0, JIIOConfig(budget=5, alpha=0.3, best_iterate=False))
     # after 5 warm-up iterations mu and x are still 0, so the 6th (first full) step moves x by alpha * grad_x l = 0
     # (the toy's x enters l only through lam ||x||^2 / 2 at x = 0) and mu by beta_mu * grad_z l
     assert float(warm.x.abs().max()) == 0.0
     assert float(plain.x.abs().max()) > 0.0
+    # started at the equilibrium z*(x0) there is nothing to warm up: the warm-up is skipped
+    eq = jiio_solve(prob, torch.zeros_like(z_star), x0, JIIOConfig(budget=6, alpha=0.3, warmup=5, best_iterate=False))
+    assert float(eq.x.abs().max()) > 0.0
 
 
 def test_plain_damped_iteration_also_reaches_the_kkt_point() -> None:
@@ -202,7 +205,7 @@ def test_bad_inputs_are_clear_errors() -> None:
         JIIOProblem(f=None, objective=prob.objective)  # type: ignore[arg-type]
 
 
-def test_divergence_names_the_samples_and_stops() -> None:
+def test_divergence_names_the_sample_and_the_others_go_on() -> None:
     n = 3
     scale = torch.tensor([1.0, 1e3, 1.0], dtype=D)    # sample 1's objective is 1e6 x steeper: alpha too large for it
 
@@ -211,8 +214,9 @@ def test_divergence_names_the_samples_and_stops() -> None:
     with pytest.raises(DeqSolveError, match=r"samples \[1\]") as info:
         jiio_solve(prob, z0, z0.clone(), JIIOConfig(budget=200, alpha=0.01, solver="fixed-point"))
     partial = info.value.solution
-    assert isinstance(partial, JIIOResult) and partial.steps < 200
-    assert bool(torch.isfinite(partial.x).all())
+    # the loop isolates the diverging sample (frozen at its best finite iterate); the others keep iterating
+    assert isinstance(partial, JIIOResult) and "samples [1]" in str(info.value) and "[0" not in str(info.value)
+    assert bool(torch.isfinite(partial.x).all()) and bool(torch.isfinite(partial.z).all())
 
 
 def test_best_iterate_and_traces() -> None:
@@ -267,3 +271,27 @@ def test_full_augmented_ift_matches_finite_differences_of_the_optimum() -> None:
     h = 1e-6
     fd = (x_opt(1.0 + h).sum() - x_opt(1.0 - h).sum()) / (2 * h)
     torch.testing.assert_close(s.grad, fd, atol=1e-6, rtol=1e-6)
+
+
+def test_tangent_step_keeps_the_boundary_optimum_and_leaves_interior_steps() -> None:
+    # z = f(z, x) = z / 2 + x (so z* = 2x); l = ||z - y||^2 with y / 2 outside the ball: x* = r y / ||y|| on the sphere
+    g = torch.Generator().manual_seed(0)
+    y = 6.0 * torch.randn(3, 5, generator=g, dtype=D)
+    r = 1.0
+    prob = JIIOProblem(f=lambda z, x: 0.5 * z + x, objective=lambda z, x: ((z - y) ** 2).sum(1), project=l2_ball(r))
+    x_star = r * y / y.norm(dim=1, keepdim=True)
+    z0 = torch.zeros(3, 5, dtype=D)
+    for tangent in (False, True):
+        res = jiio_solve(prob, z0, z0.clone(), JIIOConfig(budget=300, alpha=0.05, solver="fixed-point",
+                                                          tangent_step=tangent))
+        torch.testing.assert_close(res.x, x_star, atol=1e-5, rtol=1e-5)
+        assert res.stats["boundary"] == 1.0
+    # the map: an interior sample's step is untouched, a boundary sample's outward radial part is dropped
+    G = augmented_map(prob, JIIOConfig(alpha=0.1, tangent_step=True), z0, z0)
+    x = torch.stack([torch.tensor([0.5, 0, 0, 0, 0], dtype=D), torch.tensor([1.0, 0, 0, 0, 0], dtype=D),
+                     torch.tensor([1.0, 0, 0, 0, 0], dtype=D)])
+    step = torch.tensor([[-1.0, 1, 0, 0, 0], [-1.0, 1, 0, 0, 0], [1.0, 1, 0, 0, 0]], dtype=D)
+    out = G._tangent(x, step)
+    torch.testing.assert_close(out[0], step[0])                                   # interior: as is
+    torch.testing.assert_close(out[1], torch.tensor([0.0, 1, 0, 0, 0], dtype=D))  # boundary, outward: tangent only
+    torch.testing.assert_close(out[2], step[2])                                   # boundary, inward: as is

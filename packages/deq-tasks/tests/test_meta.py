@@ -9,6 +9,7 @@ import torch
 
 from deq_core import DeqConfigError, DeqInputError
 from deq_tasks.meta import (
+    META_JIIO,
     MetaConfig,
     MetaLearningTask,
     MnistFewShot,
@@ -17,18 +18,17 @@ from deq_tasks.meta import (
     adapt_maml,
     inner_objective,
     maml_inner_grad,
-    run,
     sinusoid_tasks,
 )
 from deq_tasks.models.meta_net import ContextDEQ
 
 
 def _model(dtype=torch.float32, hidden=16, context_dim=8, in_dim=1, out_dim=1):
-    from deq_tasks._adv_meta_utils import make_solver
+    from deq_core import registry
 
     torch.manual_seed(0)
-    net = ContextDEQ(in_dim, out_dim, hidden=hidden, context_dim=context_dim, solver=make_solver("anderson", m=5),
-                     max_steps=60, rtol=1e-6)
+    net = ContextDEQ(in_dim, out_dim, hidden=hidden, context_dim=context_dim,
+                     solver=registry.get_solver("anderson", m=5), max_steps=60, rtol=1e-6)
     with torch.no_grad():  # make the context matter at initialisation
         net.layer.film.weight.normal_(0, 0.5)
     return net.to(dtype)
@@ -95,8 +95,8 @@ def _support_loss(net, xs, ys, v, reg):
 def test_jiio_adaptation_lowers_support_loss_and_reports_kkt():
     net = _model()
     xs, ys, _, _ = sinusoid_tasks(6, torch.Generator().manual_seed(3))
-    cfg = MetaConfig(hidden=16, context_dim=8, jiio_budget=40, jiio_switch_at=25, jiio_alpha=2.0,
-                     jiio_alpha_final=0.5)
+    cfg = MetaConfig(hidden=16, context_dim=8, jiio=META_JIIO.replace(budget=40, switch_at=25, alpha=2.0,
+                                                                      alpha_final=0.5))
     v0 = torch.zeros(6, 8)
     v, res = adapt_jiio(net, xs, ys, cfg)
     before, after = _support_loss(net, xs, ys, v0, cfg.context_reg), _support_loss(net, xs, ys, v, cfg.context_reg)
@@ -125,11 +125,11 @@ def test_adam_and_maml_baselines_lower_support_loss():
 def test_config_and_input_errors():
     with pytest.raises(DeqConfigError, match="datasets"):
         MetaConfig(datasets=("omniglot",))
-    with pytest.raises(DeqConfigError, match="jiio_alpha"):
-        MetaConfig(jiio_alpha=-1.0)
+    with pytest.raises(DeqConfigError, match="alpha"):
+        MetaLearningTask(jiio_alpha=-1.0)
     with pytest.raises(DeqConfigError, match="n_way"):
         MetaConfig(n_way=7)
-    with pytest.raises(DeqConfigError, match="unknown meta-learning options"):
+    with pytest.raises(DeqConfigError, match="no option 'inner_steps'"):
         MetaLearningTask(inner_steps=3)
     net = _model()
     with pytest.raises(DeqInputError, match="context"):
@@ -139,27 +139,28 @@ def test_config_and_input_errors():
 
 
 def test_tiny_run_writes_outputs_and_reloads(tmp_path):
-    cfg = dict(quick=True, datasets=("sinusoid",), meta_steps=3, tasks_per_batch=4, eval_tasks=4, hidden=8,
+    cfg = dict(datasets=("sinusoid",), meta_steps=3, tasks_per_batch=4, eval_tasks=4, hidden=8,
                context_dim=4, jiio_budget=8, jiio_switch_at=5, adam_steps=2, maml_steps=1, maml_unroll=5)
-    m = run(cfg, tmp_path, progress=False)
+    m = MetaLearningTask(**cfg).run(tmp_path, progress=False)
     res = m["results"]["sinusoid"]
     assert {"none", "jiio", "adam", "maml"} <= set(res)
     assert (tmp_path / "sinusoid_fits.png").stat().st_size > 1000
-    assert (tmp_path / "metrics.json").is_file()
+    assert (tmp_path / "metrics.json").is_file() and (tmp_path / "training.png").is_file()
+    assert "adam_time_over_jiio_time" in res["speedup"]
     again = MetaLearningTask(**cfg).run(tmp_path / "again", checkpoint=tmp_path / "meta_sinusoid.safetensors",
-                                        progress_bar=False)
+                                        progress=False)
     assert again["results"]["sinusoid"]["none"]["query_loss"] == pytest.approx(res["none"]["query_loss"], rel=1e-5)
 
 
 def test_maml_runs_on_a_spectral_normed_model_in_train_mode():
     """Regression: the spectral norm's in-place power-iteration update broke torch.func (MAML) in train mode."""
-    from deq_tasks._adv_meta_utils import make_solver
+    from deq_core import registry
 
     torch.manual_seed(0)
-    net = ContextDEQ(1, 1, hidden=16, context_dim=8, solver=make_solver("anderson", m=5), max_steps=40,
+    net = ContextDEQ(1, 1, hidden=16, context_dim=8, solver=registry.get_solver("anderson", m=5), max_steps=40,
                      weight_norm=0.99, gain=2.0).train()
     xs, ys, _, _ = sinusoid_tasks(4, torch.Generator().manual_seed(0), 5, 5)
-    fast, v = adapt_maml(net, xs, ys, MetaConfig.quick(maml_unroll=5), steps=2)
+    fast, v = adapt_maml(net, xs, ys, MetaConfig(maml_unroll=5), steps=2)
     assert v.shape == (4, 8) and bool(torch.isfinite(v).all())
     assert net.training   # mode restored
     sigma = torch.linalg.matrix_norm(net.layer.W.weight.detach(), ord=2)
@@ -168,8 +169,7 @@ def test_maml_runs_on_a_spectral_normed_model_in_train_mode():
 
 def test_context_deq_gain_validated_and_slows_the_solve():
     """gain 2 with ||W|| <= 0.99 is contractive only through tanh saturation: its solve is longer than gain 1's."""
-    from deq_core import Result
-    from deq_tasks._adv_meta_utils import make_solver
+    from deq_core import Result, registry
 
     with pytest.raises(DeqConfigError, match="gain"):
         ContextDEQ(1, 1, gain=0.0)
@@ -177,7 +177,7 @@ def test_context_deq_gain_validated_and_slows_the_solve():
     steps = {}
     for gain in (1.0, 2.0):
         torch.manual_seed(0)
-        net = ContextDEQ(1, 1, hidden=32, context_dim=8, solver=make_solver("anderson", m=5), max_steps=100,
+        net = ContextDEQ(1, 1, hidden=32, context_dim=8, solver=registry.get_solver("anderson", m=5), max_steps=100,
                          weight_norm=0.99, gain=gain).eval()
         with torch.no_grad():
             net(x, torch.zeros(4, 8))
@@ -199,7 +199,20 @@ def test_dataset_defaults_fill_only_unset_fields():
     s, m = cfg.for_dataset("sinusoid"), cfg.for_dataset("mnist")
     assert s.gain == m.gain == 1.2                                   # set by the user: kept
     assert s.context_dim == DATASET_DEFAULTS["sinusoid"]["context_dim"]
-    assert m.meta_steps == DATASET_DEFAULTS["mnist"]["meta_steps"]
+    assert m.meta_steps == DATASET_DEFAULTS["images"]["meta_steps"]
     assert cfg.context_dim is None                                   # the original is unchanged
-    with pytest.raises(DeqConfigError, match="unknown dataset"):
-        cfg.for_dataset("omniglot")
+
+
+def test_few_shot_on_a_labelled_npz(tmp_path):
+    import numpy as np
+
+    from deq_tasks.meta import FewShotImages, _few_shot
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "xy.npz"
+    np.savez(path, x=rng.random((60, 10, 10)), y=np.repeat(np.arange(6), 10))
+    fs = _few_shot(MetaConfig(datasets=(str(path),), n_way=3), str(path))
+    xs, ys, xq, yq = fs.episodes(2, torch.Generator().manual_seed(0), split="test")
+    assert tuple(xs.shape) == (2, 3, 196) and tuple(yq.shape) == (2, 15)
+    with pytest.raises(DeqInputError, match="n_way"):
+        FewShotImages(torch.rand(20, 1, 14, 14), torch.arange(20) % 4, n_way=3)

@@ -31,10 +31,9 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,104 +41,79 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from deq_core import DeqConfigError, DeqInputError
+from deq_core import DeqConfigError, DeqInputError, registry
 
-from ._adv_meta_utils import (
-    config_from,
-    jsonable,
-    load_checkpoint,
-    load_mnist,
-    make_solver,
-    progress_bar,
-    save_checkpoint,
-    seed_all,
-)
+from ._base import Progress, TaskBase, check_int, check_number, help_field, save_curves, write_metrics
+from .data import load_labelled
+from .jiio import JIIOConfig, JIIOProblem, jiio_solve
 from .models.classifier import MDEQClassifier
 
 __all__ = [
-    "AdversarialConfig", "AdversarialTask", "project_l2", "check_eps", "jio_attack", "pgd_attack", "adversarial_loss",
-    "robust_accuracy", "train_classifier", "build_classifier", "solve_iterations", "run",
+    "ADVERSARIAL_JIO", "AdversarialConfig", "AdversarialTask", "adversarial_loss", "build_classifier", "check_eps",
+    "compare_attacks", "jio_attack", "pgd_attack", "project_l2", "robust_accuracy", "solve_iterations",
+    "train_classifier",
 ]
 
+MODEL_KIND = "mdeq-classifier"
 
-def _jio_solver(name: str, m: int) -> Any:
-    """The solver JIO runs on the augmented map: ``name`` from the registry, with memory ``m`` if it is
-    ``"anderson"``."""
-    return make_solver(name, **({"m": m} if name == "anderson" else {}))
+ADVERSARIAL_JIO = JIIOConfig(budget=40, alpha=1.0, alpha_final=0.1, switch_at=25, normalized_step=True,
+                             solver="fixed-point")
+"""JIO's settings (measured on the clean- and PGD-trained MNIST classifiers, 32 test images): Anderson's
+extrapolation weakens the attack (its normalized, projected step is not smooth at the ball's boundary); the plain
+damped iteration with T = 40, 1.0 -> 0.1 at 25 reaches PGD-20's adversarial loss on both (4.29 vs 4.23, 1.137 vs
+1.136), where the paper's Anderson m = 20 reaches 3.67 at T = 80."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class AdversarialConfig:
-    """Settings of the ``adversarial`` task (defaults: the paper's MNIST settings, CPU-sized training, except JIO's).
+    """Options of ``deq tasks run adversarial`` (defaults: the paper's MNIST settings, CPU-sized training, except
+    JIO's, :data:`ADVERSARIAL_JIO`)."""
 
-    Attributes:
-        eps: L2 radius of the threat model on ``[0, 1]`` pixels (> 0).
-        jio_budget, jio_alpha, jio_alpha_final, jio_switch_at, jio_solver, jio_m: JIO iterations, step size
-            before/after the switch iteration, the solver of the augmented map (``"fixed-point"`` = the damped
-            JIIO iteration itself, or ``"anderson"`` with memory ``jio_m``, the paper's choice: T = 80,
-            0.6 -> 0.2 at 50, m = 20). Measured on the clean- and PGD-trained MNIST classifiers (32 test images):
-            Anderson's extrapolation weakens the attack (its normalized, projected step is not smooth at the
-            ball's boundary); the plain iteration with T = 40, 1.0 -> 0.1 at 25 reaches PGD-20's adversarial loss
-            on both (4.29 vs 4.23, 1.137 vs 1.136), where Anderson m = 20 reaches 3.67 at T = 80.
-        loss_scale: inner loss ``-loss_scale * CE`` (the paper's 10).
-        pgd_steps, pgd_lr: PGD baseline (20 steps, lr 0.2).
-        channels, solver, max_steps, backward_steps, rtol: the DEQ classifier and its equilibrium solve
-            (papers: 18 forward / 20 backward iterations).
-        n_train, n_test: MNIST-5k split sizes (shuffled with ``seed``; disjoint).
-        clean_epochs: clean (pre-)training epochs shared by the three models; adv_epochs: adversarial fine-tuning
-            epochs of the PGD and JIO models (each starts from the clean model) over the first
-            ``adv_train_samples`` training images (``None`` = all; PGD-20 training costs ~20 DEQ solves a batch).
-        batch_size, lr, jac_reg: optimizer settings and Jacobian-regularization weight (Hutchinson, 1 probe; the
-            paper's MNIST value is 0.01, off by default here to save CPU time).
-        eval_batches: test batches attacked when scoring (``None`` = all).
-        seed: random seed.
-    """
-
-    eps: float = 1.0
-    jio_budget: int = 40
-    jio_alpha: float = 1.0
-    jio_alpha_final: float = 0.1
-    jio_switch_at: int = 25
-    jio_solver: str = "fixed-point"
-    jio_m: int = 20
-    loss_scale: float = 10.0
-    pgd_steps: int = 20
-    pgd_lr: float = 0.2
-    channels: tuple[int, int] = (16, 24)
-    solver: str = "anderson"
-    max_steps: int = 18
-    backward_steps: int = 20
-    rtol: float = 1e-4
-    n_train: int = 4000
-    n_test: int = 1000
-    clean_epochs: int = 5
-    adv_epochs: int = 1
-    adv_train_samples: int | None = 2000
-    batch_size: int = 64
-    lr: float = 3e-3
-    jac_reg: float = 0.0
-    eval_batches: int | None = None
-    seed: int = 0
+    data: str = help_field("mnist", "'mnist' (MNIST-5k) or a labelled .npz with images 'x' and integer labels 'y' "
+                                    "(resized to 28x28 gray)")
+    eps: float = help_field(1.0, "L2 radius of the threat model on [0, 1] pixels")
+    jiio: JIIOConfig = help_field(help="JIO, the attack", factory=lambda: ADVERSARIAL_JIO)
+    loss_scale: float = help_field(10.0, "JIO's inner loss is -loss_scale * CE (the paper's 10)")
+    eval_budgets: tuple[int, ...] = help_field((10, 20, 40), "JIO budgets timed against PGD on one test batch")
+    pgd_steps: int = help_field(20, "PGD baseline: steps")
+    pgd_lr: float = help_field(0.2, "PGD baseline: L2-normalized step length")
+    channels: tuple[int, int] = help_field((16, 24), "channels of the classifier's two branches")
+    solver: str = help_field("anderson", "the classifier's own equilibrium solver (registered name)")
+    max_steps: int = help_field(18, "forward solver iterations (papers: 18)")
+    backward_steps: int = help_field(20, "backward solver iterations (papers: 20)")
+    rtol: float = help_field(1e-4, "relative tolerance of the classifier's solves")
+    n_train: int | None = help_field(None, "training images (none: min(4000, all but the test set))")
+    n_test: int | None = help_field(None, "test images (none: min(1000, a fifth))")
+    epochs: int = help_field(5, "clean (pre-)training epochs shared by the three models")
+    adv_epochs: int = help_field(1, "adversarial fine-tuning epochs of the PGD and JIO models")
+    adv_train_samples: int | None = help_field(2000, "training images used for adversarial fine-tuning (none: all)")
+    batch: int = help_field(64, "batch size")
+    lr: float = help_field(3e-3, "Adam learning rate")
+    jac_reg: float = help_field(0.0, "Jacobian-regularization weight (paper's MNIST value 0.01)")
+    eval_batches: int | None = help_field(None, "test batches attacked when scoring (none: all)")
+    seed: int = help_field(0, "random seed")
 
     def __post_init__(self) -> None:
         check_eps(self.eps)
-        for name in ("jio_alpha", "jio_alpha_final", "pgd_lr", "lr", "loss_scale"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v > 0):
-                raise DeqConfigError(f"AdversarialConfig.{name} must be a positive number, got {v!r}")
-        for name in ("jio_budget", "pgd_steps", "n_train", "n_test", "batch_size", "max_steps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise DeqConfigError(f"AdversarialConfig.{name} must be an int >= 1, got {v!r}")
-        _jio_solver(self.jio_solver, self.jio_m)  # an unknown name fails here
-
-    @classmethod
-    def quick(cls, **overrides: Any) -> AdversarialConfig:
-        """A seconds-scale configuration for tests and ``--quick`` runs."""
-        base = dict(n_train=256, n_test=64, clean_epochs=1, adv_epochs=1, batch_size=64, jio_budget=30,
-                    jio_switch_at=20, pgd_steps=5, max_steps=12, backward_steps=12)
-        base.update(overrides)
-        return cls(**base)
+        for name in ("pgd_lr", "lr", "loss_scale", "rtol"):
+            check_number(self, name, getattr(self, name))
+        check_number(self, "jac_reg", self.jac_reg, allow_low=True)
+        for name in ("pgd_steps", "batch", "max_steps", "backward_steps", "epochs"):
+            check_int(self, name, getattr(self, name), 1)
+        check_int(self, "adv_epochs", self.adv_epochs, 0)
+        for name in ("n_train", "n_test", "adv_train_samples", "eval_batches"):
+            check_int(self, name, getattr(self, name), 1, optional=True)
+        if not isinstance(self.jiio, JIIOConfig):
+            raise DeqConfigError(f"AdversarialConfig.jiio must be a JIIOConfig, got {type(self.jiio).__name__}")
+        if len(tuple(self.channels)) != 2 or not all(isinstance(c, int) and c >= 2 for c in self.channels):
+            raise DeqConfigError(f"AdversarialConfig.channels must be two integers >= 2, got {self.channels!r}")
+        object.__setattr__(self, "channels", tuple(self.channels))
+        budgets = (self.eval_budgets,) if isinstance(self.eval_budgets, int) else tuple(self.eval_budgets)
+        if not budgets or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in budgets):
+            raise DeqConfigError(f"AdversarialConfig.eval_budgets must be integers >= 1, got {self.eval_budgets!r}")
+        object.__setattr__(self, "eval_budgets", budgets)
+        registry.get_solver(self.solver)
+        self.jiio.make_solver()   # an unknown solver name fails here
 
 
 def check_eps(eps: float) -> None:
@@ -174,17 +148,15 @@ def adversarial_loss(model: MDEQClassifier, u: Tensor, delta: Tensor, y: Tensor)
         return F.cross_entropy(logits, y, reduction="none"), logits.argmax(1) == y
 
 
-def jio_attack(model: MDEQClassifier, u: Tensor, y: Tensor, eps: float = 1.0, *, budget: int = 80,
-               alpha: float = 0.6, alpha_final: float = 0.2, switch_at: int = 50, m: int = 20,
-               loss_scale: float = 10.0, solver: str = "anderson") -> tuple[Tensor, Any]:
+def jio_attack(model: MDEQClassifier, u: Tensor, y: Tensor, eps: float = 1.0, config: JIIOConfig | None = None, *,
+               loss_scale: float = 10.0) -> tuple[Tensor, Any]:
     """JIO: the adversarial perturbation ``delta*`` (``||delta*||_2 <= eps``) from one augmented JIIO solve.
 
     Arguments:
         model: the DEQ classifier (its parameters are not changed).
         u: images (B, 1, 28, 28) in ``[0, 1]``; y: labels (B,).
-        eps: L2 radius; budget, alpha, alpha_final, switch_at, m: JIIO settings (paper: 80, 0.6, 0.2, 50, 20).
-        solver: ``"anderson"`` (memory ``m``, the paper's) or any registered solver name for the augmented map
-            (``"fixed-point"``: the plain damped JIIO iteration, the task's default, see :class:`AdversarialConfig`).
+        eps: L2 radius; config: the JIIO settings (default :data:`ADVERSARIAL_JIO`; the paper's: T = 80,
+            0.6 -> 0.2 at 50, Anderson m = 20, normalized step).
         loss_scale: the engine maximizes ``loss_scale * CE`` per sample (descends ``-loss_scale * CE``).
 
     Returns:
@@ -194,10 +166,9 @@ def jio_attack(model: MDEQClassifier, u: Tensor, y: Tensor, eps: float = 1.0, *,
         DeqConfigError: ``eps <= 0`` or a bad JIIO setting.
         DeqInputError: images or labels of the wrong shape.
     """
-    from .jiio import JIIOConfig, JIIOProblem, jiio_solve
-
     check_eps(eps)
     _check_batch(model, u, y)
+    config = ADVERSARIAL_JIO if config is None else config
     u = u.detach()
 
     def f(z: Tensor, delta: Tensor) -> Tensor:
@@ -207,9 +178,6 @@ def jio_attack(model: MDEQClassifier, u: Tensor, y: Tensor, eps: float = 1.0, *,
         return loss_scale * F.cross_entropy(model.logits(z), y, reduction="none")
 
     problem = JIIOProblem(f=f, objective=objective, project=lambda d: project_l2(d, eps), maximize=True)
-    config = JIIOConfig(budget=budget, alpha=alpha, alpha_final=alpha_final, switch_at=switch_at,
-                        normalized_step=True, solver=_jio_solver(solver, m),
-                        best_iterate=True)
     was_training = model.training
     model.eval()
     try:
@@ -221,8 +189,11 @@ def jio_attack(model: MDEQClassifier, u: Tensor, y: Tensor, eps: float = 1.0, *,
 
 
 def pgd_attack(model: MDEQClassifier, u: Tensor, y: Tensor, eps: float = 1.0, *, steps: int = 20,
-               lr: float = 0.2) -> Tensor:
+               lr: float = 0.2, trace: list[tuple[float, float]] | None = None) -> Tensor:
     """PGD with L2-normalized gradient steps from ``delta = 0``; each step a full DEQ solve + implicit backward.
+
+    ``trace``: if a list is given, ``(seconds since the start, mean CE at the equilibrium)`` is appended before
+    each step (the CE of that step's forward solve); the final point is the caller's to score.
 
     Returns:
         ``delta`` (B, 1, 28, 28) with ``||delta||_2 <= eps`` per sample.
@@ -231,20 +202,21 @@ def pgd_attack(model: MDEQClassifier, u: Tensor, y: Tensor, eps: float = 1.0, *,
         DeqConfigError: ``eps <= 0``, ``steps < 1`` or ``lr <= 0``.
     """
     check_eps(eps)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise DeqConfigError(f"steps must be an int >= 1, got {steps!r}")
-    if not lr > 0:
-        raise DeqConfigError(f"lr must be > 0, got {lr!r}")
+    check_int(None, "steps", steps, 1)
+    check_number(None, "lr", lr)
     _check_batch(model, u, y)
     was_training = model.training
     model.eval()
     delta = torch.zeros_like(u)
+    t0 = time.perf_counter()
     try:
         for _ in range(steps):
             delta.requires_grad_(True)
             with torch.enable_grad():
                 loss = F.cross_entropy(model(u.detach() + delta), y, reduction="sum")
                 (g,) = torch.autograd.grad(loss, delta)
+            if trace is not None:
+                trace.append((time.perf_counter() - t0, float(loss.detach()) / len(y)))
             gn = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
             delta = project_l2(delta.detach() + lr * g / gn, eps)
     finally:
@@ -258,47 +230,91 @@ def _attack(model: MDEQClassifier, kind: str, u: Tensor, y: Tensor, cfg: Adversa
     if kind == "pgd":
         return pgd_attack(model, u, y, cfg.eps, steps=cfg.pgd_steps, lr=cfg.pgd_lr)
     if kind == "jio":
-        return jio_attack(model, u, y, cfg.eps, budget=cfg.jio_budget, alpha=cfg.jio_alpha,
-                          alpha_final=cfg.jio_alpha_final, switch_at=min(cfg.jio_switch_at, cfg.jio_budget),
-                          m=cfg.jio_m, loss_scale=cfg.loss_scale, solver=cfg.jio_solver)[0]
+        return jio_attack(model, u, y, cfg.eps, cfg.jiio, loss_scale=cfg.loss_scale)[0]
     raise DeqConfigError(f"unknown attack {kind!r}; expected one of clean, pgd, jio")
 
 
+def _batches(X: Tensor, Y: Tensor, cfg: AdversarialConfig) -> list[tuple[Tensor, Tensor]]:
+    batches = list(zip(X.split(cfg.batch), Y.split(cfg.batch)))
+    return batches if cfg.eval_batches is None else batches[: cfg.eval_batches]
+
+
 def robust_accuracy(model: MDEQClassifier, X: Tensor, Y: Tensor, attack: str, cfg: AdversarialConfig,
-                    progress: bool = False) -> float:
+                    progress: Progress | None = None) -> float:
     """Accuracy (%) on ``(X, Y)`` under ``attack`` in {clean, pgd, jio}, scored on re-solved equilibria."""
     correct, total = 0, 0
-    batches = list(zip(X.split(cfg.batch_size), Y.split(cfg.batch_size)))
-    if cfg.eval_batches is not None:
-        batches = batches[: cfg.eval_batches]
-    for u, y in progress_bar(batches, desc=f"eval {attack}", disable=not progress):
+    for u, y in _batches(X, Y, cfg):
         delta = _attack(model, attack, u, y, cfg)
         _, ok = adversarial_loss(model, u, delta, y)
         correct += int(ok.sum())
         total += len(y)
+        if progress is not None:
+            progress.update()
     return 100.0 * correct / max(total, 1)
 
 
-def build_classifier(cfg: AdversarialConfig) -> MDEQClassifier:
-    return MDEQClassifier(channels=tuple(cfg.channels), solver=make_solver(cfg.solver), max_steps=cfg.max_steps,
-                          rtol=cfg.rtol, backward_steps=cfg.backward_steps, jac_reg_probes=1 if cfg.jac_reg > 0 else 0)
+def compare_attacks(model: MDEQClassifier, u: Tensor, y: Tensor, cfg: AdversarialConfig) -> dict[str, Any]:
+    """JIO at each of ``cfg.eval_budgets`` (and ``cfg.jiio.budget``) against PGD on the same batch, both scored by
+    the mean CE at an equilibrium re-solved from zero at ``u + delta``; wall times of the whole attacks.
+
+    Returns:
+        ``{"pgd": {loss per step, seconds per step, final loss, seconds}, "jio": [per budget: loss, seconds],
+        "speedup": {"pgd_time_to_jio_loss_over_jio_time" (at ``cfg.jiio.budget``; null if PGD never reaches it),
+        "jio_reaches_pgd_loss": first budget whose loss >= PGD's final one, its seconds and PGD's time / its time}}``.
+    """
+    pgd_attack(model, u[:2], y[:2], cfg.eps, steps=1)             # first-call costs paid by neither attack
+    jio_attack(model, u[:2], y[:2], cfg.eps, cfg.jiio.with_budget(2), loss_scale=cfg.loss_scale)
+    trace: list[tuple[float, float]] = []
+    t = time.perf_counter()
+    d = pgd_attack(model, u, y, cfg.eps, steps=cfg.pgd_steps, lr=cfg.pgd_lr, trace=trace)
+    loss, _ = adversarial_loss(model, u, d, y)
+    t_pgd = time.perf_counter() - t
+    times = [p[0] for p in trace] + [t_pgd]
+    losses = [p[1] for p in trace] + [float(loss.mean())]
+    rows = []
+    for b in sorted(set(cfg.eval_budgets) | {cfg.jiio.budget}):
+        t = time.perf_counter()
+        d, res = jio_attack(model, u, y, cfg.eps, cfg.jiio.with_budget(b), loss_scale=cfg.loss_scale)
+        jl, ok = adversarial_loss(model, u, d, y)
+        secs = time.perf_counter() - t
+        hit = [i for i, v in enumerate(losses) if v >= float(jl.mean())]
+        rows.append({"budget": b, "seconds": secs, "loss": float(jl.mean()),
+                     "robust_acc": 100 * float(ok.float().mean()),
+                     "pgd_steps_to_reach": hit[0] if hit else None,
+                     "speedup_at_equal_loss": times[hit[0]] / secs if hit else None,
+                     "on_boundary": res.stats.get("boundary")})
+    main = next(r for r in rows if r["budget"] == cfg.jiio.budget)
+    reach = next((r for r in rows if r["loss"] >= losses[-1]), None)
+    return {"n": len(y), "loss": "mean cross entropy at the re-solved equilibrium",
+            "pgd": {"steps": cfg.pgd_steps, "lr": cfg.pgd_lr, "seconds": t_pgd, "loss": losses[-1],
+                    "loss_per_step": losses, "seconds_per_step": times},
+            "jio": {"budget": cfg.jiio.budget, "loss": main["loss"], "seconds": main["seconds"], "per_budget": rows},
+            "speedup": {"pgd_time_to_jio_loss_over_jio_time": main["speedup_at_equal_loss"],
+                        "jio_reaches_pgd_loss": None if reach is None else {
+                            "budget": reach["budget"], "seconds": reach["seconds"],
+                            "speedup": t_pgd / reach["seconds"]}}}
+
+
+def build_classifier(cfg: AdversarialConfig, num_classes: int = 10) -> MDEQClassifier:
+    return MDEQClassifier(channels=tuple(cfg.channels), num_classes=num_classes, solver=registry.get_solver(cfg.solver),
+                          max_steps=cfg.max_steps, rtol=cfg.rtol, backward_steps=cfg.backward_steps,
+                          jac_reg_probes=1 if cfg.jac_reg > 0 else 0)
 
 
 def train_classifier(model: MDEQClassifier, X: Tensor, Y: Tensor, mode: str, cfg: AdversarialConfig, *,
-                     epochs: int, progress: bool = False) -> list[float]:
+                     epochs: int, progress: Progress | None = None) -> list[float]:
     """Train ``model`` in place for ``epochs`` on ``(X, Y)``; ``mode`` in {clean, pgd, jio} picks the training
     perturbation (the attack's ``delta*`` is a constant for the parameter gradient). Returns per-batch losses."""
     if mode not in ("clean", "pgd", "jio"):
         raise DeqConfigError(f"unknown training mode {mode!r}; expected one of clean, pgd, jio")
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    n_batches = epochs * math.ceil(len(X) / cfg.batch_size)
+    n_batches = epochs * math.ceil(len(X) / cfg.batch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(n_batches, 1), eta_min=cfg.lr * 1e-2)
     losses: list[float] = []
     gen = torch.Generator().manual_seed(cfg.seed + 17)
-    bar = progress_bar(total=n_batches, desc=f"train {mode}", disable=not progress)
     for _ in range(epochs):
         perm = torch.randperm(len(X), generator=gen)
-        for idx in perm.split(cfg.batch_size):
+        for idx in perm.split(cfg.batch):
             u, y = X[idx], Y[idx]
             delta = _attack(model, mode, u, y, cfg)
             model.train()
@@ -312,9 +328,9 @@ def train_classifier(model: MDEQClassifier, X: Tensor, Y: Tensor, mode: str, cfg
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", steps=int(info.stats.steps.float().mean()) if info else -1)
-    bar.close()
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{losses[-1]:.3f}")
     return losses
 
 
@@ -375,98 +391,93 @@ def _example_grid(u: Tensor, d_pgd: Tensor, d_jio: Tensor, path: Path, preds: di
     plt.close(fig)
 
 
-def run(config: AdversarialConfig | dict[str, Any] | None = None, out_dir: str | Path = "runs/adversarial",
-        progress: bool = True, checkpoint: str | Path | None = None) -> dict[str, Any]:
-    """Train clean / PGD / JIO DEQ classifiers on MNIST-5k and fill the 3x3 accuracy table.
-
-    The clean model is trained first (or loaded from ``checkpoint``); the PGD and JIO models start from it and are
-    fine-tuned adversarially for ``adv_epochs``. Writes ``metrics.json``, ``adversarial_examples.png`` and one
-    safetensors checkpoint per model (``classifier_{clean,pgd,jio}.safetensors``) into ``out_dir``.
-
-    Arguments:
-        config: an :class:`AdversarialConfig`, a dict of its fields, or ``None`` for the defaults
-            (``{"quick": True, ...}`` starts from :meth:`AdversarialConfig.quick`).
-        out_dir: output directory (created).
-        progress: show tqdm progress bars.
-        checkpoint: a ``classifier_*.safetensors`` from an earlier run to use as the clean model.
-
-    Returns:
-        the metrics dict (also in ``metrics.json``).
-    """
-    cfg = _as_config(config)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    seed_all(cfg.seed)
-    Xtr, Ytr, Xte, Yte = load_mnist(cfg.n_train, cfg.n_test, cfg.seed)
-    t0 = time.perf_counter()
-    base = build_classifier(cfg)
-    train_seconds: dict[str, float] = {}
-    if checkpoint is not None:
-        load_checkpoint(base, checkpoint)
-    else:
-        t = time.perf_counter()
-        train_classifier(base, Xtr, Ytr, "clean", cfg, epochs=cfg.clean_epochs, progress=progress)
-        train_seconds["clean"] = time.perf_counter() - t
-    models = {"clean": base}
-    for mode in ("pgd", "jio"):
-        m = build_classifier(cfg)
-        m.load_state_dict(base.state_dict())
-        t = time.perf_counter()
-        n_adv = len(Xtr) if cfg.adv_train_samples is None else min(cfg.adv_train_samples, len(Xtr))
-        train_classifier(m, Xtr[:n_adv], Ytr[:n_adv], mode, cfg, epochs=cfg.adv_epochs, progress=progress)
-        train_seconds[mode] = time.perf_counter() - t
-        models[mode] = m
-    table: dict[str, dict[str, float]] = {}
-    for name, m in models.items():
-        table[name] = {a: robust_accuracy(m, Xte, Yte, a, cfg, progress=progress) for a in ("clean", "pgd", "jio")}
-    iters = solve_iterations(base, Xte[:64])
-    u, y = Xte[:8], Yte[:8]
-    d_pgd = _attack(base, "pgd", u, y, cfg)
-    d_jio = _attack(base, "jio", u, y, cfg)
-    preds = {}
-    with torch.no_grad():
-        base.eval()
-        for k, d in (("clean", torch.zeros_like(u)), ("pgd", d_pgd), ("jio", d_jio)):
-            preds[k] = base(u + d).argmax(1)
-    _example_grid(u, d_pgd, d_jio, out / "adversarial_examples.png", preds)
-    for name, m in models.items():
-        save_checkpoint(m, out / f"classifier_{name}.safetensors",
-                        {"task": "adversarial", "trained_with": name, "model": m.hparams,
-                         "config": jsonable(asdict(cfg))})
-    metrics = {
-        "task": "adversarial",
-        "config": jsonable(asdict(cfg)),
-        "checkpoint": None if checkpoint is None else str(checkpoint),
-        "accuracy": table,
-        "rows_trained_with": ["clean", "pgd", "jio"],
-        "columns_attack": ["clean", "pgd", "jio"],
-        "robust_gap_pgd_points": abs(table["pgd"]["pgd"] - table["jio"]["pgd"]),
-        "train_seconds": train_seconds,
-        "forward_solve_iterations": iters,
-        "total_seconds": time.perf_counter() - t0,
-    }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
-
-
-class AdversarialTask:
+class AdversarialTask(TaskBase):
     """``deq tasks run adversarial``: clean / PGD-20 / JIO adversarial training of an MDEQ-style DEQ classifier
-    on MNIST-5k (L2, eps = 1) and the 3x3 clean / PGD / JIO accuracy table.
+    (L2 ball, eps 1 on [0, 1] pixels), the 3x3 clean / PGD / JIO accuracy table, and JIO against PGD-20 at equal
+    attack loss on one test batch (``compare_attacks``).
 
-    Options: every field of :class:`AdversarialConfig` (``--eps 1.0 --n_train 4000 ...``) and ``quick``.
+    The clean model is trained first (or loaded from ``--checkpoint``, a ``classifier_*.safetensors``); the PGD and
+    JIO models start from it and are fine-tuned adversarially for ``adv_epochs``. Writes ``metrics.json``,
+    ``adversarial_examples.png``, ``training.png`` (the loss curves) and ``classifier_{clean,pgd,jio}.safetensors``.
+
+    Example:
+        >>> AdversarialTask(jiio_budget=30).config.jiio.budget
+        30
     """
 
     name = "adversarial"
+    Config = AdversarialConfig
 
-    def __init__(self, **options: Any) -> None:
-        self.options = dict(options)
-        self.config = _as_config(self.options)  # validates now: a typo fails before training starts
-
-    def run(self, out: str | Path, *, checkpoint: str | Path | None = None, progress_bar: bool = True,
-            progress: bool | None = None) -> dict[str, Any]:
-        show = progress_bar if progress is None else progress
-        return run(self.config, out, progress=show, checkpoint=checkpoint)
-
-
-def _as_config(config: AdversarialConfig | dict[str, Any] | None) -> AdversarialConfig:
-    return config_from(AdversarialConfig, config, "adversarial", {"epochs": ("clean_epochs", int)})
+    def run(self, out: str | Path, *, checkpoint: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+        c = self.config
+        out, _ = self.prepare(out)
+        Xtr, Ytr, Xte, Yte, info = load_labelled(c.data, size=28, n_train=c.n_train, n_test=c.n_test, seed=c.seed)
+        n_classes = int(info["n_classes"])
+        t0 = time.perf_counter()
+        base = build_classifier(c, n_classes)
+        if checkpoint is not None:
+            state, meta = self.read_checkpoint(checkpoint, [MODEL_KIND])
+            hp = meta.get("hparams", {})
+            if hp.get("num_classes", n_classes) != n_classes:
+                raise DeqInputError(f"checkpoint {str(checkpoint)!r} classifies {hp.get('num_classes')} classes, "
+                                    f"the data has {n_classes}")
+            self.load_state(base, state, checkpoint)
+        n_adv = len(Xtr) if c.adv_train_samples is None else min(c.adv_train_samples, len(Xtr))
+        per_epoch = math.ceil(len(Xtr) / c.batch)
+        n_eval = len(_batches(Xte, Yte, c))
+        total = (0 if checkpoint is not None else c.epochs * per_epoch) + 2 * c.adv_epochs * math.ceil(n_adv / c.batch)
+        bar = self.progress(total + 9 * n_eval + 2, progress)
+        curves: dict[str, list[float]] = {}
+        seconds: dict[str, float] = {}
+        try:
+            if checkpoint is None:
+                bar.stage("train clean")
+                t = time.perf_counter()
+                curves["clean"] = train_classifier(base, Xtr, Ytr, "clean", c, epochs=c.epochs, progress=bar)
+                seconds["clean"] = time.perf_counter() - t
+            models = {"clean": base}
+            for mode in ("pgd", "jio"):
+                m = build_classifier(c, n_classes)
+                m.load_state_dict(base.state_dict())
+                bar.stage(f"train {mode}")
+                t = time.perf_counter()
+                curves[mode] = train_classifier(m, Xtr[:n_adv], Ytr[:n_adv], mode, c, epochs=c.adv_epochs,
+                                                progress=bar)
+                seconds[mode] = time.perf_counter() - t
+                models[mode] = m
+            table: dict[str, dict[str, float]] = {}
+            for name, m in models.items():
+                table[name] = {}
+                for a in ("clean", "pgd", "jio"):
+                    bar.stage(f"evaluate {name} model under {a}")
+                    table[name][a] = robust_accuracy(m, Xte, Yte, a, c, progress=bar)
+            bar.stage("JIO vs PGD")
+            u, y = Xte[: c.batch], Yte[: c.batch]
+            comparison = compare_attacks(base, u, y, c)
+            iters = solve_iterations(base, Xte[:64])
+            bar.update()
+            d_pgd, d_jio = _attack(base, "pgd", u[:8], y[:8], c), _attack(base, "jio", u[:8], y[:8], c)
+            preds = {}
+            with torch.no_grad():
+                base.eval()
+                for k, d in (("clean", torch.zeros_like(u[:8])), ("pgd", d_pgd), ("jio", d_jio)):
+                    preds[k] = base(u[:8] + d).argmax(1)
+            _example_grid(u[:8], d_pgd, d_jio, out / "adversarial_examples.png", preds)
+            bar.update()
+        finally:
+            bar.close()
+        for name, m in models.items():
+            self.save_checkpoint(out / f"classifier_{name}.safetensors", m, MODEL_KIND,
+                                 {**m.hparams, "num_classes": n_classes}, trained_with=name)
+        if curves:
+            save_curves(out / "training.png", {f"{k} training loss": v for k, v in curves.items()}, xlabel="batch")
+        metrics = {
+            "task": self.name, "config": c, "data": info,
+            "checkpoint": None if checkpoint is None else str(checkpoint),
+            "accuracy": table, "rows_trained_with": ["clean", "pgd", "jio"], "columns_attack": ["clean", "pgd", "jio"],
+            "robust_gap_pgd_points": abs(table["pgd"]["pgd"] - table["jio"]["pgd"]),
+            "comparison": comparison, "training": {"seconds": seconds, "loss_curves": curves},
+            "forward_solve_iterations": iters, "total_seconds": time.perf_counter() - t0,
+        }
+        write_metrics(out, metrics)
+        return metrics

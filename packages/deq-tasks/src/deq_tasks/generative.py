@@ -1,12 +1,16 @@
 """Generative modelling with a decoder-only DEQ whose latent codes are optimized per sample by JIIO.
 
 Model: ``y_hat = h(z*)``, ``z* = f(z*, x)`` (:class:`~deq_tasks.models.MDEQDecoder`); there is no encoder: each
-image's latent ``x`` solves ``min_x sum_pixels (h(z) - y)^2`` s.t. ``z = f(z, x)`` (GLO-like), found by
+image's latent ``x`` solves ``min_{||x|| <= sqrt(L)} sum_pixels (h(z) - y)^2`` s.t. ``z = f(z, x)`` (GLO-like), by
 
 * **JIIO** (:func:`jiio_latents`): one augmented equilibrium over ``(z, mu, x)``, ``T`` iterations of about one
   ``f`` and one VJP each, or
-* the **baseline** (:func:`adam_latents`): Adam on ``x`` from 0 (40 steps, lr 1.0, as in the release), each step a
-  full DEQ forward solve plus an implicit backward solve.
+* the **baseline** (:func:`adam_latents`): projected Adam on ``x`` from 0 (40 steps, lr 1.0, as in the release),
+  each step a full DEQ forward solve plus an implicit backward solve.
+
+Both run on the same images with the same latent ball as training. Everything reported is scored at an
+equilibrium: JIIO's ``x*`` is re-decoded by a plain DEQ solve ``z = f(z, x*)`` (warm-started from JIIO's ``z``,
+timed as part of JIIO), since JIIO's last iterate need not satisfy ``z = f(z, x*)`` (:func:`compare_latents`).
 
 Training ``theta`` (:func:`train_decoder`): JIIO without autograd gives ``(z*, mu*, x*)``; ``x*`` is a constant
 (exact at the optimum by the envelope theorem, as the outer loss is the inner one); ``f(z*, x*)`` is evaluated once
@@ -15,14 +19,16 @@ with autograd and its backward solves the DEQ adjoint warm-started from ``mu*`` 
 
 Samples: a Gaussian mixture (scikit-learn) fitted to the JIIO codes of training images, decoded. Comparison
 (the paper's table 1): a VAE (small conv encoder) on the same DEQ decoder architecture, scored by test
-reconstruction MSE and a Fréchet distance in the features of a digit classifier trained here.
+reconstruction MSE and, on the labelled built-in sets, a Fréchet distance in the features of a digit classifier
+trained here.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,42 +36,44 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deq_core import DeqConfigError, load, save
+from deq_core import DeqConfigError, DeqInputError
 from deq_core.nn import frozen_weights
 
-from ._common import frozen_params, progress, save_grid, seed_all, write_metrics
-from .data import DigitData, load_digits, psnr
+from ._base import (
+    Progress,
+    TaskBase,
+    check_int,
+    check_number,
+    frozen_params,
+    help_field,
+    save_curves,
+    save_grid,
+    write_metrics,
+)
+from .data import ImageData, load_images, psnr
 from .jiio import JIIOConfig, JIIOProblem, JIIOResult, equilibrium_with_grad, jiio_solve, l2_ball
 from .models.decoder import MDEQDecoder
 from .models.features import frechet_distance, train_feature_net
 
 __all__ = [
-    "DecoderTaskOptions", "GenerativeTask", "VAE", "adam_latents", "build_decoder", "decoder_gradient",
-    "decoder_problem", "default_jiio_config", "encode", "jiio_latents", "latent_radius", "load_decoder",
+    "DECODER_JIIO", "DecoderConfig", "GenerativeConfig", "GenerativeTask", "VAE", "adam_latents", "build_decoder",
+    "compare_latents", "decoder_gradient", "decoder_problem", "encode", "jiio_latents", "latent_radius",
     "train_decoder", "train_vae",
 ]
 
+MODEL_KIND = "mdeq-decoder"
 
-def default_jiio_config(budget: int = 100, *, alpha: float = 0.1, alpha_final: float | None = 0.1 / 3,
-                        m: int = 30, warmup: int = 5) -> JIIOConfig:
-    """JIIO settings for decoder latents (sum-of-squares inner loss over pixels; Anderson on the stacked state).
+DECODER_JIIO = JIIOConfig(budget=60, alpha=0.1, alpha_final=0.1 / 3, beta_z=1.0, beta_mu=0.6, solver="anderson",
+                          solver_options={"m": 30}, warmup=5, x_scale="alpha")
+"""JIIO settings for decoder latents (sum-of-squares inner loss over pixels; Anderson on the stacked state).
 
-    Anderson memory 30, an undamped ``z`` update (``beta_z = 1``; Anderson does the mixing; ``beta_mu`` stays
-    0.6) and the stacked state holding ``x / alpha`` (``x_scale="alpha"``): the ``x`` residual Anderson sees is
-    then ``d_x`` itself, on the scale of the ``z`` and ``mu`` residuals. Measured on the MNIST decoder (16 held-out
-    digits, objective re-solved at ``x*``): after 60 iterations 36.4 with the release's settings (``beta_z = 0.8``,
-    raw ``x``, ``m = 20``), 29.0 with these and ``m = 40``; Adam-40 ends at 27.6. Memory 30 rather than the
-    release's 40: Anderson's two passes over its ``(B, m, N)`` history are memory-bound and cost as much as the
-    reverse pass of ``f`` at ``m = 40`` (batch 32: 4.4 ms against 4.0 ms per iteration). On the benchmark's decoder
-    each memory reached Adam-40's objective within 100 iterations on 2 of 3 problems (30: generative at T = 80,
-    inpainting; 40: generative at T = 80, denoising), 30 at about 10 % less time per iteration.
-
-    ``warmup`` (capped at ``budget // 4``) iterations of ``z`` alone come first: from ``z = 0`` the decoder's
-    ``df/dz`` is not contractive (its ``tanh`` are unsaturated there), an adjoint iterated from the start overshoots
-    its fixed point hundreds of times and throws the latent away (:class:`~deq_tasks.jiio.JIIOConfig`).
-    """
-    return JIIOConfig(budget=budget, alpha=alpha, alpha_final=alpha_final, beta_z=1.0, beta_mu=0.6,
-                      solver="anderson", solver_options={"m": m}, warmup=min(warmup, budget // 4), x_scale="alpha")
+Anderson memory 30, an undamped ``z`` update (``beta_z = 1``; Anderson does the mixing; ``beta_mu`` stays 0.6) and
+the stacked state holding ``x / alpha`` (``x_scale="alpha"``): the ``x`` residual Anderson sees is then ``d_x``
+itself, on the scale of the ``z`` and ``mu`` residuals. Measured on the MNIST decoder (16 held-out digits,
+objective re-solved at ``x*``): after 60 iterations 36.4 with the release's settings (``beta_z = 0.8``, raw ``x``,
+``m = 20``), 29.0 with these and ``m = 40``; Adam-40 ends at 27.6. ``warmup`` (capped at ``budget // 4`` by
+:meth:`~deq_tasks.jiio.JIIOConfig.with_budget`): ``z`` alone first, as from ``z = 0`` the decoder's ``df/dz`` is not
+contractive and an adjoint iterated from the start throws the latent away."""
 
 
 def latent_radius(model: MDEQDecoder) -> float:
@@ -110,7 +118,7 @@ def decoder_problem(model: MDEQDecoder, target: Tensor, mask: Tensor | None = No
 def jiio_latents(model: MDEQDecoder, target: Tensor, mask: Tensor | None = None,
                  config: JIIOConfig | None = None, radius: float | None = None) -> JIIOResult:
     """JIIO latent codes for ``target`` images, starting from ``z = mu = x = 0``."""
-    config = default_jiio_config() if config is None else config
+    config = DECODER_JIIO if config is None else config
     x0 = target.new_zeros(target.shape[0], model.latent_dim)
     with torch.no_grad(), frozen_weights(model):
         return jiio_solve(decoder_problem(model, target, mask, radius), model.init_state(x0), x0, config)
@@ -169,7 +177,8 @@ def decode(model: MDEQDecoder, x: Tensor, batch: int = 256) -> Tensor:
 
 def encode(model: MDEQDecoder, images: Tensor, config: JIIOConfig | None = None, batch: int = 128,
            mask: Tensor | None = None, radius: float | None = None) -> tuple[Tensor, Tensor]:
-    """JIIO latents and reconstructions ``h(z*)`` of ``images`` (chunked)."""
+    """JIIO latents ``x*`` of ``images`` and their reconstructions at an equilibrium: ``h(z)`` with ``z = f(z, x*)``
+    re-solved (warm-started from JIIO's ``z``, which need not be an equilibrium at ``x*``), in chunks."""
     xs, recs = [], []
     for i in range(0, len(images), batch):
         y = images[i:i + batch]
@@ -177,7 +186,7 @@ def encode(model: MDEQDecoder, images: Tensor, config: JIIOConfig | None = None,
         res = jiio_latents(model, y, m, config, radius)
         xs.append(res.x)
         with torch.no_grad():
-            recs.append(model.head(res.z))
+            recs.append(model(res.x, res.z)[0])
     return torch.cat(xs), torch.cat(recs)
 
 
@@ -213,7 +222,7 @@ def decoder_gradient(model: MDEQDecoder, y: Tensor, obs: Tensor, mask: Tensor | 
 
 def train_decoder(model: MDEQDecoder, images: Tensor, *, steps: int, batch: int = 32, lr: float = 1e-3,
                   config: JIIOConfig | None = None, corrupt: Any = None, seed: int = 0, jac_reg: float = 0.1,
-                  show_progress: bool = False, desc: str = "train",
+                  progress: Progress | None = None, desc: str = "train",
                   radius: float | None = None) -> list[dict[str, float]]:
     """Train ``theta`` through JIIO (module docstring). ``corrupt(y, generator) -> (observed, mask or None)`` turns
     the clean batch into the inner problem's observation (inverse tasks); the outer loss is always vs clean ``y``.
@@ -231,12 +240,12 @@ def train_decoder(model: MDEQDecoder, images: Tensor, *, steps: int, batch: int 
     Returns per-step logs (outer loss, inner objective per pixel, KKT residuals; this rank's shard)."""
     from deq_core.distributed import average_gradients, rank_shard
 
-    config = default_jiio_config(40) if config is None else config
+    config = DECODER_JIIO.with_budget(20) if config is None else config
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=1e-6)
     logs = []
-    bar = progress(steps, desc, show_progress)
+    bar = progress if progress is not None else Progress(steps, desc, False)
     model.train()
     shard = rank_shard(batch)
     for _ in range(steps):
@@ -254,7 +263,6 @@ def train_decoder(model: MDEQDecoder, images: Tensor, *, steps: int, batch: int 
         logs.append(log)
         bar.set_postfix(loss=f"{log['loss']:.4f}")
         bar.update()
-    bar.close()
     model.eval()
     return logs
 
@@ -277,7 +285,7 @@ class VAE(nn.Module):
 
 
 def train_vae(vae: VAE, images: Tensor, *, steps: int, batch: int = 32, lr: float = 1e-3, seed: int = 0,
-              jac_reg: float = 0.1, show_progress: bool = False) -> list[dict[str, float]]:
+              jac_reg: float = 0.1, progress: Progress | None = None) -> list[dict[str, float]]:
     """ELBO with a KL warm-up ``min(step / (steps / 2), 1)`` and the KL divided by the pixel count (as the release);
     ``jac_reg`` as in :func:`train_decoder` (the same decoder needs the same guard against becoming
     non-contractive)."""
@@ -285,7 +293,7 @@ def train_vae(vae: VAE, images: Tensor, *, steps: int, batch: int = 32, lr: floa
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=1e-6)
     logs = []
-    bar = progress(steps, "train vae", show_progress)
+    bar = progress if progress is not None else Progress(steps, "train vae", False)
     vae.train()
     for k in range(steps):
         y = images[torch.randint(0, len(images), (batch,), generator=g)]
@@ -307,23 +315,87 @@ def train_vae(vae: VAE, images: Tensor, *, steps: int, batch: int = 32, lr: floa
         logs.append({"mse": float(mse.detach()), "kl": float(kl.detach())})
         bar.set_postfix(mse=f"{float(mse.detach()):.4f}")
         bar.update()
-    bar.close()
     vae.eval()
     return logs
 
 
-# --------------------------------------------------------------------------------------------------- the task
-def load_decoder(path: str | Path) -> tuple[MDEQDecoder, dict[str, Any]]:
-    """Rebuild a decoder saved by a task run (``model.safetensors``) and load its weights."""
-    state, config = load(path)
-    hp = dict(config["decoder"])
-    model = build_decoder(size=hp.pop("size"), latent_dim=hp.pop("latent_dim"), channels=tuple(hp.pop("channels")),
-                          gain=hp.pop("gain"), expansion=hp.pop("expansion"))
-    model.load_state_dict(state)
-    return model.eval(), config
+# --------------------------------------------------------------------------------------------------- comparison
+def _objective(img: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
+    err = (img - target) ** 2
+    return (err if mask is None else err * mask).flatten(1).sum(1)
 
 
-def _decoder_config(model: MDEQDecoder) -> dict[str, Any]:
+def _first_reach(trace: Sequence[float], times: Sequence[float], objective: float) -> tuple[int | None, float | None]:
+    hit = [i for i, v in enumerate(trace) if v <= objective]
+    return (hit[0], times[hit[0]]) if hit else (None, None)
+
+
+def compare_latents(model: MDEQDecoder, target: Tensor, clean: Tensor, mask: Tensor | None, *, jiio: JIIOConfig,
+                    budgets: Sequence[int], adam_steps: int = 40, adam_lr: float = 1.0, radius: float | None = None,
+                    progress: Progress | None = None) -> dict[str, Any]:
+    """JIIO (at each budget) against Adam on the same images and constraint, everything scored at an equilibrium.
+
+    JIIO's ``x*`` is re-decoded by a plain DEQ solve at ``x*`` (warm-started from JIIO's ``z``; timed with JIIO).
+    Objective: sum of squared errors per image (on the visible / observed pixels), mean over the images.
+
+    Returns:
+        ``{"n", "adam": {objective / seconds per step, decoder solve length}, "jiio": [per budget: objective,
+        seconds, PSNR vs ``clean``, boundary fraction], "speedup": {"adam_time_to_jiio_objective": per budget
+        (Adam's time to first reach JIIO's objective / JIIO's time, null if Adam never does), "jiio_reaches_adam":
+        first budget reaching Adam's final objective, its seconds and Adam's time / its time (nulls if none)},
+        "images": {"jiio": at ``jiio.budget``, "adam": final}}``.
+    """
+    r = radius
+    # first-call kernel selection paid by neither method
+    jiio_latents(model, target[:2], None if mask is None else mask[:2], jiio.with_budget(3), r)
+    adam_latents(model, target[:2], None if mask is None else mask[:2], steps=1, lr=adam_lr, radius=r)
+    base = adam_latents(model, target, mask, steps=adam_steps, lr=adam_lr, radius=r)
+    if progress is not None:
+        progress.update()
+    adam_final, adam_time = base["trace"][-1], base["time_trace"][-1]
+    rows, images = [], {}
+    for b in sorted(set(budgets) | {jiio.budget}):
+        t = time.perf_counter()
+        res = jiio_latents(model, target, mask, jiio.with_budget(b), r)
+        with torch.no_grad():
+            img, info = model(res.x, res.z)
+        secs = time.perf_counter() - t
+        obj = float(_objective(img, target, mask).mean())
+        n_reach, t_reach = _first_reach(base["trace"], base["time_trace"], obj)
+        rows.append({"budget": b, "seconds": secs, "objective": obj, "psnr": psnr(img, clean),
+                     "adam_steps_to_reach": n_reach,
+                     "speedup_at_equal_objective": None if t_reach is None else t_reach / secs,
+                     "jiio_iterate_objective": float(res.objective.mean()),
+                     "resolve_steps_mean": float(info.stats.steps.float().mean()),
+                     "latents_on_boundary": res.stats.get("boundary"),
+                     "kkt": {k: float(v.mean()) for k, v in res.kkt.items()}})
+        if b == jiio.budget:
+            images["jiio"] = img
+        if progress is not None:
+            progress.update()
+    reach = next((row for row in rows if row["objective"] <= adam_final), None)
+    main = next(row for row in rows if row["budget"] == jiio.budget)
+    images["adam"] = base["image"]
+    return {
+        "n": len(target),
+        "objective": "sum of squared errors per image" + (" on the visible pixels" if mask is not None else ""),
+        "adam": {"steps": adam_steps, "lr": adam_lr, "seconds": adam_time, "objective": adam_final,
+                 "psnr": psnr(base["image"], clean), "objective_per_step": base["trace"],
+                 "seconds_per_step": base["time_trace"], "decoder_solve_steps_mean": base["forward_steps"]},
+        "jiio": {"budget": jiio.budget, "objective": main["objective"], "seconds": main["seconds"],
+                 "psnr": main["psnr"], "per_budget": rows},
+        "speedup": {
+            "adam_time_to_jiio_objective_over_jiio_time": main["speedup_at_equal_objective"],
+            "per_budget": {str(row["budget"]): row["speedup_at_equal_objective"] for row in rows},
+            "jiio_reaches_adam_objective": None if reach is None else {
+                "budget": reach["budget"], "seconds": reach["seconds"], "speedup": adam_time / reach["seconds"]},
+        },
+        "images": images,
+    }
+
+
+# --------------------------------------------------------------------------------------------------- configs
+def _decoder_hparams(model: MDEQDecoder) -> dict[str, Any]:
     hp = model.hparams
     return {"size": hp["size"], "latent_dim": hp["latent_dim"], "channels": list(hp["channels"]),
             "expansion": hp["expansion"], "gain": model.layer.gain}
@@ -333,161 +405,234 @@ def _steps(steps: int, epochs: float | None, n: int, batch: int) -> int:
     return max(1, math.ceil(epochs * n / batch)) if epochs is not None else steps
 
 
-@dataclass
-class DecoderTaskOptions:
-    """Options and training shared by the decoder tasks (:class:`GenerativeTask` and
-    :class:`~deq_tasks.inverse.InverseTask`; each documents them for its command line)."""
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Options shared by the decoder tasks (``generative`` and ``inverse``)."""
 
-    data: str = "mnist"
-    n_train: int = 2000
-    n_test: int = 200
-    latent_dim: int = 32
-    steps: int = 200
-    epochs: float | None = None
-    batch: int = 32
-    lr: float = 1e-2
-    head_bias: float | None = -1.5
-    jac_reg: float = 0.1
-    train_budget: int = 20
-    budget: int = 20
-    alpha: float = 0.1
-    adam_steps: int = 40
-    adam_lr: float = 1.0
-    latent_ball: bool = True
-    seed: int = 0
+    data: str = help_field("mnist", "'mnist', 'digits', or a path: a folder of images, an image file (cut into "
+                                    "patches), a .npy/.npz array of images")
+    image_size: int | None = help_field(None, "decoder image side (multiple of 4, >= 8); none: the data's side, "
+                                              "rounded up to a multiple of 4, at most 32")
+    n_train: int | None = help_field(None, "training images (none: min(2000, all but the test set))")
+    n_test: int | None = help_field(None, "held-out images (none: min(200, a fifth))")
+    n_eval: int = help_field(64, "held-out images on which JIIO and Adam are compared")
+    latent_dim: int = help_field(32, "latent size L (latents live in the ball of radius sqrt(L))")
+    steps: int = help_field(200, "training steps")
+    epochs: float | None = help_field(None, "training epochs (overrides steps)")
+    batch: int = help_field(32, "training batch size")
+    lr: float = help_field(1e-2, "Adam learning rate of the decoder (cosine decay)")
+    head_bias: float | None = help_field(-1.5, "initial output bias before tanh (-1.5: near-black start)")
+    jac_reg: float = help_field(0.1, "weight of the Jacobian regularization (keeps the decoder a converging DEQ)")
+    train_budget: int = help_field(20, "JIIO iterations per training step")
+    jiio: JIIOConfig = help_field(help="JIIO at test time", factory=lambda: DECODER_JIIO)
+    eval_budgets: tuple[int, ...] = help_field((20, 40, 60, 80, 100), "JIIO budgets timed against Adam")
+    adam_steps: int = help_field(40, "baseline: projected Adam steps on the latent")
+    adam_lr: float = help_field(1.0, "baseline: Adam learning rate")
+    latent_ball: bool = help_field(True, "latents constrained to the ball of radius sqrt(L) (training, JIIO, Adam)")
+    seed: int = help_field(0, "random seed")
 
-    def jiio_config(self, budget: int) -> JIIOConfig:
-        return default_jiio_config(budget, alpha=self.alpha, alpha_final=self.alpha / 3)
+    def __post_init__(self) -> None:
+        for name, low in (("n_eval", 1), ("latent_dim", 1), ("steps", 1), ("batch", 1), ("train_budget", 1),
+                          ("adam_steps", 1)):
+            check_int(self, name, getattr(self, name), low)
+        for name in ("n_train", "n_test"):
+            check_int(self, name, getattr(self, name), 1, optional=True)
+        check_int(self, "image_size", self.image_size, 8, optional=True)
+        if self.image_size is not None and self.image_size % 4:
+            raise DeqConfigError(f"{type(self).__name__}.image_size must be a multiple of 4, got {self.image_size}")
+        check_number(self, "epochs", self.epochs, optional=True)
+        check_number(self, "lr", self.lr)
+        check_number(self, "adam_lr", self.adam_lr)
+        check_number(self, "jac_reg", self.jac_reg, allow_low=True)
+        check_number(self, "head_bias", self.head_bias, low=-math.inf, optional=True)
+        if not isinstance(self.jiio, JIIOConfig):
+            raise DeqConfigError(f"{type(self).__name__}.jiio must be a JIIOConfig, got {type(self.jiio).__name__}")
+        budgets = (self.eval_budgets,) if isinstance(self.eval_budgets, int) else self.eval_budgets
+        if not budgets or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in budgets):
+            raise DeqConfigError(f"{type(self).__name__}.eval_budgets must be integers >= 1, got {self.eval_budgets!r}")
+        object.__setattr__(self, "eval_budgets", tuple(budgets))
+        if not isinstance(self.data, str) or not self.data:
+            raise DeqConfigError(f"{type(self).__name__}.data must be 'mnist', 'digits' or a path, got {self.data!r}")
+
+
+class _DecoderTask(TaskBase):
+    """Data, decoder (trained or from a checkpoint) and the training curve, shared by the decoder tasks."""
 
     def radius(self, model: MDEQDecoder) -> float | None:
-        return latent_radius(model) if self.latent_ball else None
+        return latent_radius(model) if self.config.latent_ball else None
 
-    def train_new_decoder(self, data: DigitData, *, corrupt: Any = None, show: bool = False,
-                          desc: str = "train") -> tuple[MDEQDecoder, dict[str, Any]]:
-        """Build a decoder for ``data`` and train it through JIIO; returns it and a training summary."""
-        model = build_decoder(size=data.size, latent_dim=self.latent_dim, seed=self.seed, head_bias=self.head_bias)
-        steps = _steps(self.steps, self.epochs, len(data.train_x), self.batch)
+    def train_jiio(self) -> JIIOConfig:
+        return self.config.jiio.with_budget(self.config.train_budget)
+
+    def load_decoder(self, path: str | Path) -> MDEQDecoder:
+        state, meta = self.read_checkpoint(path, [MODEL_KIND])
+        hp = dict(meta["hparams"])
+        size = self.config.image_size
+        if size is not None and size != hp["size"]:
+            raise DeqInputError(f"checkpoint {str(path)!r} decodes {hp['size']}px images, --image-size is {size}")
+        model = build_decoder(size=hp["size"], latent_dim=hp["latent_dim"], channels=tuple(hp["channels"]),
+                              gain=hp["gain"], expansion=hp["expansion"])
+        return self.load_state(model, state, path).eval()
+
+    def data_and_model(self, checkpoint: Any) -> tuple[ImageData, MDEQDecoder | None]:
+        c = self.config
+        model = self.load_decoder(checkpoint) if checkpoint is not None else None
+        size = model.layer.size if model is not None else c.image_size
+        data = load_images(c.data, size=size, n_train=c.n_train, n_test=c.n_test, seed=c.seed)
+        return data, model
+
+    def train_steps(self, data: ImageData) -> int:
+        c = self.config
+        return _steps(c.steps, c.epochs, len(data.train_x), c.batch)
+
+    def train(self, data: ImageData, bar: Progress, *, corrupt: Any = None) -> tuple[MDEQDecoder, dict[str, Any]]:
+        c = self.config
+        model = build_decoder(size=data.size, latent_dim=c.latent_dim, seed=c.seed, head_bias=c.head_bias)
+        steps = self.train_steps(data)
+        bar.stage("train decoder")
         t = time.perf_counter()
-        logs = train_decoder(model, data.train_x, steps=steps, batch=self.batch, lr=self.lr,
-                             config=self.jiio_config(self.train_budget), corrupt=corrupt, seed=self.seed,
-                             jac_reg=self.jac_reg, show_progress=show, desc=desc, radius=self.radius(model))
+        logs = train_decoder(model, data.train_x, steps=steps, batch=c.batch, lr=c.lr, config=self.train_jiio(),
+                             corrupt=corrupt, seed=c.seed, jac_reg=c.jac_reg, progress=bar,
+                             radius=self.radius(model))
         return model, {"steps": steps, "seconds": time.perf_counter() - t, "first_loss": logs[0]["loss"],
-                       "final_loss": logs[-1]["loss"]}
+                       "final_loss": logs[-1]["loss"], "loss_curve": [x["loss"] for x in logs],
+                       "inner_per_pixel_curve": [x["inner_per_pixel"] for x in logs]}
+
+    def save_model(self, out: Path, model: MDEQDecoder) -> None:
+        self.save_checkpoint(out / "model.safetensors", model, MODEL_KIND, _decoder_hparams(model))
+
+    @staticmethod
+    def save_training(out: Path, trained: dict[str, Any]) -> None:
+        if "loss_curve" in trained:
+            save_curves(out / "training.png", {"outer loss (MSE)": trained["loss_curve"],
+                                               "inner objective per pixel": trained["inner_per_pixel_curve"]})
+
+    def common_metrics(self, data: ImageData, model: MDEQDecoder, trained: dict[str, Any]) -> dict[str, Any]:
+        return {"task": self.name, "config": self.config, "data": data.preprocessing, "training": trained,
+                "psnr_convention": "[-1, 1] images: -10 log10(MSE)",
+                "decoder": {**_decoder_hparams(model), "latent_ball_radius": self.radius(model)}}
 
 
-@dataclass
-class GenerativeTask(DecoderTaskOptions):
-    """``deq tasks run generative``: train a JIIO decoder, compare JIIO with Adam-40, sample, compare with a VAE.
+@dataclass(frozen=True)
+class GenerativeConfig(DecoderConfig):
+    """Options of ``deq tasks run generative`` (:class:`DecoderConfig` plus the VAE comparison)."""
 
-    Options (``--name value`` on the command line): ``data`` (mnist | digits), ``n_train``, ``n_test``, ``latent_dim``,
-    ``steps`` / ``epochs`` (training), ``batch``, ``lr``, ``train_budget`` (JIIO iterations while training),
-    ``budget`` (JIIO iterations at test), ``alpha``, ``head_bias`` (initial output bias, -1.5 = near-black start),
-    ``jac_reg`` (Jacobian regularization weight, :func:`train_decoder`), ``adam_steps``, ``adam_lr``, ``vae``
-    (train the VAE comparison), ``vae_lr`` (its learning rate: 2e-3 reached test MSE 0.087 in 200 steps, 1e-2 0.11),
-    ``latent_ball`` (constrain latents to the ball of radius ``sqrt(latent_dim)``, in training, JIIO and Adam),
-    ``seed``.
+    vae: bool = help_field(True, "also train a VAE on the same decoder architecture (the paper's table 1)")
+    vae_lr: float = help_field(2e-3, "the VAE's learning rate")
+    n_samples_fit: int = help_field(1000, "training images whose JIIO codes fit the sampling GMM")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_number(self, "vae_lr", self.vae_lr)
+        check_int(self, "n_samples_fit", self.n_samples_fit, 10)
+
+
+class GenerativeTask(_DecoderTask):
+    """``deq tasks run generative``: train a JIIO decoder (or load ``--checkpoint``), compare JIIO with Adam-40 on
+    held-out images at equal objective, sample from a GMM on the codes, compare with a VAE.
+
+    Writes ``metrics.json``, ``reconstructions.png``, ``samples.png``, ``training.png`` (the training curve),
+    ``vae.png`` and ``model.safetensors`` into ``out``.
+
+    Example:
+        >>> [o.name for o in GenerativeTask.options()][:3]
+        ['data', 'image_size', 'n_train']
     """
 
-    vae: bool = True
-    vae_lr: float = 2e-3
-    name: str = field(default="generative", init=False)
+    name = "generative"
+    Config = GenerativeConfig
 
-    def run(self, out: str | Path, *, checkpoint: str | Path | None = None,
-            progress_bar: bool = True) -> dict[str, Any]:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        seed_all(self.seed)
-        data = load_digits(self.data, n_train=self.n_train, n_test=self.n_test, seed=self.seed)
-        model, trained = self._model(data, checkpoint, progress_bar)
-        save(out / "model.safetensors", model, {"task": self.name, "decoder": _decoder_config(model),
-                                                "options": asdict(self)})
-        return self.evaluate(model, data, out, trained, progress_bar)
-
-    def _model(self, data: DigitData, checkpoint: Any, show: bool) -> tuple[MDEQDecoder, dict[str, Any]]:
-        if checkpoint is not None:
-            model, _ = load_decoder(checkpoint)
-            return model, {"loaded": str(checkpoint)}
-        return self.train_new_decoder(data, show=show)
-
-    def evaluate(self, model: MDEQDecoder, data: DigitData, out: Path, trained: dict[str, Any],
-                 show: bool) -> dict[str, Any]:
-        from sklearn.mixture import GaussianMixture
-
-        cfg = self.jiio_config(self.budget)
-        bar = progress(5 if self.vae else 4, "evaluate", show)
-        test = data.test_x
-        # JIIO vs Adam on one test batch (same model, same batch)
-        yb = test[:32]
-        t = time.perf_counter()
-        r = self.radius(model)
-        res = jiio_latents(model, yb, None, cfg, r)
-        t_jiio = time.perf_counter() - t
-        base = adam_latents(model, yb, steps=self.adam_steps, lr=self.adam_lr, radius=r)
-        bar.update()
-        # reconstructions of the whole test set, latents of the training set, GMM samples
-        _, rec = encode(model, test, cfg, radius=r)
-        mse_rec = float(F.mse_loss(rec, test))
-        codes, _ = encode(model, data.train_x[: min(len(data.train_x), 1000)], self.jiio_config(40), radius=r)
-        bar.update()
-        gmm = GaussianMixture(n_components=10, covariance_type="full", random_state=self.seed, reg_covar=1e-4)
-        gmm.fit(codes.double().numpy())
-        samples_x = torch.from_numpy(gmm.sample(len(test))[0]).float()
-        samples = decode(model, samples_x)
-        feat = train_feature_net(data.train_x, data.train_y, seed=self.seed)
-        bar.update()
-        with torch.no_grad():
-            f_real, f_rec, f_gen = feat.features(test), feat.features(rec), feat.features(samples)
-            acc = float((feat(test).argmax(1) == data.test_y).float().mean())
-        with torch.no_grad():
-            img_jiio = model.head(res.z)
-        save_grid(out / "reconstructions.png",
-                  [("truth", test[:12]), ("JIIO", rec[:12]), ("Adam-40", base["image"][:12])],
-                  title=f"test reconstructions (JIIO T={self.budget}, Adam {self.adam_steps} steps)")
-        save_grid(out / "samples.png", [("", samples[i * 12:(i + 1) * 12]) for i in range(4)],
-                  title="samples: GMM (10 comp.) on JIIO codes, decoded by the DEQ")
-        metrics: dict[str, Any] = {
-            "task": self.name, "data": self.data, "options": asdict(self), "training": trained,
-            "jiio": {"budget": self.budget, "alpha": self.alpha, "seconds": t_jiio,
-                     "objective_per_pixel": float(res.objective.mean()) / yb[0].numel(),
-                     "kkt": {k: float(v.mean()) for k, v in res.kkt.items()},
-                     "psnr": psnr(img_jiio, yb)},
-            "adam": {"steps": self.adam_steps, "lr": self.adam_lr, "seconds": base["time_trace"][-1],
-                     "objective_per_pixel": float(base["objective"].mean()) / yb[0].numel(),
-                     "forward_steps_mean": base["forward_steps"], "psnr": psnr(base["image"], yb)},
-            "jiio_model": {"recon_mse": mse_rec, "recon_psnr": psnr(rec, test),
-                           "recon_frechet": frechet_distance(f_real, f_rec),
-                           "sample_frechet": frechet_distance(f_real, f_gen)},
-            "feature_net_test_accuracy": acc,
-        }
-        if self.vae:
-            metrics["vae_model"] = self._vae(model, data, f_real, feat, out, show)
-            bar.update()
-        bar.update()
-        bar.close()
+    def run(self, out: str | Path, *, checkpoint: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+        c = self.config
+        out, _ = self.prepare(out)
+        data, model = self.data_and_model(checkpoint)
+        n_train_steps = 0 if model is not None else self.train_steps(data)
+        vae_steps = self.train_steps(data) if c.vae else 0
+        n_budgets = len(set(c.eval_budgets) | {c.jiio.budget})
+        bar = self.progress(n_train_steps + vae_steps + n_budgets + 4, progress)
+        try:
+            if model is None:
+                model, trained = self.train(data, bar)
+            else:
+                trained = {"loaded": str(checkpoint)}
+            self.save_model(out, model)
+            self.save_training(out, trained)
+            metrics = self.common_metrics(data, model, trained)
+            metrics.update(self.evaluate(model, data, out, bar))
+        finally:
+            bar.close()
         write_metrics(out, metrics)
         return metrics
 
-    def _vae(self, model: MDEQDecoder, data: DigitData, f_real: Tensor, feat: Any, out: Path,
-             show: bool) -> dict[str, Any]:
-        # the same decoder, initialization and Jacobian regularization as the JIIO model; its own learning rate
-        dec = build_decoder(size=data.size, latent_dim=self.latent_dim, seed=self.seed + 1, head_bias=self.head_bias)
+    def evaluate(self, model: MDEQDecoder, data: ImageData, out: Path, bar: Progress) -> dict[str, Any]:
+        from sklearn.mixture import GaussianMixture
+
+        c, r = self.config, self.radius(model)
+        test = data.test_x
+        ev = test[: c.n_eval]
+        bar.stage("JIIO vs Adam")
+        cmp = compare_latents(model, ev, ev, None, jiio=c.jiio, budgets=c.eval_budgets, adam_steps=c.adam_steps,
+                              adam_lr=c.adam_lr, radius=r, progress=bar)
+        imgs = cmp.pop("images")
+        bar.stage("reconstruct, fit GMM")
+        _, rec = encode(model, test, c.jiio, radius=r)
+        codes, _ = encode(model, data.train_x[: min(len(data.train_x), c.n_samples_fit)], c.jiio.with_budget(40),
+                          radius=r)
+        bar.update()
+        gmm = GaussianMixture(n_components=min(10, len(codes)), covariance_type="full", random_state=c.seed,
+                              reg_covar=1e-4)
+        gmm.fit(codes.double().numpy())
+        samples_x = torch.from_numpy(gmm.sample(len(test))[0]).float()
+        if r is not None:
+            samples_x = l2_ball(r)(samples_x)
+        samples = decode(model, samples_x)
+        bar.update()
+        save_grid(out / "reconstructions.png",
+                  [("truth", ev[:12]), (f"JIIO-{c.jiio.budget}", imgs["jiio"][:12]),
+                   (f"Adam-{c.adam_steps}", imgs["adam"][:12])],
+                  title=f"held-out reconstructions, re-solved at x* (JIIO T={c.jiio.budget}, Adam {c.adam_steps})")
+        save_grid(out / "samples.png", [("", samples[i * 12:(i + 1) * 12]) for i in range(4)],
+                  title="samples: GMM (10 comp.) on JIIO codes, decoded by the DEQ")
+        metrics: dict[str, Any] = {"comparison": cmp,
+                                   "jiio_model": {"recon_mse": float(F.mse_loss(rec, test)),
+                                                  "recon_psnr": psnr(rec, test)}}
+        feat = None
+        if data.train_y is not None and data.size in (8, 28):   # a Fréchet distance needs labels for its features
+            feat = train_feature_net(data.train_x, data.train_y, seed=c.seed)
+            with torch.no_grad():
+                f_real, f_rec, f_gen = feat.features(test), feat.features(rec), feat.features(samples)
+                metrics["feature_net_test_accuracy"] = float((feat(test).argmax(1) == data.test_y).float().mean())
+            metrics["jiio_model"].update(recon_frechet=frechet_distance(f_real, f_rec),
+                                         sample_frechet=frechet_distance(f_real, f_gen))
+        bar.update()
+        if c.vae:
+            bar.stage("VAE")
+            metrics["vae_model"] = self._vae(model, data, feat, out, bar)
+        bar.update()
+        return metrics
+
+    def _vae(self, model: MDEQDecoder, data: ImageData, feat: Any, out: Path, bar: Progress) -> dict[str, Any]:
+        c = self.config
+        dec = build_decoder(size=data.size, latent_dim=model.latent_dim, seed=c.seed + 1, head_bias=c.head_bias)
         vae = VAE(dec)
-        steps = _steps(self.steps, self.epochs, len(data.train_x), self.batch)
-        train_vae(vae, data.train_x, steps=steps, batch=self.batch, lr=self.vae_lr, seed=self.seed,
-                  jac_reg=self.jac_reg, show_progress=show)
+        steps = self.train_steps(data)
+        train_vae(vae, data.train_x, steps=steps, batch=c.batch, lr=c.vae_lr, seed=c.seed, jac_reg=c.jac_reg,
+                  progress=bar)
         test = data.test_x
         with torch.no_grad():
             m, _ = vae.encode(test)
             rec = decode(dec, m)
-            gen = decode(dec, torch.randn(len(test), self.latent_dim, generator=torch.Generator().manual_seed(1)))
-            f_rec, f_gen = feat.features(rec), feat.features(gen)
-        # the paper's "MDEQ-VAE (w/ JIIO)": the VAE's decoder with JIIO-optimized latents
-        _, rec_jiio = encode(dec, test, self.jiio_config(self.budget))
-        with torch.no_grad():
-            f_rj = feat.features(rec_jiio)
+            gen = decode(dec, torch.randn(len(test), model.latent_dim, generator=torch.Generator().manual_seed(1)))
+        # the paper's "MDEQ-VAE (w/ JIIO)": the VAE's decoder with JIIO-optimized latents (unconstrained)
+        _, rec_jiio = encode(dec, test, c.jiio)
         save_grid(out / "vae.png", [("truth", test[:12]), ("VAE rec", rec[:12]), ("VAE gen", gen[:12])],
                   title="VAE on the same DEQ decoder architecture")
-        return {"steps": steps, "recon_mse": float(F.mse_loss(rec, test)),
-                "recon_frechet": frechet_distance(f_real, f_rec),
-                "sample_frechet": frechet_distance(f_real, f_gen), "jiio_recon_mse": float(F.mse_loss(rec_jiio, test)),
-                "jiio_recon_frechet": frechet_distance(f_real, f_rj)}
+        res = {"steps": steps, "recon_mse": float(F.mse_loss(rec, test)),
+               "jiio_recon_mse": float(F.mse_loss(rec_jiio, test))}
+        if feat is not None:
+            with torch.no_grad():
+                f_real = feat.features(test)
+                res.update(recon_frechet=frechet_distance(f_real, feat.features(rec)),
+                           sample_frechet=frechet_distance(f_real, feat.features(gen)),
+                           jiio_recon_frechet=frechet_distance(f_real, feat.features(rec_jiio)))
+        return res

@@ -37,11 +37,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,137 +48,103 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from deq_core import DeqConfigError, DeqInputError
+from deq_core import DeqConfigError, DeqInputError, registry
 
-from ._adv_meta_utils import (
-    config_from,
-    jsonable,
-    load_checkpoint,
-    load_mnist,
-    make_solver,
-    progress_bar,
-    save_checkpoint,
-    seed_all,
-)
+from ._base import Progress, TaskBase, check_int, check_number, help_field, save_curves, write_metrics
+from .data import load_labelled
+from .jiio import JIIOConfig, JIIOProblem, jiio_solve
 from .models.meta_net import ContextDEQ
 
 __all__ = [
-    "MetaConfig", "MetaLearningTask", "sinusoid_tasks", "MnistFewShot", "inner_objective", "query_metrics",
-    "adapt_jiio", "adapt_adam",
-    "adapt_maml", "maml_inner_grad", "meta_train", "build_meta_model", "evaluate_adaptation", "run",
+    "META_JIIO", "FewShotImages", "MetaConfig", "MetaLearningTask", "MnistFewShot", "adapt_adam", "adapt_jiio",
+    "adapt_maml", "build_meta_model", "evaluate_adaptation", "inner_objective", "maml_inner_grad", "meta_train",
+    "query_metrics", "sinusoid_tasks",
 ]
+
+MODEL_KIND = "context-deq"
 
 Sampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor, Tensor, Tensor]]
 
+META_JIIO = JIIOConfig(budget=60, alpha=4.0, alpha_final=1.0, switch_at=40, solver="anderson",
+                       solver_options={"m": 10})
+"""JIIO adaptation of the context (the paper's Omniglot memory m = 10; alpha matched to the summed support loss)."""
 
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "sinusoid": {"weight_norm": 0.99, "gain": 1.75, "context_dim": 16, "meta_steps": 200},
-    "mnist": {"weight_norm": 0.97, "gain": 1.0, "context_dim": 64, "meta_steps": 1000},
+    "images": {"weight_norm": 0.97, "gain": 1.0, "context_dim": 64, "meta_steps": 1000},
 }
-"""Per dataset: the :class:`MetaConfig` fields left ``None`` (model shape and meta-training length)."""
-_DATASET_FIELDS = frozenset(DATASET_DEFAULTS["sinusoid"])   # the fields that may be None (dataset default)
+"""Per kind of dataset (sinusoid regression; few-shot image classification: ``mnist`` or a labelled ``.npz``):
+the :class:`MetaConfig` fields left ``None`` (model shape and meta-training length)."""
 
 
-@dataclass
+def _kind(dataset: str) -> str:
+    return "sinusoid" if dataset == "sinusoid" else "images"
+
+
+@dataclass(frozen=True)
 class MetaConfig:
-    """Settings of the ``meta-learning`` task.
+    """Options of ``deq tasks run meta-learning``.
 
-    Attributes:
-        datasets: which benchmarks to run, a subset of ``("sinusoid", "mnist")``.
-        k_support, k_query, amplitude: sinusoid tasks (10 + 10 points, amplitude 1).
-        n_way, k_shot, q_per_class: MNIST few-shot episodes (5-way 1-shot, 5 queries per class).
-        hidden, context_dim: model width and task-context size (``None``: the dataset's default in
-            ``DATASET_DEFAULTS``: 16 for sinusoids, 64 for MNIST).
-        solver, max_steps, rtol: the model's own equilibrium solve.
-        weight_norm, gain: spectral-norm cap on the layer's ``W`` and the fixed factor on ``W z``
-            (:class:`~deq_tasks.models.meta_net.ContextDEQ`); ``None`` = the per-dataset defaults
-            ``DATASET_DEFAULTS``: sinusoid 0.99 and 1.75, MNIST 0.97 and 1. Measured after 200 meta-steps (own
-            Anderson solve at rtol 1e-4, mean over tasks): sinusoid 17-21 iterations at gain 1.75, 12 at gain 1
-            (where a speed-up means little); the price is accuracy: JIIO query MSE 0.11 against 0.054 at gain 1,
-            and MAML's unrolled loop diverges. MNIST: 19 iterations at gain 1; at gain 1.5, 14 % of its solves
-            did not converge in 200.
-        context_reg: ``lambda`` of ``lambda * mean(v^2)`` in the inner objective.
-        jiio_budget, jiio_alpha, jiio_alpha_final, jiio_switch_at, jiio_m: JIIO adaptation.
-        adam_steps, adam_lr: the paper's inner-loop baseline (20 steps, lr 0.1).
-        maml_steps, maml_lr, maml_unroll: MAML-style baseline (SGD steps, step size, unrolled layer applications).
-        meta_steps, tasks_per_batch, lr: meta-training (JIIO inner loop, Adam on theta with cosine decay);
-            ``meta_steps=None``: the dataset's default (sinusoid 200, MNIST 1000: 5-way 1-shot on unseen digits
-            reached 28 % query accuracy with 200 steps and a 16-d context, 40 % with 1000 and 64).
-        eval_tasks: tasks in the evaluation batch.
-        seed: random seed.
+    ``None`` model fields take per-dataset defaults (``DATASET_DEFAULTS``; measured after 200 meta-steps: sinusoid
+    17-21 own-solve iterations at gain 1.75, 12 at gain 1; MNIST 19 at gain 1, 5-way 1-shot on unseen digits 28 %
+    query accuracy with 200 steps and a 16-d context, 40 % with 1000 and 64).
     """
 
-    datasets: tuple[str, ...] = ("sinusoid", "mnist")
-    k_support: int = 10
-    k_query: int = 10
-    amplitude: float = 1.0
-    n_way: int = 5
-    k_shot: int = 1
-    q_per_class: int = 5
-    hidden: int = 64
-    context_dim: int | None = None
-    solver: str = "anderson"
-    max_steps: int = 40
-    rtol: float = 1e-4
-    weight_norm: float | None = None
-    gain: float | None = None
-    context_reg: float = 0.01
-    jiio_budget: int = 60
-    jiio_alpha: float = 4.0
-    jiio_alpha_final: float = 1.0
-    jiio_switch_at: int = 40
-    jiio_m: int = 10
-    adam_steps: int = 20
-    adam_lr: float = 0.1
-    maml_steps: int = 5
-    maml_lr: float = 0.005
-    maml_unroll: int = 30
-    meta_steps: int | None = None
-    tasks_per_batch: int = 16
-    lr: float = 2e-3
-    eval_tasks: int = 64
-    seed: int = 0
+    datasets: tuple[str, ...] = help_field(("sinusoid", "mnist"), "benchmarks: 'sinusoid', 'mnist', or a labelled "
+                                           ".npz (x, y: few-shot classes; first half meta-train, rest meta-test)")
+    k_support: int = help_field(10, "sinusoid: support points per task")
+    k_query: int = help_field(10, "sinusoid: query points per task")
+    amplitude: float = help_field(1.0, "sinusoid amplitude")
+    n_way: int = help_field(5, "few-shot images: classes per episode")
+    k_shot: int = help_field(1, "few-shot images: support images per class")
+    q_per_class: int = help_field(5, "few-shot images: query images per class")
+    hidden: int = help_field(64, "width of the context DEQ")
+    context_dim: int | None = help_field(None, "task-context size (none: 16 sinusoid, 64 images)")
+    solver: str = help_field("anderson", "the model's own equilibrium solver (registered name)")
+    max_steps: int = help_field(40, "the model's forward solver iterations")
+    rtol: float = help_field(1e-4, "relative tolerance of the model's solves")
+    weight_norm: float | None = help_field(None, "spectral cap on the layer's W (none: 0.99 sinusoid, 0.97 images)")
+    gain: float | None = help_field(None, "fixed factor on W z (none: 1.75 sinusoid, 1 images)")
+    context_reg: float = help_field(0.01, "lambda of lambda * mean(v^2) in the inner objective")
+    jiio: JIIOConfig = help_field(help="JIIO adaptation of the context", factory=lambda: META_JIIO)
+    adam_steps: int = help_field(20, "baseline: Adam steps on the context (the paper's 20)")
+    adam_lr: float = help_field(0.1, "baseline: Adam learning rate")
+    maml_steps: int = help_field(5, "MAML-style baseline: SGD steps")
+    maml_lr: float = help_field(0.005, "MAML-style baseline: step size")
+    maml_unroll: int = help_field(30, "MAML-style baseline: unrolled layer applications")
+    meta_steps: int | None = help_field(None, "meta-training steps (none: 200 sinusoid, 1000 images)")
+    tasks_per_batch: int = help_field(16, "tasks per meta-training step")
+    lr: float = help_field(2e-3, "meta-training Adam learning rate (cosine decay)")
+    eval_tasks: int = help_field(64, "tasks in the evaluation batch")
+    seed: int = help_field(0, "random seed")
 
     def __post_init__(self) -> None:
-        self.datasets = tuple(self.datasets)
-        bad = [d for d in self.datasets if d not in ("sinusoid", "mnist")]
-        if bad or not self.datasets:
-            raise DeqConfigError(f"datasets must be a non-empty subset of ('sinusoid', 'mnist'), got {self.datasets!r}")
-        for name in ("jiio_alpha", "jiio_alpha_final", "adam_lr", "maml_lr", "lr", "amplitude"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
-                raise DeqConfigError(f"MetaConfig.{name} must be a finite number > 0, got {v!r}")
+        ds = (self.datasets,) if isinstance(self.datasets, str) else tuple(self.datasets)
+        object.__setattr__(self, "datasets", ds)
+        bad = [d for d in ds if d not in ("sinusoid", "mnist") and not str(d).lower().endswith(".npz")]
+        if bad or not ds:
+            raise DeqConfigError(f"datasets must be a non-empty list of 'sinusoid', 'mnist' or labelled .npz files, "
+                                 f"got {ds!r}")
+        for name in ("adam_lr", "maml_lr", "lr", "amplitude", "rtol"):
+            check_number(self, name, getattr(self, name))
         for name in ("weight_norm", "gain"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0)):
-                raise DeqConfigError(f"MetaConfig.{name} must be None (dataset default) or a number > 0, got {v!r}")
-        if not (isinstance(self.context_reg, (int, float)) and self.context_reg >= 0):
-            raise DeqConfigError(f"MetaConfig.context_reg must be >= 0, got {self.context_reg!r}")
-        for name in ("k_support", "k_query", "n_way", "k_shot", "q_per_class", "hidden", "context_dim", "max_steps",
-                     "jiio_budget", "adam_steps", "maml_steps", "maml_unroll", "tasks_per_batch", "eval_tasks",
-                     "meta_steps"):
-            v = getattr(self, name)
-            if v is None and name in _DATASET_FIELDS:
-                continue
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise DeqConfigError(f"MetaConfig.{name} must be an int >= 1, got {v!r}")
-        if self.n_way > 5:
+            check_number(self, name, getattr(self, name), optional=True)
+        check_number(self, "context_reg", self.context_reg, allow_low=True)
+        for name in ("k_support", "k_query", "n_way", "k_shot", "q_per_class", "hidden", "max_steps", "adam_steps",
+                     "maml_steps", "maml_unroll", "tasks_per_batch", "eval_tasks"):
+            check_int(self, name, getattr(self, name), 1)
+        for name in ("context_dim", "meta_steps"):
+            check_int(self, name, getattr(self, name), 1, optional=True)
+        if not isinstance(self.jiio, JIIOConfig):
+            raise DeqConfigError(f"MetaConfig.jiio must be a JIIOConfig, got {type(self.jiio).__name__}")
+        if "mnist" in ds and self.n_way > 5:
             raise DeqConfigError(f"n_way must be <= 5 (5 meta-train and 5 meta-test digit classes), got {self.n_way}")
+        registry.get_solver(self.solver)
 
     def for_dataset(self, dataset: str) -> MetaConfig:
         """This configuration with every ``None`` (dataset default) filled in from ``DATASET_DEFAULTS``."""
-        if dataset not in DATASET_DEFAULTS:
-            raise DeqConfigError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASET_DEFAULTS)}")
-        filled = {k: v for k, v in DATASET_DEFAULTS[dataset].items() if getattr(self, k) is None}
+        filled = {k: v for k, v in DATASET_DEFAULTS[_kind(dataset)].items() if getattr(self, k) is None}
         return dataclasses.replace(self, **filled)
-
-    @classmethod
-    def quick(cls, **overrides: Any) -> MetaConfig:
-        """A seconds-scale configuration for tests and ``--quick`` runs."""
-        base = dict(meta_steps=20, tasks_per_batch=8, eval_tasks=16, jiio_budget=30, jiio_switch_at=20,
-                    hidden=32)
-        base.update(overrides)
-        return cls(**base)
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -196,11 +161,19 @@ def sinusoid_tasks(n_tasks: int, gen: torch.Generator, k_support: int = 10, k_qu
     return x[:, :k_support], y[:, :k_support], x[:, k_support:], y[:, k_support:]
 
 
-class MnistFewShot:
-    """N-way K-shot episodes from MNIST-5k at 14x14 (196 features in ``[0, 1]``).
+class FewShotImages:
+    """N-way K-shot episodes from labelled images at 14x14 (196 features in ``[0, 1]``).
 
-    Meta-train episodes use digits 0-4, meta-test episodes the unseen digits 5-9; the N classes of an episode
-    get labels ``0..N-1`` in random order, so the label of a class must be inferred from the support set.
+    The classes are split in two: meta-train episodes use the first half (in label order), meta-test episodes the
+    unseen rest (MNIST: digits 0-4 / 5-9). The N classes of an episode get labels ``0..N-1`` in random order, so
+    the label of a class must be inferred from the support set.
+
+    Arguments:
+        images: ``(N, 1, H, W)`` in ``[0, 1]`` (pooled / resized to 14x14); labels: ``(N,)`` int64.
+
+    Raises:
+        DeqInputError: fewer than ``n_way`` classes on either side, or a class with fewer than ``k_shot +
+            q_per_class`` images.
 
     Example:
         >>> import torch
@@ -210,13 +183,23 @@ class MnistFewShot:
         ((2, 5, 196), (2, 25))
     """
 
-    def __init__(self, n_way: int = 5, k_shot: int = 1, q_per_class: int = 5) -> None:
-        Xtr, Ytr, Xte, Yte = load_mnist(4000, 1000, seed=0)
-        X, Y = torch.cat([Xtr, Xte]), torch.cat([Ytr, Yte])
-        X = F.avg_pool2d(X, 2).flatten(1)
+    def __init__(self, images: Tensor, labels: Tensor, n_way: int = 5, k_shot: int = 1, q_per_class: int = 5,
+                 name: str = "images") -> None:
+        X = images if images.shape[-1] == 14 else F.interpolate(images, size=(14, 14), mode="area")
+        X = X.flatten(1)
         self.n_way, self.k_shot, self.q = n_way, k_shot, q_per_class
-        self.pools = {c: X[Y == c] for c in range(10)}
-        self.classes = {"train": list(range(5)), "test": list(range(5, 10))}
+        classes = sorted(int(c) for c in labels.unique())
+        self.pools = {c: X[labels == c] for c in classes}
+        half = (len(classes) + 1) // 2
+        self.classes = {"train": classes[:half], "test": classes[half:]}
+        for split, cs in self.classes.items():
+            if len(cs) < n_way:
+                raise DeqInputError(f"{name}: {len(classes)} classes give {len(cs)} meta-{split} classes, fewer than "
+                                    f"n_way={n_way}; lower --n-way")
+        need = k_shot + q_per_class
+        small = [c for c in classes if len(self.pools[c]) < need]
+        if small:
+            raise DeqInputError(f"{name}: classes {small[:10]} have fewer than k_shot + q_per_class = {need} images")
 
     def episodes(self, n_tasks: int, gen: torch.Generator,
                  split: str = "train") -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -239,6 +222,13 @@ class MnistFewShot:
             ys.append(torch.tensor(sy))
             yq.append(torch.tensor(qy))
         return torch.stack(xs), torch.stack(ys), torch.stack(xq), torch.stack(yq)
+
+
+def MnistFewShot(n_way: int = 5, k_shot: int = 1, q_per_class: int = 5) -> FewShotImages:  # noqa: N802
+    """:class:`FewShotImages` on all of MNIST-5k (meta-train digits 0-4, meta-test 5-9)."""
+    Xtr, Ytr, Xte, Yte, _ = load_labelled("mnist", size=28, n_train=4000, n_test=1000, seed=0)
+    return FewShotImages(F.avg_pool2d(torch.cat([Xtr, Xte]), 2), torch.cat([Ytr, Yte]), n_way, k_shot, q_per_class,
+                         "mnist")
 
 
 # --------------------------------------------------------------------------------------------- losses
@@ -280,16 +270,17 @@ def _score(model: ContextDEQ, xs: Tensor, ys: Tensor, v: Tensor, cfg: MetaConfig
 # --------------------------------------------------------------------------------------------- inner loops
 def adapt_jiio(model: ContextDEQ, xs: Tensor, ys: Tensor, cfg: MetaConfig, *,
                budget: int | None = None) -> tuple[Tensor, Any]:
-    """JIIO adaptation: ``v*`` (T, d) from one augmented solve over ``(z, mu, v)`` from zero.
+    """JIIO adaptation: ``v*`` (T, d) from one augmented solve over ``(z, mu, v)`` from zero (``cfg.jiio``; at
+    ``budget`` iterations if given, the drop iteration capped below it).
 
     Returns:
         ``(v*, JIIOResult)`` (``v*`` detached).
     """
-    from .jiio import JIIOConfig, JIIOProblem, jiio_solve
-
     v0 = xs.new_zeros(xs.shape[0], model.context_dim)
     model.check(xs, v0)
-    T = cfg.jiio_budget if budget is None else budget
+    config = cfg.jiio if budget is None else cfg.jiio.with_budget(budget)
+    if config.switch_at is not None and config.switch_at >= config.budget:
+        config = config.replace(switch_at=max(config.budget - 1, 0))
     with torch.no_grad():
         inj = model.inject(xs)
 
@@ -299,9 +290,6 @@ def adapt_jiio(model: ContextDEQ, xs: Tensor, ys: Tensor, cfg: MetaConfig, *,
     def objective(z: Tensor, v: Tensor) -> Tensor:
         return inner_objective(model.predict(z), ys, v, cfg.context_reg)
 
-    config = JIIOConfig(budget=T, alpha=cfg.jiio_alpha, alpha_final=cfg.jiio_alpha_final,
-                        switch_at=min(cfg.jiio_switch_at, max(T - 1, 0)), solver=make_solver("anderson", m=cfg.jiio_m),
-                        best_iterate=True)
     result = jiio_solve(JIIOProblem(f=f, objective=objective), model.z0(xs), v0, config)
     return result.x.detach(), result
 
@@ -403,18 +391,27 @@ def build_meta_model(cfg: MetaConfig, dataset: str) -> ContextDEQ:
     cfg = cfg.for_dataset(dataset)
     in_dim, out_dim = (1, 1) if dataset == "sinusoid" else (196, cfg.n_way)
     return ContextDEQ(in_dim, out_dim, hidden=cfg.hidden, context_dim=cfg.context_dim,
-                      solver=make_solver(cfg.solver), max_steps=cfg.max_steps, rtol=cfg.rtol,
+                      solver=registry.get_solver(cfg.solver), max_steps=cfg.max_steps, rtol=cfg.rtol,
                       weight_norm=cfg.weight_norm, gain=cfg.gain)
 
 
-def _sampler(cfg: MetaConfig, dataset: str, split: str) -> Sampler:
+def _few_shot(cfg: MetaConfig, dataset: str) -> FewShotImages:
+    if dataset == "mnist":
+        return MnistFewShot(cfg.n_way, cfg.k_shot, cfg.q_per_class)
+    Xtr, Ytr, Xte, Yte, _ = load_labelled(dataset, size=28, n_test=1, seed=0)
+    return FewShotImages(torch.cat([Xtr, Xte]), torch.cat([Ytr, Yte]), cfg.n_way, cfg.k_shot, cfg.q_per_class,
+                         dataset)
+
+
+def _sampler(cfg: MetaConfig, dataset: str, split: str, few: FewShotImages | None = None) -> Sampler:
     if dataset == "sinusoid":
         return lambda n, g: sinusoid_tasks(n, g, cfg.k_support, cfg.k_query, cfg.amplitude)
-    fs = MnistFewShot(cfg.n_way, cfg.k_shot, cfg.q_per_class)
+    fs = few if few is not None else _few_shot(cfg, dataset)
     return lambda n, g: fs.episodes(n, g, split)
 
 
-def meta_train(model: ContextDEQ, sample: Sampler, cfg: MetaConfig, *, progress: bool = False) -> list[float]:
+def meta_train(model: ContextDEQ, sample: Sampler, cfg: MetaConfig, *,
+               progress: Progress | None = None) -> list[float]:
     """Meta-train ``theta``: JIIO adapts ``v*`` on the support sets, ``v*`` is then held constant (first-order
     approximation) and the query loss at the re-solved equilibrium ``z_q* = f(z_q*, x_q, v*)`` is backpropagated
     implicitly into ``theta``. Returns the per-step query losses."""
@@ -424,7 +421,7 @@ def meta_train(model: ContextDEQ, sample: Sampler, cfg: MetaConfig, *, progress:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.meta_steps, eta_min=cfg.lr * 1e-2)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     losses: list[float] = []
-    bar = progress_bar(total=cfg.meta_steps, desc="meta-train", disable=not progress)
+    bar = progress if progress is not None else Progress(cfg.meta_steps, "meta-train", False)
     for _ in range(cfg.meta_steps):
         xs, ys, xq, yq = sample(cfg.tasks_per_batch, gen)
         v, _ = adapt_jiio(model, xs, ys, cfg)
@@ -436,7 +433,6 @@ def meta_train(model: ContextDEQ, sample: Sampler, cfg: MetaConfig, *, progress:
         losses.append(float(loss.detach()))
         bar.update(1)
         bar.set_postfix(query=f"{losses[-1]:.3f}")
-    bar.close()
     return losses
 
 
@@ -454,7 +450,7 @@ def evaluate_adaptation(model: ContextDEQ, batch: tuple[Tensor, Tensor, Tensor, 
     dt = time.perf_counter() - t
     with torch.no_grad():
         out["jiio"] = {"support_objective": float(_score(model, xs, ys, v, cfg).mean()),
-                       **query_metrics(model(xq, v), yq), "seconds": dt, "budget": cfg.jiio_budget,
+                       **query_metrics(model(xq, v), yq), "seconds": dt, "budget": cfg.jiio.budget,
                        "kkt": {k: float(t_.mean()) for k, t_ in res.kkt.items()}}
     t = time.perf_counter()
     v = adapt_adam(model, xs, ys, cfg)
@@ -468,6 +464,9 @@ def evaluate_adaptation(model: ContextDEQ, batch: tuple[Tensor, Tensor, Tensor, 
     sup = inner_objective(_predict_with_fast(model, xs, v, fast), ys, v, cfg.context_reg)
     out["maml"] = {"support_objective": float(sup.mean()), **query_metrics(_predict_with_fast(model, xq, v, fast), yq),
                    "seconds": dt, "steps": cfg.maml_steps, "unroll": cfg.maml_unroll}
+    j, a = out["jiio"], out["adam"]
+    out["speedup"] = {"adam_time_over_jiio_time": a["seconds"] / j["seconds"],
+                      "jiio_reaches_adam_support_objective": j["support_objective"] <= a["support_objective"]}
     return out
 
 
@@ -506,7 +505,7 @@ def _plot_sinusoids(model: ContextDEQ, batch: tuple[Tensor, Tensor, Tensor, Tens
         ax.scatter(xs[i, :, 0].numpy(), ys[i, :, 0].numpy(), c="k", s=14, label="support", zorder=3)
         ax.plot(gx, p0[i, :, 0].numpy(), c="0.6", ls=":", label="v = 0")
         ax.plot(gx, pa[i, :, 0].numpy(), c="tab:orange", label=f"Adam-{cfg.adam_steps}")
-        ax.plot(gx, pj[i, :, 0].numpy(), c="tab:blue", ls="--", label=f"JIIO-{cfg.jiio_budget}")
+        ax.plot(gx, pj[i, :, 0].numpy(), c="tab:blue", ls="--", label=f"JIIO-{cfg.jiio.budget}")
         ax.set_xlabel("x")
         ax.set_title(f"task {i}", fontsize=9)
     axes[0].legend(fontsize=7)
@@ -516,107 +515,71 @@ def _plot_sinusoids(model: ContextDEQ, batch: tuple[Tensor, Tensor, Tensor, Tens
     plt.close(fig)
 
 
-def _plot_curve(losses: dict[str, list[float]], path: Path) -> None:
-    import matplotlib
+class MetaLearningTask(TaskBase):
+    """``deq tasks run meta-learning``: meta-train a FiLM-conditioned DEQ with JIIO adaptation of the task context on
+    each dataset (few-shot sinusoids, 5-way MNIST, or the user's labelled ``.npz``) and compare JIIO, Adam-20 and
+    MAML-style inner loops on the same tasks, everything scored at re-solved equilibria.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Writes ``metrics.json``, ``sinusoid_fits.png``, ``training.png`` (meta-training curves) and
+    ``meta_{dataset}.safetensors``. ``--checkpoint`` (a ``meta_*.safetensors``) evaluates that dataset's model.
 
-    fig, axes = plt.subplots(1, len(losses), figsize=(4 * len(losses), 2.8))
-    axes = [axes] if len(losses) == 1 else list(axes)
-    for ax, (name, ls) in zip(axes, losses.items()):
-        ax.plot(ls)
-        ax.set_yscale("log")
-        ax.set_title(f"{name}: meta-train query loss", fontsize=9)
-        ax.set_xlabel("meta-step")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def run(config: MetaConfig | dict[str, Any] | None = None, out_dir: str | Path = "runs/meta-learning",
-        progress: bool = True, checkpoint: str | Path | None = None) -> dict[str, Any]:
-    """Meta-train a :class:`ContextDEQ` with JIIO adaptation on each dataset and compare inner loops.
-
-    Writes ``metrics.json``, ``sinusoid_fits.png``, ``meta_training.png`` and ``meta_{dataset}.safetensors``.
-
-    Arguments:
-        config: :class:`MetaConfig`, a dict of its fields (``{"quick": True}`` starts from :meth:`MetaConfig.quick`)
-            or ``None`` for the defaults.
-        out_dir: output directory; progress: tqdm bars.
-        checkpoint: a ``meta_{dataset}.safetensors`` of an earlier run: that dataset's model is loaded instead of
-            meta-trained (only that dataset is run).
-
-    Returns:
-        the metrics dict.
-    """
-    cfg = _as_config(config)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    seed_all(cfg.seed)
-    loaded: dict[str, Any] | None = None
-    datasets = cfg.datasets
-    if checkpoint is not None:
-        from deq_core import load
-
-        _, loaded = load(checkpoint)
-        if not loaded or loaded.get("task") != "meta-learning":
-            raise DeqInputError(f"{checkpoint} is not a meta-learning checkpoint (config {loaded!r})")
-        datasets = (loaded["dataset"],)
-    metrics: dict[str, Any] = {"task": "meta-learning", "config": jsonable(asdict(cfg)), "results": {},
-                               "checkpoint": None if checkpoint is None else str(checkpoint)}
-    curves: dict[str, list[float]] = {}
-    t0 = time.perf_counter()
-    base_cfg = cfg
-    metrics["dataset_config"] = {}
-    for ds in datasets:
-        cfg = base_cfg.for_dataset(ds)
-        metrics["dataset_config"][ds] = {k: getattr(cfg, k) for k in DATASET_DEFAULTS[ds]}
-        model = build_meta_model(cfg, ds)
-        t = time.perf_counter()
-        if loaded is not None:
-            load_checkpoint(model, checkpoint)  # type: ignore[arg-type]
-        else:
-            curves[ds] = meta_train(model, _sampler(cfg, ds, "train"), cfg, progress=progress)
-        train_s = time.perf_counter() - t
-        batch = _sampler(cfg, ds, "test")(cfg.eval_tasks, torch.Generator().manual_seed(cfg.seed + 1000))
-        res = evaluate_adaptation(model, batch, cfg)
-        v_j, _ = adapt_jiio(model, batch[0], batch[1], cfg)
-        res["forward_solve_iterations"] = solve_iterations(model, batch[2], v_j)
-        res["meta_train_seconds"] = train_s
-        if ds in curves:
-            res["final_train_query_loss"] = float(sum(curves[ds][-10:]) / len(curves[ds][-10:]))
-        metrics["results"][ds] = res
-        if ds == "sinusoid":
-            _plot_sinusoids(model, batch, cfg, out / "sinusoid_fits.png")
-        save_checkpoint(model, out / f"meta_{ds}.safetensors",
-                        {"task": "meta-learning", "dataset": ds, "model": model.hparams,
-                         "config": jsonable(asdict(cfg))})
-    if curves:
-        _plot_curve(curves, out / "meta_training.png")
-    metrics["total_seconds"] = time.perf_counter() - t0
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
-
-
-class MetaLearningTask:
-    """``deq tasks run meta-learning``: meta-train a FiLM-conditioned DEQ with JIIO adaptation of the task context
-    (few-shot sinusoids and a 5-way MNIST split) and compare JIIO, Adam-20 and MAML-style inner loops.
-
-    Options: every field of :class:`MetaConfig` and ``quick``.
+    Example:
+        >>> MetaLearningTask(jiio_budget=30, datasets=("sinusoid",)).config.jiio.budget
+        30
     """
 
     name = "meta-learning"
+    Config = MetaConfig
 
-    def __init__(self, **options: Any) -> None:
-        self.options = dict(options)
-        self.config = _as_config(self.options)
-
-    def run(self, out: str | Path, *, checkpoint: str | Path | None = None, progress_bar: bool = True,
-            progress: bool | None = None) -> dict[str, Any]:
-        show = progress_bar if progress is None else progress
-        return run(self.config, out, progress=show, checkpoint=checkpoint)
-
-
-def _as_config(config: MetaConfig | dict[str, Any] | None) -> MetaConfig:
-    return config_from(MetaConfig, config, "meta-learning", {"steps": ("meta_steps", int)})
+    def run(self, out: str | Path, *, checkpoint: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+        base_cfg = self.config
+        out, _ = self.prepare(out)
+        datasets = base_cfg.datasets
+        state = meta = None
+        if checkpoint is not None:
+            state, meta = self.read_checkpoint(checkpoint, [MODEL_KIND])
+            datasets = (meta["dataset"],)
+        cfgs = {ds: base_cfg.for_dataset(ds) for ds in datasets}
+        total = sum((0 if state is not None else int(c.meta_steps or 0)) + 3 for c in cfgs.values())
+        bar = self.progress(total, progress)
+        metrics: dict[str, Any] = {"task": self.name, "config": base_cfg, "results": {}, "dataset_config": {},
+                                   "checkpoint": None if checkpoint is None else str(checkpoint)}
+        curves: dict[str, list[float]] = {}
+        t0 = time.perf_counter()
+        try:
+            for ds, cfg in cfgs.items():
+                metrics["dataset_config"][ds] = {k: getattr(cfg, k) for k in DATASET_DEFAULTS[_kind(ds)]}
+                model = build_meta_model(cfg, ds)
+                few = None if ds == "sinusoid" else _few_shot(cfg, ds)
+                t = time.perf_counter()
+                if state is not None:
+                    self.load_state(model, state, checkpoint)  # type: ignore[arg-type]
+                else:
+                    bar.stage(f"meta-train {Path(ds).name}")
+                    curves[ds] = meta_train(model, _sampler(cfg, ds, "train", few), cfg, progress=bar)
+                train_s = time.perf_counter() - t
+                bar.stage(f"evaluate {Path(ds).name}")
+                batch = _sampler(cfg, ds, "test", few)(cfg.eval_tasks, torch.Generator().manual_seed(cfg.seed + 1000))
+                res = evaluate_adaptation(model, batch, cfg)
+                bar.update()
+                v_j, _ = adapt_jiio(model, batch[0], batch[1], cfg)
+                res["forward_solve_iterations"] = solve_iterations(model, batch[2], v_j)
+                res["meta_train_seconds"] = train_s
+                if ds in curves:
+                    res["final_train_query_loss"] = float(sum(curves[ds][-10:]) / len(curves[ds][-10:]))
+                metrics["results"][ds] = res
+                bar.update()
+                if ds == "sinusoid":
+                    _plot_sinusoids(model, batch, cfg, out / "sinusoid_fits.png")
+                self.save_checkpoint(out / f"meta_{Path(ds).stem}.safetensors", model, MODEL_KIND, model.hparams,
+                                     dataset=ds)
+                bar.update()
+        finally:
+            bar.close()
+        if curves:
+            save_curves(out / "training.png", {f"{Path(k).name}: query loss": v for k, v in curves.items()},
+                        xlabel="meta-step")
+        metrics["training"] = {"query_loss_curves": curves}
+        metrics["total_seconds"] = time.perf_counter() - t0
+        write_metrics(out, metrics)
+        return metrics

@@ -1,7 +1,7 @@
 """The ``deq`` plugin of deq-tasks: the task records and the ``deq tasks`` command group.
 
 Kept cheap to import: the task modules (torch models, data) load only when a task is built.
-Each task factory returns a task object with ``run(out, *, checkpoint=None, progress=True) -> dict``.
+Each factory is a task class on the task contract (``Config`` + ``run(out, *, checkpoint=None, progress=True)``).
 """
 
 from __future__ import annotations
