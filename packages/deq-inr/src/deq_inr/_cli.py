@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ._build import MODELS
+from ._build import MODELS, SIZED_MODELS, SIZES, is_implicit
 
 __all__ = ["inr"]
 
@@ -47,8 +47,9 @@ def inr() -> None:
 
 
 @inr.command("fit")
-@click.option("--model", "model_name", type=click.Choice(list(MODELS)), default="imfn-gabor", show_default=True,
-              help="isiren, imfn-fourier, imfn-gabor (implicit); siren, mfn-fourier, mfn-gabor (explicit).")
+@click.option("--model", "model_name", type=click.Choice([*MODELS, *SIZED_MODELS]), default="imfn-gabor",
+              show_default=True, help="isiren, imfn-fourier, imfn-gabor (implicit); siren, mfn-fourier, mfn-gabor "
+              "(explicit); or a sized name such as isiren-1l-512d.")
 @click.option("--image", default=None, help="Bundled scikit-image name (camera, astronaut, coffee, chelsea, rocket, "
               "text, page) or an image path. Default: camera (unless --audio / --video).")
 @click.option("--audio", is_flag=False, flag_value="synth", default=None,
@@ -57,8 +58,10 @@ def inr() -> None:
               help="Fit a video: a GIF/video path, or no value for scikit-image's bundled GIF.")
 @click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output directory.")
-@click.option("--layers", type=click.IntRange(min=1), default=1, show_default=True, help="Sub-layers L.")
-@click.option("--width", type=click.IntRange(min=1), default=256, show_default=True, help="Width D.")
+@click.option("--layers", type=click.IntRange(min=1), default=None, help="Sub-layers L (default 1).")
+@click.option("--width", type=click.IntRange(min=1), default=None, help="Width D (default 256).")
+@click.option("--arch", type=click.Choice(list(SIZES), case_sensitive=False), default=None,
+              help="The paper's sizes instead of --layers/--width: 1L-256D, 1L-512D, 4L-256D.")
 @click.option("--holdout", type=float, default=None,
               help="Train on a fraction p of the points, evaluate on a disjoint p (0.25 on an image: [::2, ::2] vs "
                    "[1::2, 1::2]). Default 0.25 image, 0.5 audio, none for video.")
@@ -78,7 +81,8 @@ def inr() -> None:
 @click.option("--no-injection", is_flag=True, help="siren only: classic SIREN (omega_0 = 30) without injection.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def fit_command(model_name: str, image: str | None, audio: str | None, video: str | None, steps: int, out_dir: str,
-                layers: int, width: int, holdout: float | None, no_holdout: bool, size: int, input_scale: float | None,
+                layers: int | None, width: int | None, arch: str | None, holdout: float | None, no_holdout: bool,
+                size: int, input_scale: float | None,
                 lr: float, seed: int, batch_size: int | None, amortize: bool, reuse_steps: int, neumann_terms: str,
                 solver: str, no_injection: bool, progress: bool) -> None:
     """Fit MODEL to an image, audio clip or video; write metrics.json, PNGs and model.safetensors to OUT."""
@@ -108,10 +112,11 @@ def fit_command(model_name: str, image: str | None, audio: str | None, video: st
                               holdout=None if no_holdout else (0.25 if holdout is None else holdout))
         scale = default_input_scale(data) if input_scale is None else input_scale
         options: dict[str, Any] = {}
-        if MODELS[model_name][1]:
+        if is_implicit(model_name):
             options = {"solver": solver, "neumann_terms": terms, "amortize": amortize, "reuse_steps": reuse_steps}
-        model = build_model(model_name, data.in_features, data.channels, width=width, layers=layers,
+        model = build_model(model_name, data.in_features, data.channels, width=width, layers=layers, arch=arch,
                             input_scale=scale, injection=not no_injection, **options)
+        layers, width = model.config()["layers"], model.config()["width"]
         result = fit(model, data, steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
                      grad_clip=0.1 if data.kind == "video" else None)
     except click.ClickException:

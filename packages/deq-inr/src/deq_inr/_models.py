@@ -50,6 +50,10 @@ def _check_sizes(in_features: int, out_features: int, width: int, layers: int, i
         raise ValueError(f"input_scale must be a finite number > 0, got {input_scale!r}")
 
 
+def _plain(v: Any) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str))
+
+
 class FilterBank(nn.Module):
     """The x-only terms of a block with ``layers`` sub-layers: ``(g_0(x), g_1(x), ..., g_L(x))``.
 
@@ -187,7 +191,9 @@ class ImplicitINR(_INR):
         self._config = {
             "model": self.name, "in_features": in_features, "out_features": out_features, "width": width,
             "layers": layers, "input_scale": float(input_scale), "spectral_norm": spectral_norm,
-            "solver": self.deq.solver.name, "neumann_terms": neumann_terms, "amortize": amortize,
+            "solver": self.deq.solver.name,
+            "solver_options": {k: v for k, v in self.deq.solver.options().items() if _plain(v)},
+            "neumann_terms": neumann_terms, "amortize": amortize,
             "reuse_steps": reuse_steps, "rtol": rtol, "atol": atol, "max_steps": max_steps,
         }
 
