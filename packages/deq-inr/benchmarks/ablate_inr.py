@@ -52,6 +52,14 @@ VARIANTS: dict[str, tuple[bool, int, int, float, float, dict]] = {
     "w-init0.5": (True, 1, 256, 1e-3, 1.0, {"_winit": 0.5}),
     "w-init2": (True, 1, 256, 1e-3, 1.0, {"_winit": 2.0}),
     "explicit-4L-lr3e-3": (False, 4, 256, 3e-3, 1.0, {}),
+    "lr3e-3-T2": (True, 1, 256, 3e-3, 1.0, {"neumann_terms": 2}),
+    "lr3e-3-Tinf": (True, 1, 256, 3e-3, 1.0, {"neumann_terms": None}),
+    "lr3e-3-scale0.5": (True, 1, 256, 3e-3, 0.5, {}),
+    "explicit-4L-sn-lr3e-3": (False, 4, 256, 3e-3, 1.0, {"spectral_norm": 0.97}),
+    "explicit-1L-sn": (False, 1, 256, 1e-3, 1.0, {"spectral_norm": 0.97}),
+    "explicit-4L-sn": (False, 4, 256, 1e-3, 1.0, {"spectral_norm": 0.97}),
+    "explicit-4L-scale0.5": (False, 4, 256, 1e-3, 0.5, {}),
+    "explicit-4L-sn-scale0.5": (False, 4, 256, 1e-3, 0.5, {"spectral_norm": 0.97}),
     "explicit-1L-lr3e-3": (False, 1, 256, 3e-3, 1.0, {}),
 }
 
@@ -64,7 +72,7 @@ def _build(family, data, variant, extra):
     name = FAMILY_NAMES[family][0 if implicit else 1]
     scale = default_input_scale(data) * sfac
     model = build_model(name, data.in_features, data.channels, width=width, layers=layers, input_scale=scale,
-                        **(options if implicit else {}))
+                        **(options if implicit else {k: v for k, v in options.items() if k == "spectral_norm"}))
     if winit is not None:
         block = model.block
         with torch.no_grad():

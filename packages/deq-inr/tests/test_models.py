@@ -251,3 +251,15 @@ def test_checkpoint_keeps_the_training_solver(tmp_path):
     assert cfg["model"]["solver_options"]["damping"] == 0.6 and m2.deq.max_steps == 40
     x = _coords()
     assert torch.allclose(m.predict(x), m2.predict(x))
+
+
+def test_fit_uses_the_model_default_lr():
+    from deq_inr import fit, image_data
+
+    d = image_data("camera", size=8)
+    for name, lr in (("isiren", 3e-3), ("imfn-gabor", 1e-3), ("siren", 1e-3)):
+        m = build_model(name, 2, 1, width=8)
+        res = fit(m, d, steps=1, progress=False, measure_memory=False)
+        assert res.metrics["lr"] == lr == m.default_lr
+    assert fit(build_model("isiren", 2, 1, width=8), d, steps=1, lr=1e-4, progress=False,
+               measure_memory=False).metrics["lr"] == 1e-4

@@ -116,9 +116,11 @@ def build_model(name: str, in_features: int, out_features: int, *, width: int | 
             raise ValueError(f"bad option for model {name!r}: {e}") from None
     if name == "siren" and not injection:
         return Siren(in_features, out_features, width=width, layers=layers, **options)
+    spectral_norm = options.pop("spectral_norm", None)
     if options:
-        raise ValueError(f"model {name!r} takes no options {sorted(options)}")
-    return ExplicitINR(family, in_features, out_features, width=width, layers=layers, input_scale=input_scale)
+        raise ValueError(f"model {name!r} takes no options {sorted(options)} (only spectral_norm)")
+    return ExplicitINR(family, in_features, out_features, width=width, layers=layers, input_scale=input_scale,
+                       spectral_norm=spectral_norm)
 
 
 def model_from_config(config: dict[str, Any]) -> nn.Module:

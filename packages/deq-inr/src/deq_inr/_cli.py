@@ -70,7 +70,8 @@ def inr() -> None:
               help="Center-crop and resize images to size x size (0 = as is).")
 @click.option("--input-scale", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Filter frequency scale; default about half the training points per side.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Adam learning rate (default: the model's, 3e-3 for isiren, else 1e-3).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Mini-batch size (default full batch).")
 @click.option("--amortize/--no-amortize", default=True, show_default=True,
@@ -82,9 +83,9 @@ def inr() -> None:
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def fit_command(model_name: str, image: str | None, audio: str | None, video: str | None, steps: int, out_dir: str,
                 layers: int | None, width: int | None, arch: str | None, holdout: float | None, no_holdout: bool,
-                size: int, input_scale: float | None,
-                lr: float, seed: int, batch_size: int | None, amortize: bool, reuse_steps: int, neumann_terms: str,
-                solver: str, no_injection: bool, progress: bool) -> None:
+                size: int, input_scale: float | None, lr: float | None, seed: int, batch_size: int | None,
+                amortize: bool, reuse_steps: int, neumann_terms: str, solver: str, no_injection: bool,
+                progress: bool) -> None:
     """Fit MODEL to an image, audio clip or video; write metrics.json, PNGs and model.safetensors to OUT."""
     import torch
 
@@ -126,7 +127,8 @@ def fit_command(model_name: str, image: str | None, audio: str | None, video: st
     os.makedirs(out_dir, exist_ok=True)
     label = f"{model_name} {layers}L-{width}D"
     metrics = {**result.metrics, "model": model_name, "layers": layers, "width": width, "input_scale": scale,
-               "lr": lr, "seed": seed, "data": data.describe(), "config": model.config(), "history": result.history}
+               "lr": result.metrics["lr"], "seed": seed, "data": data.describe(), "config": model.config(),
+               "history": result.history}
     with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
         json.dump(_json_safe(metrics), fh, indent=2)
     title = f"{label} on {os.path.basename(data.name)}: PSNR {result.metrics['psnr']:.2f} dB"

@@ -181,6 +181,10 @@ class ImplicitINR(_INR):
         _check_sizes(in_features, out_features, width, layers, input_scale)
         self.name = {"siren": "isiren", "fourier": "imfn-fourier", "gabor": "imfn-gabor"}[family]
         self.family = family
+        #: Adam learning rate :func:`deq_inr.fit` uses when none is given. iSIREN: 3e-3, not the paper's 1e-3:
+        #: with ``||W||_2`` held at 0.97 and the biased T = 1 gradient it under-fits at 1e-3 in a few hundred
+        #: steps (ablation in benchmarks/results/RESULTS.md); the iMFNs keep 1e-3.
+        self.default_lr = 3e-3 if family == "siren" else 1e-3
         self.filters = FilterBank(family, in_features, width, layers, input_scale)
         block = INRBlock(family, width, layers, spectral_norm=spectral_norm)
         if adjoint is None:
@@ -226,19 +230,21 @@ class ExplicitINR(_INR):
     """
 
     implicit = False
+    default_lr = 1e-3
 
     def __init__(self, family: str, in_features: int, out_features: int, *, width: int = 256, layers: int = 1,
-                 input_scale: float = 32.0) -> None:
+                 input_scale: float = 32.0, spectral_norm: float | None = None) -> None:
         super().__init__()
         _check_family(family)
         _check_sizes(in_features, out_features, width, layers, input_scale)
         self.name = {"siren": "siren", "fourier": "mfn-fourier", "gabor": "mfn-gabor"}[family]
         self.family = family
         self.filters = FilterBank(family, in_features, width, layers, input_scale)
-        self.block = INRBlock(family, width, layers, spectral_norm=None)
+        self.block = INRBlock(family, width, layers, spectral_norm=spectral_norm)
         self.readout = nn.Linear(width, out_features)
         self._config = {"model": self.name, "in_features": in_features, "out_features": out_features,
-                        "width": width, "layers": layers, "input_scale": float(input_scale), "injection": True}
+                        "width": width, "layers": layers, "input_scale": float(input_scale), "injection": True,
+                        "spectral_norm": spectral_norm}
 
     def config(self) -> dict[str, Any]:
         return dict(self._config)
@@ -259,6 +265,7 @@ class Siren(_INR):
     """
 
     implicit = False
+    default_lr = 1e-3
     name = "siren"
 
     def __init__(self, in_features: int, out_features: int, *, width: int = 256, layers: int = 1,
