@@ -155,7 +155,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.from_jsonl:
         rows = [json.loads(line) for p in args.from_jsonl for line in open(p) if line.strip()]
-        table(rows)
+        last = {(r["family"], r["variant"], r["image"], r["seed"], r["size"], r["steps"]): r for r in rows}
+        table(list(last.values()))   # a repeated run counts once (the last one)
         return 0
     sink = open(args.jsonl, "a") if args.jsonl else None
     rows = []
