@@ -31,7 +31,7 @@ FAMILY_NAMES = {"siren": ("isiren", "siren"), "fourier": ("imfn-fourier", "mfn-f
 
 # variant -> (implicit?, layers, width, lr, input-scale factor, model options)
 VARIANTS: dict[str, tuple[bool, int, int, float, float, dict]] = {
-    "base": (True, 1, 256, 1e-3, 1.0, {}),
+    "base": (True, 1, 256, 1e-3, 1.0, {}),   # the paper's recipe (lr 1e-3), the reference of every delta
     "explicit-1L": (False, 1, 256, 1e-3, 1.0, {}),
     "explicit-4L": (False, 4, 256, 1e-3, 1.0, {}),
     "cold": (True, 1, 256, 1e-3, 1.0, {"amortize": False}),
@@ -56,6 +56,9 @@ VARIANTS: dict[str, tuple[bool, int, int, float, float, dict]] = {
     "lr3e-3-Tinf": (True, 1, 256, 3e-3, 1.0, {"neumann_terms": None}),
     "lr3e-3-scale0.5": (True, 1, 256, 3e-3, 0.5, {}),
     "explicit-4L-sn-lr3e-3": (False, 4, 256, 3e-3, 1.0, {"spectral_norm": 0.97}),
+    "w512": (True, 1, 512, 3e-3, 1.0, {}),
+    "w512-lr1e-3": (True, 1, 512, 1e-3, 1.0, {}),
+    "w512-lr1.5e-3": (True, 1, 512, 1.5e-3, 1.0, {}),
     "explicit-1L-sn": (False, 1, 256, 1e-3, 1.0, {"spectral_norm": 0.97}),
     "explicit-4L-sn": (False, 4, 256, 1e-3, 1.0, {"spectral_norm": 0.97}),
     "explicit-4L-scale0.5": (False, 4, 256, 1e-3, 0.5, {}),

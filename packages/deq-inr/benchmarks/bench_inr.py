@@ -116,10 +116,12 @@ def report(rows, title=""):
                     sel = [r for r in sel_rows if r["set"] == s and r["family"] == fam and r["key"] == key]
                     if not sel:
                         continue
+                    params = next((f"{r['params']:,}" for r in sel if r.get("params")), "n/a")
                     print(f"| {s} | {fam} | {sel[0]['model']} {key[1:]} | {len(sel)} | "
                           f"{_ms([r['heldout_psnr'] for r in sel])} | {_ms([r['train_psnr'] for r in sel])} | "
                           f"{statistics.median(r['ms_per_step_median'] for r in sel):.0f} | "
-                          f"{statistics.mean(r['peak_mem_mb'] for r in sel):.1f} | {sel[0]['params']:,} |")
+                          f"{_ms([r.get('peak_mem_mb') for r in sel], 1)} | "
+                          f"{params} |")
         print(f"\n#### Paired held-out differences (dB), mean ± std over (image, seed) pairs ({tag})\n")
         cols = ([f"{a} − {b}" for a, b in COMPARISONS] + [f"{a} − {b}, equal wall-clock" for a, b in EQUAL_TIME]
                 + ["mem i1L-256D / e4L-256D"])
@@ -146,7 +148,8 @@ def report(rows, title=""):
                             eq.append(p[a]["heldout_psnr"] - v)
                     cells.append(_diff(eq))
                 mem = [p["i1L-256D"]["peak_mem_mb"] / p["e4L-256D"]["peak_mem_mb"] for p in by.values()
-                       if "i1L-256D" in p and "e4L-256D" in p]
+                       if "i1L-256D" in p and "e4L-256D" in p and p["i1L-256D"].get("peak_mem_mb")
+                       and p["e4L-256D"].get("peak_mem_mb")]
                 cells.append(f"{statistics.mean(mem):.2f}" if mem else "n/a")
                 print(f"| {s} | {fam} | " + " | ".join(cells) + " |")
         # pooled over families and sets: the headline numbers
@@ -181,7 +184,12 @@ def main(argv=None) -> int:
     ap.add_argument("--from-jsonl", nargs="+", default=None, help="only print the tables from saved JSON lines")
     args = ap.parse_args(argv)
     if args.from_jsonl:
-        report([json.loads(line) for p in args.from_jsonl for line in open(p) if line.strip()])
+        rows = [json.loads(line) for p in args.from_jsonl for line in open(p) if line.strip()]
+        # one row per run: a repeated run counts once; a row converted from elsewhere ("from") never
+        # replaces a benchmark row (which has the evaluation curve and the memory)
+        rows.sort(key=lambda r: "from" not in r)
+        last = {(r["bench"], r["set"], r["family"], r["key"], r["image"], r["seed"], r["steps"]): r for r in rows}
+        report(list(last.values()))
         return 0
     q = args.quick
     steps = args.steps or (100 if q else 300)

@@ -261,5 +261,6 @@ def test_fit_uses_the_model_default_lr():
         m = build_model(name, 2, 1, width=8)
         res = fit(m, d, steps=1, progress=False, measure_memory=False)
         assert res.metrics["lr"] == lr == m.default_lr
+    assert build_model("isiren-1l-512d", 2, 1).default_lr == pytest.approx(1.5e-3)
     assert fit(build_model("isiren", 2, 1, width=8), d, steps=1, lr=1e-4, progress=False,
                measure_memory=False).metrics["lr"] == 1e-4

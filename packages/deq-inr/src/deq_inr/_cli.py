@@ -71,7 +71,7 @@ def inr() -> None:
 @click.option("--input-scale", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Filter frequency scale; default about half the training points per side.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Adam learning rate (default: the model's, 3e-3 for isiren, else 1e-3).")
+              help="Adam learning rate (default: the model's; isiren 3e-3 x min(1, 256/width), else 1e-3).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Mini-batch size (default full batch).")
 @click.option("--amortize/--no-amortize", default=True, show_default=True,

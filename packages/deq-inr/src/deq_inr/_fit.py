@@ -60,7 +60,8 @@ def fit(model: nn.Module, data: CoordData, *, steps: int = 300, lr: float | None
         model: an INR from :func:`deq_inr.build_model` (``forward(coords, cache_key=...) -> (y, info)``).
         data: :class:`CoordData`; training uses ``data.train_idx`` only.
         steps: training steps (at most).
-        lr: Adam learning rate; ``None`` = the model's ``default_lr`` (iSIREN 3e-3, the others 1e-3).
+        lr: Adam learning rate; ``None`` = the model's ``default_lr`` (iSIREN ``3e-3 * min(1, 256 / width)``,
+            the others 1e-3).
         batch_size: ``None`` = full batch (amortized implicit models warm-start from the previous step's fixed
             point, keyed by the fixed training set); otherwise random mini-batches (no amortization).
         log_every: evaluate (full solve on every point, not counted as training time) every this many steps

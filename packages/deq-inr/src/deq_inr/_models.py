@@ -34,6 +34,7 @@ from ._filters import FourierFilter, make_filter
 __all__ = ["FilterBank", "INRBlock", "ImplicitINR", "ExplicitINR", "Siren", "FAMILIES"]
 
 FAMILIES = ("siren", "fourier", "gabor")
+LR_SIREN = 3e-3   # iSIREN's default Adam rate at width <= 256 (see ImplicitINR.default_lr)
 
 
 def _check_family(family: str) -> None:
@@ -181,10 +182,12 @@ class ImplicitINR(_INR):
         _check_sizes(in_features, out_features, width, layers, input_scale)
         self.name = {"siren": "isiren", "fourier": "imfn-fourier", "gabor": "imfn-gabor"}[family]
         self.family = family
-        #: Adam learning rate :func:`deq_inr.fit` uses when none is given. iSIREN: 3e-3, not the paper's 1e-3:
-        #: with ``||W||_2`` held at 0.97 and the biased T = 1 gradient it under-fits at 1e-3 in a few hundred
-        #: steps (ablation in benchmarks/results/RESULTS.md); the iMFNs keep 1e-3.
-        self.default_lr = 3e-3 if family == "siren" else 1e-3
+        #: Adam learning rate :func:`deq_inr.fit` uses when none is given. iSIREN: ``3e-3 * min(1, 256 / width)``,
+        #: not the paper's 1e-3: with ``||W||_2`` held at 0.97 and the biased T = 1 gradient it under-fits at 1e-3
+        #: in a few hundred steps; an Adam step moves ``W`` by up to ``lr * width`` in spectral norm, so the wider
+        #: layer needs the smaller rate (3e-3 at 512D fits worse than 1e-3; ablations in
+        #: benchmarks/results/RESULTS.md). The iMFNs keep 1e-3.
+        self.default_lr = LR_SIREN * min(1.0, 256 / width) if family == "siren" else 1e-3
         self.filters = FilterBank(family, in_features, width, layers, input_scale)
         block = INRBlock(family, width, layers, spectral_norm=spectral_norm)
         if adjoint is None:
