@@ -130,3 +130,15 @@ def test_deq_console_script_has_inr_command(tmp_path):
     code = cli_mod.main(["inr", "fit", "--model", "isiren", "--image", "nonexistent-image", "--out", str(tmp_path),
                          *TINY])
     assert code == 1
+
+
+def test_sized_model_and_arch(tmp_path):
+    small = ["--steps", "2", "--size", "8", "--no-progress"]
+    res = _run(["fit", "--model", "isiren-1l-512d", "--out", str(tmp_path / "s"), *small])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((tmp_path / "s" / "metrics.json").read_text())["config"]
+    assert (cfg["layers"], cfg["width"], cfg["solver"]) == (1, 512, "fixed-point")
+    res = _run(["fit", "--model", "mfn-fourier", "--arch", "1L-512D", "--out", str(tmp_path / "a"), *small])
+    assert res.exit_code == 0 and json.loads((tmp_path / "a" / "metrics.json").read_text())["width"] == 512
+    _one_line_error(_run(["fit", "--model", "siren", "--arch", "4L-256D", "--width", "16", "--out",
+                          str(tmp_path / "b"), *small]), "contradicts")

@@ -220,3 +220,47 @@ def test_build_model_names_and_errors():
         build_model("isiren", 2, 1, width=0)
     with pytest.raises(ValueError, match="takes no options"):
         build_model("mfn-gabor", 2, 1, amortize=True)
+
+
+def test_sized_names_and_arch():
+    from deq_inr import SIZED_MODELS, SIZES, parse_arch
+
+    assert set(SIZES) == {"1L-256D", "1L-512D", "4L-256D"} and len(SIZED_MODELS) == 18
+    m = build_model("isiren-1l-512d", 2, 1)
+    assert m.name == "isiren" and (m.config()["layers"], m.config()["width"]) == (1, 512)
+    assert m.readout.in_features == 512 and m.implicit
+    e = build_model("mfn-gabor", 2, 1, arch="4L-256D")
+    assert (e.config()["layers"], e.config()["width"]) == (4, 256) and len(e.block.linears) == 4
+    assert parse_arch("1l-512D") == (1, 512)
+    with pytest.raises(ValueError, match="contradicts"):
+        build_model("siren-1l-512d", 2, 1, width=256)
+    with pytest.raises(ValueError, match="contradicts"):
+        build_model("siren-1l-512d", 2, 1, arch="4L-256D")
+    with pytest.raises(ValueError, match="1L-512D"):
+        parse_arch("512")
+
+
+def test_checkpoint_keeps_the_training_solver(tmp_path):
+    from deq_core.registry import get_solver
+    from deq_inr import load_checkpoint, save_checkpoint
+
+    m = build_model("imfn-fourier", 2, 1, width=8, solver=get_solver("fixed-point", damping=0.6), max_steps=40)
+    save_checkpoint(tmp_path / "m.safetensors", m, {"kind": "image", "shape": [4, 4]})
+    m2, cfg = load_checkpoint(tmp_path / "m.safetensors")
+    assert m2.deq.solver.name == "fixed-point" and m2.deq.solver.damping == 0.6
+    assert cfg["model"]["solver_options"]["damping"] == 0.6 and m2.deq.max_steps == 40
+    x = _coords()
+    assert torch.allclose(m.predict(x), m2.predict(x))
+
+
+def test_fit_uses_the_model_default_lr():
+    from deq_inr import fit, image_data
+
+    d = image_data("camera", size=8)
+    for name, lr in (("isiren", 3e-3), ("imfn-gabor", 1e-3), ("siren", 1e-3)):
+        m = build_model(name, 2, 1, width=8)
+        res = fit(m, d, steps=1, progress=False, measure_memory=False)
+        assert res.metrics["lr"] == lr == m.default_lr
+    assert build_model("isiren-1l-512d", 2, 1).default_lr == pytest.approx(1.5e-3)
+    assert fit(build_model("isiren", 2, 1, width=8), d, steps=1, lr=1e-4, progress=False,
+               measure_memory=False).metrics["lr"] == 1e-4

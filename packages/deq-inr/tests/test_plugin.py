@@ -3,12 +3,14 @@
 import click
 import torch
 
-from deq_inr import MODELS, plugin
+from deq_inr import MODELS, SIZED_MODELS, plugin
 
 
 def test_hooks_directly():
     entries = list(plugin.deq_models())
-    assert sorted(e.name for e in entries) == sorted(MODELS)
+    assert sorted(e.name for e in entries) == sorted([*MODELS, *SIZED_MODELS])
+    big = next(e for e in entries if e.name == "imfn-gabor-1l-512d")
+    assert "1L-512D" in big.tags and big.factory().readout.in_features == 512
     m = next(e for e in entries if e.name == "imfn-fourier").factory(in_features=2, out_features=3, width=8)
     assert m(torch.zeros(4, 2))[0].shape == (4, 3)
     group = click.Group("deq")

@@ -5,7 +5,7 @@ a :class:`deq_core.DEQ` with amortized fixed points and truncated Neumann backwa
 ``siren``, ``mfn-fourier``, ``mfn-gabor``; coordinate datasets for images, audio and video; :func:`fit`; PSNR.
 """
 
-from ._build import MODELS, build_model, model_from_config
+from ._build import MODELS, SIZED_MODELS, SIZES, build_model, is_implicit, model_from_config, parse_arch
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._data import (
                     BUNDLED_IMAGES,
@@ -31,7 +31,8 @@ from ._plots import plot_psnr_curve, plot_reconstruction
 __version__ = "0.1.0"
 
 __all__ = [
-    "BUNDLED_IMAGES", "MODELS", "NATURAL_IMAGES", "TEXT_IMAGES", "CoordData", "ExplicitINR", "FilterBank",
+    "BUNDLED_IMAGES", "MODELS", "SIZED_MODELS", "SIZES", "is_implicit", "parse_arch",
+    "NATURAL_IMAGES", "TEXT_IMAGES", "CoordData", "ExplicitINR", "FilterBank",
     "FitResult", "FourierFilter", "GaborFilter", "INRBlock", "ImplicitINR", "Siren", "SineFilter", "audio_data",
     "build_model", "default_input_scale", "evaluate", "fit", "grid_coords", "image_data", "load_checkpoint",
     "load_image", "model_from_config", "plot_psnr_curve", "plot_reconstruction", "psnr", "read_wav",

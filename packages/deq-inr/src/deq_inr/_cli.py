@@ -13,8 +13,8 @@ import click
 __all__ = ["inr", "build_registered_model"]
 
 _MODEL_HELP = ("Model name from the registry: isiren, imfn-fourier, imfn-gabor (implicit); siren, mfn-fourier, "
-               "mfn-gabor (explicit); or any plugin model tagged 'inr' (`deq plugins` lists them; 'dist:name' "
-               "selects a given plugin's).")
+               "mfn-gabor (explicit); a sized name such as isiren-1l-512d; or any plugin model tagged 'inr' "
+               "(`deq plugins` lists them; 'dist:name' selects a given plugin's).")
 _INR_CONTRACT = ("an nn.Module with forward(coords, cache_key=None) -> (values, info or None), "
                  "predict(coords, chunk=...) and config()")
 
@@ -95,8 +95,10 @@ def inr() -> None:
 @click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True,
               help="Adam training steps.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output directory.")
-@click.option("--layers", type=click.IntRange(min=1), default=1, show_default=True, help="Sub-layers L.")
-@click.option("--width", type=click.IntRange(min=1), default=256, show_default=True, help="Width D.")
+@click.option("--layers", type=click.IntRange(min=1), default=None, help="Sub-layers L (default 1).")
+@click.option("--width", type=click.IntRange(min=1), default=None, help="Width D (default 256).")
+@click.option("--arch", type=click.Choice(["1L-256D", "1L-512D", "4L-256D"], case_sensitive=False), default=None,
+              help="The paper's sizes instead of --layers/--width: 1L-256D, 1L-512D, 4L-256D.")
 @click.option("--holdout", type=float, default=None,
               help="Train on a fraction p of the points, evaluate on a disjoint p (0.25 on an image: [::2, ::2] vs "
                    "[1::2, 1::2]). Default 0.25 image, 0.5 audio, none for video.")
@@ -105,8 +107,8 @@ def inr() -> None:
               help="Center-crop and resize images to size x size (0 = as is).")
 @click.option("--input-scale", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Filter frequency scale; default about half the training points per side.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
-              help="Adam learning rate (constant).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Adam learning rate (default: the model's; isiren 3e-3 x min(1, 256/width), else 1e-3).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the initialization, the held-out split and mini-batches.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Mini-batch size (default full batch).")
@@ -121,9 +123,10 @@ def inr() -> None:
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: only when stderr is a terminal).")
 def fit_command(model_name: str, image: str | None, audio: str | None, video: str | None, steps: int, out_dir: str,
-                layers: int, width: int, holdout: float | None, no_holdout: bool, size: int, input_scale: float | None,
-                lr: float, seed: int, batch_size: int | None, amortize: bool, reuse_steps: int, neumann_terms: str,
-                solver: str, no_injection: bool, progress: bool | None) -> None:
+                layers: int | None, width: int | None, arch: str | None, holdout: float | None, no_holdout: bool,
+                size: int, input_scale: float | None, lr: float | None, seed: int, batch_size: int | None,
+                amortize: bool, reuse_steps: int, neumann_terms: str, solver: str, no_injection: bool,
+                progress: bool | None) -> None:
     """Fit the model --model NAME to an image, audio clip or video; write metrics.json, PNGs and model.safetensors
     to --out."""
     import torch
@@ -152,9 +155,13 @@ def fit_command(model_name: str, image: str | None, audio: str | None, video: st
             data = image_data(image or "camera", size=size or None, seed=seed,
                               holdout=None if no_holdout else (0.25 if holdout is None else holdout))
         scale = default_input_scale(data) if input_scale is None else input_scale
-        model = build_registered_model(model_name, data.in_features, data.channels, width=width, layers=layers,
+        sizes = {"width": width, "layers": layers, "arch": arch}
+        model = build_registered_model(model_name, data.in_features, data.channels,
+                                       **{k: v for k, v in sizes.items() if v is not None},
                                        input_scale=scale, injection=not no_injection, solver=solver,
                                        neumann_terms=terms, amortize=amortize, reuse_steps=reuse_steps)
+        config = model.config()
+        layers, width = config.get("layers", layers), config.get("width", width)
         result = fit(model, data, steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
                      grad_clip=0.1 if data.kind == "video" else None)
     except click.ClickException:
@@ -164,7 +171,8 @@ def fit_command(model_name: str, image: str | None, audio: str | None, video: st
     os.makedirs(out_dir, exist_ok=True)
     label = f"{model_name} {layers}L-{width}D"
     metrics = {**result.metrics, "model": model_name, "layers": layers, "width": width, "input_scale": scale,
-               "lr": lr, "seed": seed, "data": data.describe(), "config": model.config(), "history": result.history}
+               "lr": result.metrics["lr"], "seed": seed, "data": data.describe(), "config": model.config(),
+               "history": result.history}
     with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
         json.dump(_json_safe(metrics), fh, indent=2)
     title = f"{label} on {os.path.basename(data.name)}: PSNR {result.metrics['psnr']:.2f} dB"

@@ -50,7 +50,7 @@ def evaluate(model: nn.Module, data: CoordData, chunk: int = 65536) -> tuple[dic
     return out, pred
 
 
-def fit(model: nn.Module, data: CoordData, *, steps: int = 300, lr: float = 1e-3, batch_size: int | None = None,
+def fit(model: nn.Module, data: CoordData, *, steps: int = 300, lr: float | None = None, batch_size: int | None = None,
         log_every: int | None = None, time_budget: float | None = None, grad_clip: float | None = None,
         seed: int = 0, progress: bool = True, measure_memory: bool = True, desc: str | None = None,
         device: str | torch.device | None = None) -> FitResult:
@@ -60,6 +60,8 @@ def fit(model: nn.Module, data: CoordData, *, steps: int = 300, lr: float = 1e-3
         model: an INR from :func:`deq_inr.build_model` (``forward(coords, cache_key=...) -> (y, info)``).
         data: :class:`CoordData`; training uses ``data.train_idx`` only.
         steps: training steps (at most).
+        lr: Adam learning rate; ``None`` = the model's ``default_lr`` (iSIREN ``3e-3 * min(1, 256 / width)``,
+            the others 1e-3).
         batch_size: ``None`` = full batch (amortized implicit models warm-start from the previous step's fixed
             point, keyed by the fixed training set); otherwise random mini-batches (no amortization).
         log_every: evaluate (full solve on every point, not counted as training time) every this many steps
@@ -73,6 +75,8 @@ def fit(model: nn.Module, data: CoordData, *, steps: int = 300, lr: float = 1e-3
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if lr is None:
+        lr = float(getattr(model, "default_lr", 1e-3))
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
     torch.manual_seed(seed)
@@ -157,6 +161,7 @@ def fit(model: nn.Module, data: CoordData, *, steps: int = 300, lr: float = 1e-3
         "solver_steps_per_step_late": (sum(half) / len(half)) if half else None,
         "f_evals_per_step_late": (sum(nfev[len(nfev) // 2:]) / len(half)) if half else None,
         "params": sum(p.numel() for p in model.parameters()),
+        "lr": lr,
         "rss_peak_mb": rss_peak_mb(),
         "device": str(device),
     }

@@ -1,0 +1,187 @@
+"""Ablations of the implicit INR's training (why iSIREN underfits; issue 15).
+
+Each variant changes one thing against the reference implicit model (1L-256D, spectral norm 0.97, amortized
+one-application forward from the previous step's output, Neumann T = 1, Adam lr 1e-3, input_scale = half the
+training points per side). Every run reports the train PSNR of the evaluation solve (from zeros, to tolerance),
+the train PSNR of the *training* forward (the last step's loss: the amortized iterate the optimizer saw,
+unclamped), held-out PSNR, ms/step and the evaluation solve's iterations.
+
+    OMP_NUM_THREADS=1 python packages/deq-inr/benchmarks/ablate_inr.py --size 64 --steps 300 \\
+        --images camera astronaut text --seeds 0 1 --variants base siren-4L siren-1L cold lr3e-3 \\
+        --jsonl /tmp/ablate.jsonl
+    python packages/deq-inr/benchmarks/ablate_inr.py --from-jsonl /tmp/ablate.jsonl   # the table only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+import torch
+
+from deq_inr import build_model, default_input_scale, fit, image_data
+
+FAMILY_NAMES = {"siren": ("isiren", "siren"), "fourier": ("imfn-fourier", "mfn-fourier"),
+                "gabor": ("imfn-gabor", "mfn-gabor")}
+
+# variant -> (implicit?, layers, width, lr, input-scale factor, model options)
+VARIANTS: dict[str, tuple[bool, int, int, float, float, dict]] = {
+    "base": (True, 1, 256, 1e-3, 1.0, {}),   # the paper's recipe (lr 1e-3), the reference of every delta
+    "explicit-1L": (False, 1, 256, 1e-3, 1.0, {}),
+    "explicit-4L": (False, 4, 256, 1e-3, 1.0, {}),
+    "cold": (True, 1, 256, 1e-3, 1.0, {"amortize": False}),
+    "warm-solve": (True, 1, 256, 1e-3, 1.0, {"reuse_steps": None}),
+    "reuse-3": (True, 1, 256, 1e-3, 1.0, {"reuse_steps": 3}),
+    "sn-0.99": (True, 1, 256, 1e-3, 1.0, {"spectral_norm": 0.99}),
+    "sn-0.9": (True, 1, 256, 1e-3, 1.0, {"spectral_norm": 0.9}),
+    "sn-off": (True, 1, 256, 1e-3, 1.0, {"spectral_norm": None}),
+    "power-1": (True, 1, 256, 1e-3, 1.0, {"_power": 1}),
+    "T0": (True, 1, 256, 1e-3, 1.0, {"neumann_terms": 0}),
+    "T2": (True, 1, 256, 1e-3, 1.0, {"neumann_terms": 2}),
+    "Tinf": (True, 1, 256, 1e-3, 1.0, {"neumann_terms": None}),
+    "lr3e-4": (True, 1, 256, 3e-4, 1.0, {}),
+    "lr3e-3": (True, 1, 256, 3e-3, 1.0, {}),
+    "scale0.5": (True, 1, 256, 1e-3, 0.5, {}),
+    "scale1.41": (True, 1, 256, 1e-3, math.sqrt(2), {}),
+    "scale2": (True, 1, 256, 1e-3, 2.0, {}),
+    "w-init0.5": (True, 1, 256, 1e-3, 1.0, {"_winit": 0.5}),
+    "w-init2": (True, 1, 256, 1e-3, 1.0, {"_winit": 2.0}),
+    "explicit-4L-lr3e-3": (False, 4, 256, 3e-3, 1.0, {}),
+    "lr3e-3-T2": (True, 1, 256, 3e-3, 1.0, {"neumann_terms": 2}),
+    "lr3e-3-Tinf": (True, 1, 256, 3e-3, 1.0, {"neumann_terms": None}),
+    "lr3e-3-scale0.5": (True, 1, 256, 3e-3, 0.5, {}),
+    "explicit-4L-sn-lr3e-3": (False, 4, 256, 3e-3, 1.0, {"spectral_norm": 0.97}),
+    "w512": (True, 1, 512, 3e-3, 1.0, {}),
+    "w512-lr1e-3": (True, 1, 512, 1e-3, 1.0, {}),
+    "w512-lr1.5e-3": (True, 1, 512, 1.5e-3, 1.0, {}),
+    "explicit-1L-sn": (False, 1, 256, 1e-3, 1.0, {"spectral_norm": 0.97}),
+    "explicit-4L-sn": (False, 4, 256, 1e-3, 1.0, {"spectral_norm": 0.97}),
+    "explicit-4L-scale0.5": (False, 4, 256, 1e-3, 0.5, {}),
+    "explicit-4L-sn-scale0.5": (False, 4, 256, 1e-3, 0.5, {"spectral_norm": 0.97}),
+    "explicit-1L-lr3e-3": (False, 1, 256, 3e-3, 1.0, {}),
+}
+
+
+def _build(family, data, variant, extra):
+    implicit, layers, width, lr, sfac, options = VARIANTS[variant]
+    options = {**dict(options), **extra}
+    power = options.pop("_power", None)
+    winit = options.pop("_winit", None)
+    name = FAMILY_NAMES[family][0 if implicit else 1]
+    scale = default_input_scale(data) * sfac
+    model = build_model(name, data.in_features, data.channels, width=width, layers=layers, input_scale=scale,
+                        **(options if implicit else {k: v for k, v in options.items() if k == "spectral_norm"}))
+    if winit is not None:
+        block = model.block
+        with torch.no_grad():
+            for lin in block.linears:
+                w = getattr(lin, "weight_orig", None)
+                (w if w is not None else lin.weight).mul_(winit)
+    if power is not None:   # a fixed number of warm-started power iterations per step (no convergence test)
+        for lin in model.block.linears:
+            for h in lin._forward_pre_hooks.values():
+                if hasattr(h, "n_power_iterations"):
+                    h.n_power_iterations, h.max_power_iterations, h.tol = power, power, float("inf")
+    return name, layers, width, lr, scale, model
+
+
+def run_one(family, image, seed, variant, args, emit, extra=None):
+    data = image_data(image, size=args.size, holdout=0.25)
+    torch.manual_seed(seed)
+    name, layers, width, lr, scale, model = _build(family, data, variant, extra or {})
+    res = fit(model, data, steps=args.steps, lr=lr, seed=seed, progress=False, log_every=max(1, args.steps // 5),
+              measure_memory=False)
+    m = res.metrics
+    loss = m["final_loss"]
+    eval_steps = None
+    if getattr(model, "implicit", False):
+        model.eval()
+        with torch.no_grad():
+            _, info = model(data.coords)
+        eval_steps = int(info.stats.steps.max())
+    w_norm = None
+    if hasattr(model, "block"):
+        with torch.no_grad():
+            model.block(model.block.init_state(model.filters(data.coords[:2])), model.filters(data.coords[:2]))
+            w_norm = max(float(torch.linalg.matrix_norm(lin.weight, ord=2)) for lin in model.block.linears)
+    row = {"variant": variant, "family": family, "image": image, "seed": seed, "size": args.size,
+           "steps": m["steps"], "model": name, "layers": layers, "width": width, "lr": lr, "input_scale": scale,
+           "train_psnr": m["train_psnr"], "train_forward_psnr": 10 * math.log10(4 / loss) if loss > 0 else None,
+           "heldout_psnr": m["heldout_psnr"], "ms_per_step": m["ms_per_step_median"], "eval_solve_steps": eval_steps,
+           "params": m["params"], "w_norm": w_norm, **(extra or {})}
+    emit(row)
+    return row
+
+
+def table(rows):
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["family"], r["variant"])].append(r)
+    base = {(r["family"], r["image"], r["seed"]): r for r in rows if r["variant"] == "base"}
+    print("| family | variant | n | train PSNR (eval solve) | train PSNR (training forward) | held-out PSNR | "
+          "Δ held-out vs base (paired, mean ± sd, min) | Δ train vs base | eval solve iters | ms/step |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+
+    def ms(v):
+        v = [x for x in v if x is not None and math.isfinite(x)]
+        if not v:
+            return "-"
+        return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
+
+    for (fam, var), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], list(VARIANTS).index(kv[0][1]))):
+        d_h = [r["heldout_psnr"] - base[k]["heldout_psnr"] for r in rs
+               if (k := (fam, r["image"], r["seed"])) in base]
+        d_t = [r["train_psnr"] - base[k]["train_psnr"] for r in rs if (k := (fam, r["image"], r["seed"])) in base]
+        dh = f"{ms(d_h)}, min {min(d_h):+.2f}" if d_h and var != "base" else "-"
+        it = [r["eval_solve_steps"] for r in rs if r["eval_solve_steps"] is not None]
+        print(f"| {fam} | {var} | {len(rs)} | {ms([r['train_psnr'] for r in rs])} | "
+              f"{ms([r['train_forward_psnr'] for r in rs])} | {ms([r['heldout_psnr'] for r in rs])} | {dh} | "
+              f"{ms(d_t) if d_t and var != 'base' else '-'} | {ms(it)} | "
+              f"{statistics.median(r['ms_per_step'] for r in rs):.0f} |")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--families", nargs="*", default=["siren"], choices=list(FAMILY_NAMES))
+    ap.add_argument("--variants", nargs="*", default=["base", "explicit-1L", "explicit-4L"], choices=list(VARIANTS))
+    ap.add_argument("--images", nargs="*", default=["camera"])
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0])
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--jsonl", default=None)
+    ap.add_argument("--from-jsonl", nargs="+", default=None)
+    args = ap.parse_args(argv)
+    if args.from_jsonl:
+        rows = [json.loads(line) for p in args.from_jsonl for line in open(p) if line.strip()]
+        last = {(r["family"], r["variant"], r["image"], r["seed"], r["size"], r["steps"]): r for r in rows}
+        table(list(last.values()))   # a repeated run counts once (the last one)
+        return 0
+    sink = open(args.jsonl, "a") if args.jsonl else None
+    rows = []
+
+    def emit(row):
+        line = json.dumps(row)
+        print(line, flush=True)
+        if sink:
+            sink.write(line + "\n")
+            sink.flush()
+
+    t0 = time.perf_counter()
+    for fam in args.families:
+        for image in args.images:
+            for seed in args.seeds:
+                for var in args.variants:
+                    rows.append(run_one(fam, image, seed, var, args, emit))
+    print(f"\n{len(rows)} runs in {(time.perf_counter() - t0) / 60:.1f} min, {args.size}x{args.size}, "
+          f"{args.steps} steps\n")
+    table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
