@@ -52,11 +52,13 @@ BENCHES = {
 IMPORTS = {"deq-core": "deq_core", "deq-solvers": "deq_solvers", "deq-tasks": "deq_tasks", "deq-inr": "deq_inr"}
 # the Triton kernels need triton at import (the fused solver imports them lazily); no docstring examples there
 DOCTEST_IGNORE = ["--ignore-glob=*/_fused_kernels.py"]
-# PYTHONDONTWRITEBYTECODE=None removes the variable for the commands: test processes (pytest, the CLI and torchrun
-# subprocesses) then share the bytecode the first one compiled into the session's env instead of compiling
-# torch again each (about 6 s of CPU a process)
-ENV = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)), "MPLBACKEND": "Agg",
-       "PYTHONDONTWRITEBYTECODE": None}
+ENV = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)), "MPLBACKEND": "Agg"}
+# For tests: one OpenMP thread per process unless the caller says otherwise (the tests' tensors are tiny; two
+# spinning threads on a loaded 2-core machine made single tests 30x slower: 1.4 s -> 40 s for an Anderson test).
+# PYTHONDONTWRITEBYTECODE=None removes that variable for the commands: the test processes (pytest, CLI and
+# torchrun subprocesses) then share the bytecode the first one compiled into the session's env instead of each
+# compiling torch again (about 6 s of CPU a process).
+TEST_ENV = {**ENV, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONDONTWRITEBYTECODE": None}
 
 
 def _install(session: nox.Session, *reqs: str) -> None:
@@ -79,11 +81,10 @@ def tests(session: nox.Session, package: str) -> None:
     integration tests and the example plugin's)."""
     if package == "integration":
         _install_all(session, *EXAMPLES)
-        session.run("pytest", "tests/integration", *session.posargs, env=ENV)
+        session.run("pytest", "tests/integration", *session.posargs, env=TEST_ENV)
         session.run("pytest", "examples/deq-solver-example/tests", "-c", "examples/deq-solver-example/pyproject.toml",
-                    "--doctest-modules", "--pyargs",
-                    "deq_solver_example", *session.posargs, env=ENV)
-        session.run("pytest", "examples/deq-task-example/tests", *session.posargs, env=ENV)
+                    "--doctest-modules", "--pyargs", "deq_solver_example", *session.posargs, env=TEST_ENV)
+        session.run("pytest", "examples/deq-task-example/tests", *session.posargs, env=TEST_ENV)
         return
     reqs, forbidden = CLOSURES[package]
     _install(session, *reqs)
@@ -95,7 +96,7 @@ def tests(session: nox.Session, package: str) -> None:
     # the docstring examples of the installed package (--pyargs: the code the tests import, not the source tree)
     session.run("pytest", f"packages/{package}/tests", "-c", f"packages/{package}/pyproject.toml",
                 "--doctest-modules", "--pyargs", IMPORTS[package], *DOCTEST_IGNORE, "-p", "no:cacheprovider",
-                *session.posargs, env=ENV)
+                *session.posargs, env=TEST_ENV)
 
 
 @nox.session(default=False, venv_backend="none")
@@ -131,7 +132,7 @@ def docs(session: nox.Session) -> None:
     # the task how-to imports its example package
     _install_all(session, "mkdocs-material", "mkdocstrings[python]", "examples/deq-task-example")
     session.run("mkdocs", "build", "--strict", "--site-dir", "site")
-    session.run("pytest", "tests/docs", *session.posargs, env=ENV)
+    session.run("pytest", "tests/docs", *session.posargs, env=TEST_ENV)
 
 
 @nox.session(default=False)

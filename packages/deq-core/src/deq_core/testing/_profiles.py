@@ -11,7 +11,7 @@ A test suite's ``conftest.py`` needs one line::
 
     from deq_core.testing import register_profiles
 
-    register_profiles()          # dev, or ci when CI is set; --hypothesis-profile=NAME still wins
+    register_profiles()          # dev, or ci when CI is set; --hypothesis-profile=NAME wins
 
 Tests that set their own budget write ``@settings(max_examples=example_budget(10))`` so that ``explore``
 scales them too; :func:`deq_core.testing.check_solver` does this for its ``max_examples``.
@@ -40,30 +40,34 @@ PROFILES: dict[str, dict] = {
 
 
 def register_profiles(environ: dict[str, str] | None = None) -> str:
-    """Register ``dev``, ``ci`` and ``explore`` and load ``ci`` if ``CI`` is set (non-empty), else ``dev``.
+    """Register ``dev``, ``ci`` and ``explore``; unless a profile was chosen already, load ``ci`` if ``CI`` is set
+    (non-empty), else ``dev``.
 
-    Hypothesis' pytest plugin applies ``--hypothesis-profile=NAME`` after conftest files ran, so the command
-    line still wins. Calling this twice is harmless.
+    A profile chosen already (``--hypothesis-profile=NAME``, an earlier conftest, your own ``load_profile``) is
+    kept, so a conftest that pytest imports late (``pytest packages/``) does not undo the command line.
 
     Arguments:
         environ: the environment to read ``CI`` from (default ``os.environ``).
 
     Returns:
-        The name of the profile loaded.
+        The name of the active profile.
 
     Example:
         >>> active = current_profile()
+        >>> settings.load_profile("default")          # nothing chosen yet, as at the start of a pytest run
         >>> register_profiles({"CI": "true"})
         'ci'
         >>> settings().derandomize, example_budget(5)
         (True, 5)
-        >>> register_profiles({})
-        'dev'
-        >>> settings.load_profile(active)        # back to the profile this session runs under
+        >>> register_profiles({})                     # chosen already: kept
+        'ci'
+        >>> settings.load_profile(active)             # back to the profile this session runs under
     """
     env = os.environ if environ is None else environ
     for name, kwargs in PROFILES.items():
         settings.register_profile(name, **kwargs)
+    if current_profile() != "default":
+        return current_profile()
     name = "ci" if env.get("CI") else "dev"
     settings.load_profile(name)
     return name
