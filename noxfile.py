@@ -116,8 +116,10 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks as ratios against a baseline in the same run: `nox -s bench -- solvers inr`."""
     _install_all(session, "torchdeq==0.1.0")
-    names = [a for a in session.posargs if not a.startswith("-")] or list(BENCHES)
-    flags = [a for a in session.posargs if a.startswith("-")]
+    # names first, then flags with their values (`nox -s bench -- inr --size 64`: 64 is --size's value)
+    first_flag = next((i for i, a in enumerate(session.posargs) if a.startswith("-")), len(session.posargs))
+    names = list(session.posargs[:first_flag]) or list(BENCHES)
+    flags = list(session.posargs[first_flag:])
     unknown = sorted(set(names) - set(BENCHES))
     if unknown:
         session.error(f"unknown benchmark(s) {unknown}; expected some of {sorted(BENCHES)}")
