@@ -4,7 +4,7 @@
     nox -s "tests(deq-core)"  # one package
     nox -s fuzz               # the same with Hypothesis' `explore` profile (20x the examples, random)
     nox -s lint
-    nox -s bench -- solvers   # core | solvers | gradients | training | tasks | inr | opteq (several allowed; none = all)
+    nox -s bench -- solvers   # core solvers gradients training tasks inr opteq (several allowed; none = all)
     nox -s docs               # mkdocs build --strict + every docs code block run as a test
     nox -s demo               # the main job on bundled data -> demo-out/report.md
 """
