@@ -182,3 +182,20 @@ def test_diagnostics_report_the_spectral_radius_at_the_fixed_point() -> None:
     assert DEQ(layer)(x)[1].spectral_radius is None
     with pytest.raises(DeqConfigError, match="diagnostics"):
         DEQ(layer, diagnostics=1)
+
+
+def test_a_start_at_residual_zero_is_not_divergence_under_a_custom_terminate() -> None:
+    """A sample that starts exactly at its fixed point under a terminate that never stops (as JIIO's schedule)
+    used to be flagged diverged at step 1 (its divergence limit was divergence * 0)."""
+    from deq_core import FixedPointIteration, LoopControl, run_loop
+
+    class Never(FixedPointIteration):
+        def terminate(self, z, fz, res, fnorm, state, control):
+            return torch.zeros_like(res, dtype=torch.bool)
+
+    z = torch.tensor([[2.0, 2.0], [0.0, 0.0]], dtype=torch.float64)
+    f = lambda z: 0.5 * z + 1.0  # noqa: E731 - sample 0 starts at its fixed point 2
+    for divergence in (1e6, float("inf")):
+        out = run_loop(Never(), f, z, f(z), LoopControl(1e-12, 0.0, 20, divergence=divergence))
+        assert out.status.tolist() == [Result.MAX_STEPS.code, Result.MAX_STEPS.code], divergence
+        assert torch.allclose(out.z, torch.full((2, 2), 2.0, dtype=torch.float64), atol=1e-5)

@@ -64,13 +64,15 @@ def run_loop(solver: Any, f: Callable[[Tensor], Tensor], z: Tensor, fz: Tensor,
     every, max_steps = control.check_every, control.max_steps
     res, fnorm = residual_norms(z, fz)
     state = solver.init(counter, z, fz)
-    finite = torch.isfinite(res) & torch.isfinite(fnorm)
+    finite = torch.isfinite(res)  # ||f(z0) - z0|| is finite only when f(z0) is (z0 is checked by the driver)
     done = solver.terminate(z, fz, res, fnorm, state, control) & finite
     failed = ~finite
-    nonfinite = failed.clone()
+    nonfinite = failed
     settled = done | failed
-    limit = control.divergence * res              # a running sample diverges when its residual exceeds this
-    flimit = control.divergence * (fnorm + res)   # ... or when ||f(z)|| runs away beyond this (>= ||z0||)
+    tiny = torch.finfo(res.dtype).tiny  # a start at residual 0 (never "done" under a custom terminate) is no
+    # licence to call every later step divergence, and inf * 0 would be nan
+    limit = control.divergence * res.clamp_min(tiny)              # a running sample diverges beyond this residual
+    flimit = control.divergence * (fnorm + res).clamp_min(tiny)   # ... or when ||f(z)|| runs away beyond this
     earn = 0.5 * res  # the relative test counts only once the residual has halved (or meets atol)
     best_z, best_fz, best_res, best_fn = z, fz, res, fnorm
     # host path: converged and failed samples live in `frozen` (z, fz, res, fnorm; rows valid where settled)
@@ -124,7 +126,7 @@ def run_loop(solver: Any, f: Callable[[Tensor], Tensor], z: Tensor, fz: Tensor,
                         done = done | newly_conv
                     if bad_any:
                         failed = failed | newly_bad
-                        nonfinite = nonfinite | (newly_bad & ~(torch.isfinite(res) & torch.isfinite(fnorm)))
+                        nonfinite = nonfinite | (newly_bad & ~torch.isfinite(res))
                     settled = settled | newly
                     any_settled = True
                     if bool(settled.all()):
@@ -150,7 +152,7 @@ def run_loop(solver: Any, f: Callable[[Tensor], Tensor], z: Tensor, fz: Tensor,
             settled_at = torch.where(newly, k, settled_at)
             done = done | newly_conv
             failed = failed | newly_bad
-            nonfinite = nonfinite | (newly_bad & ~(torch.isfinite(res) & torch.isfinite(fnorm)))
+            nonfinite = nonfinite | (newly_bad & ~torch.isfinite(res))
             settled = settled | newly
             if (k % every == 0 or k == max_steps) and _all_settled(settled, synced, control):
                 break
