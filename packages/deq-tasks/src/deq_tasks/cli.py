@@ -7,8 +7,8 @@
 
 ``run`` takes the common options below; any other ``--name value`` pair is a task option (``--mask block``,
 ``--alpha 0.03``; ``-`` and ``_`` are the same), checked against the task's options before anything runs. A task
-object is a ``deq_core.AbstractTask`` with ``run(out, *, checkpoint=None, progress=True) -> dict`` and writes ``metrics.json``, PNGs and
-``model.safetensors`` into ``out``.
+object is a ``deq_core.AbstractTask`` with ``run(out, *, checkpoint=None, progress=True) -> dict`` and writes
+``metrics.json``, PNGs and ``model.safetensors`` into ``out``.
 """
 
 from __future__ import annotations
