@@ -1,7 +1,8 @@
 """The one task runner: tests per package (each in its own env), integration, lint, bench, docs, demo.
 
-    nox -s tests              # every package in its own env, then cross-package integration
+    nox -s tests              # every package in its own env (tests + doctests), then cross-package integration
     nox -s "tests(deq-core)"  # one package
+    nox -s fuzz               # the same with Hypothesis' `explore` profile (20x the examples, random)
     nox -s lint
     nox -s bench -- solvers   # core | solvers | tasks | inr | opteq (several allowed; none = all)
     nox -s docs               # mkdocs build --strict + every docs code block run as a test
@@ -46,7 +47,14 @@ BENCHES = {
     "inr": f"{INR}/benchmarks/bench_inr.py",
     "opteq": f"{CORE}/benchmarks/opteq_mnist.py",
 }
-ENV = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)), "MPLBACKEND": "Agg"}
+IMPORTS = {"deq-core": "deq_core", "deq-solvers": "deq_solvers", "deq-tasks": "deq_tasks", "deq-inr": "deq_inr"}
+# the Triton kernels need triton at import (the fused solver imports them lazily); no docstring examples there
+DOCTEST_IGNORE = ["--ignore-glob=*/_fused_kernels.py"]
+# PYTHONDONTWRITEBYTECODE=None removes the variable for the commands: test processes (pytest, the CLI and torchrun
+# subprocesses) then share the bytecode the first one compiled into the session's env instead of compiling
+# torch again each (about 6 s of CPU a process)
+ENV = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)), "MPLBACKEND": "Agg",
+       "PYTHONDONTWRITEBYTECODE": None}
 
 
 def _install(session: nox.Session, *reqs: str) -> None:
@@ -65,12 +73,15 @@ def _install_all(session: nox.Session, *extra: str) -> None:
 @nox.session
 @nox.parametrize("package", [*CLOSURES, "integration"], ids=[*CLOSURES, "integration"])
 def tests(session: nox.Session, package: str) -> None:
-    """Run one package's tests in an env holding only its dependency closure (or the integration tests)."""
+    """Run one package's tests and docstring examples in an env holding only its dependency closure (or the
+    integration tests and the example plugin's)."""
     if package == "integration":
         _install_all(session, *EXAMPLES)
         session.run("pytest", "tests/integration", *session.posargs, env=ENV)
-        session.run("pytest", "examples/deq-solver-example/tests", "examples/deq-task-example/tests", *session.posargs,
-                    env=ENV)
+        session.run("pytest", "examples/deq-solver-example/tests", "-c", "examples/deq-solver-example/pyproject.toml",
+                    "--doctest-modules", "--pyargs",
+                    "deq_solver_example", *session.posargs, env=ENV)
+        session.run("pytest", "examples/deq-task-example/tests", *session.posargs, env=ENV)
         return
     reqs, forbidden = CLOSURES[package]
     _install(session, *reqs)
@@ -79,7 +90,16 @@ def tests(session: nox.Session, package: str) -> None:
     probe = "import importlib.util as u, sys; bad=[m for m in sys.argv[1:] if u.find_spec(m)]; " \
             "sys.exit(f'installed outside the dependency closure: {bad}' if bad else 0)"
     session.run("python", "-c", probe, *forbidden)
-    session.run("pytest", f"packages/{package}/tests", "-p", "no:cacheprovider", *session.posargs, env=ENV)
+    # the docstring examples of the installed package (--pyargs: the code the tests import, not the source tree)
+    session.run("pytest", f"packages/{package}/tests", "-c", f"packages/{package}/pyproject.toml",
+                "--doctest-modules", "--pyargs", IMPORTS[package], *DOCTEST_IGNORE, "-p", "no:cacheprovider",
+                *session.posargs, env=ENV)
+
+
+@nox.session(default=False, venv_backend="none")
+def fuzz(session: nox.Session) -> None:
+    """Every `tests` session with Hypothesis' `explore` profile: 20x the examples, freshly random each run."""
+    session.notify("tests", posargs=["--hypothesis-profile=explore", *session.posargs])
 
 
 @nox.session

@@ -1,17 +1,13 @@
-"""Shared test setup: Hypothesis profiles ``dev`` (default) and ``ci`` (``CI`` set), both derandomized."""
+"""Shared test setup: deq's Hypothesis profiles (``dev`` random, ``ci`` derandomized when ``CI`` is set)."""
 
-import os
 from collections.abc import Iterator
 
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
 
-settings.register_profile("dev", max_examples=20, derandomize=True, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("ci", max_examples=20, derandomize=True, deadline=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("ci" if os.environ.get("CI") else "dev")
+from deq_core.testing import register_profiles
+
+register_profiles()
 
 
 @pytest.fixture(autouse=True)

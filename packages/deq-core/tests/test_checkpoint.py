@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import deq_core
 from deq_core import DEQ, DeqInputError, FixedPointIteration, _checkpoint, load, save
+from deq_core.testing import example_budget
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
           torch.int8, torch.uint8, torch.bool]
@@ -43,7 +44,7 @@ configs = st.none() | st.dictionaries(st.text(max_size=8), st.none() | st.boolea
                                       max_size=4)
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=example_budget(40))
 @given(state=st.dictionaries(keys, entries, min_size=1, max_size=6), config=configs)
 def test_round_trip_is_bit_exact(state, config):
     tensors = {k: random_tensor(dtype, shape, seed) for k, (dtype, shape, seed) in state.items()}

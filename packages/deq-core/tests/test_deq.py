@@ -140,11 +140,18 @@ def test_round_trips_give_identical_outputs(how: str) -> None:
     z_a, info_a = deq(x, cache_key="fresh")
     z_b, info_b = clone(x, cache_key="fresh")
     assert torch.equal(z_a, z_b) and torch.equal(info_a.stats.steps, info_b.stats.steps)
-    # and the copy trains on its own
+    # and the copy trains on its own: its gradients land in its own parameters, the original's stay as they were
+    before = {name: p.grad.clone() for name, p in deq.named_parameters()}
+    assert before, "the training steps above left gradients in the original"
+    assert not {p.data_ptr() for p in clone.parameters()} & {p.data_ptr() for p in deq.parameters()}
     clone.train()
+    clone.zero_grad()
     z, _ = clone(x)
     z.sum().backward()
-    assert clone.f.lin.weight_orig.grad is not None and deq.f.lin.weight_orig.grad is None or True
+    grad = clone.f.lin.weight_orig.grad
+    assert grad is not None and bool(grad.abs().sum() > 0)
+    for name, p in deq.named_parameters():
+        assert torch.equal(p.grad, before[name]), name
 
 
 def test_config_is_json() -> None:

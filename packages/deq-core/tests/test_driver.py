@@ -19,7 +19,7 @@ from deq_core import (
     StateLayout,
     fixed_point,
 )
-from deq_core.testing import Contraction, contractions, make_contraction
+from deq_core.testing import Contraction, contractions, example_budget, make_contraction
 
 pytestmark = pytest.mark.usefixtures("core_registry")
 
@@ -107,7 +107,7 @@ def test_residual_trace() -> None:
 
 
 @given(contractions(F64, shapes=st.just((((3, 4), (3, 2, 2, 1)), True))))
-@settings(max_examples=10)
+@settings(max_examples=example_budget(10))
 def test_tuple_states_match_the_flat_problem(c: Contraction) -> None:
     sol = _solve(c)
     assert isinstance(sol.value, tuple) and [t.shape for t in sol.value] == [t.shape for t in c.z0]
@@ -198,7 +198,7 @@ def test_check_every_changes_syncs_not_results(every: int) -> None:
 
 
 @given(st.integers(1, 6), st.integers(0, 1000))
-@settings(max_examples=15)
+@settings(max_examples=example_budget(15))
 def test_check_every_property(every: int, seed: int) -> None:
     c = make_contraction("tanh", [(3, 5)], rho=0.7, seed=seed, dtype=F64)
     ref, sol = _solve(c), _solve(c, check_every=every)

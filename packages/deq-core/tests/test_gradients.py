@@ -28,6 +28,7 @@ from deq_core import (
     UnrolledAdjoint,
     fixed_point,
 )
+from deq_core.testing import example_budget
 
 pytestmark = pytest.mark.usefixtures("core_registry")
 
@@ -126,7 +127,7 @@ problems = st.builds(
 
 
 @given(problems)
-@settings(max_examples=15)
+@settings(max_examples=example_budget(15))
 def test_implicit_adjoint_matches_dense_linear_solve(p: Problem) -> None:
     sol = fixed_point(p.f, p.z0(), solver=FixedPointIteration(), adjoint=ImplicitAdjoint(**TOL), **TOL)
     assert torch.allclose(sol.value, p.z_star(), atol=1e-11)
@@ -135,7 +136,7 @@ def test_implicit_adjoint_matches_dense_linear_solve(p: Problem) -> None:
 
 
 @given(problems)
-@settings(max_examples=5)
+@settings(max_examples=example_budget(5))
 def test_implicit_adjoint_by_name_and_with_warm_start(p: Problem) -> None:
     ref = p.implicit_reference()
     sol = fixed_point(p.f, p.z0(), solver="fixed-point", adjoint="implicit", **TOL)
@@ -147,14 +148,14 @@ def test_implicit_adjoint_by_name_and_with_warm_start(p: Problem) -> None:
 
 
 @given(problems, st.integers(0, 4))
-@settings(max_examples=10)
+@settings(max_examples=example_budget(10))
 def test_neumann_adjoint_matches_truncated_series(p: Problem, terms: int) -> None:
     sol = fixed_point(p.f, p.z0(), solver=FixedPointIteration(), adjoint=NeumannAdjoint(terms=terms), **TOL)
     _close(torch.autograd.grad((sol.value * p.w).sum(), p.leaves), p.neumann_reference(terms), 1e-8)
 
 
 @given(problems, st.integers(1, 5), st.sampled_from([0.3, 0.5, 1.0]))
-@settings(max_examples=10)
+@settings(max_examples=example_budget(10))
 def test_phantom_adjoint_matches_k_damped_steps(p: Problem, steps: int, damping: float) -> None:
     sol = fixed_point(p.f, p.z0(), solver=FixedPointIteration(), adjoint=PhantomAdjoint(steps=steps, damping=damping),
                       **TOL)
@@ -162,7 +163,7 @@ def test_phantom_adjoint_matches_k_damped_steps(p: Problem, steps: int, damping:
 
 
 @given(problems, st.integers(1, 12), st.sampled_from([0.6, 1.0]))
-@settings(max_examples=10)
+@settings(max_examples=example_budget(10))
 def test_unrolled_adjoint_matches_autograd_through_the_loop(p: Problem, k: int, damping: float) -> None:
     # a fixed budget (the tolerance is unreachable): every sample runs k steps
     sol = fixed_point(p.f, p.z0(), solver=FixedPointIteration(damping=damping), adjoint=UnrolledAdjoint(),
@@ -221,7 +222,7 @@ class Layer(nn.Module):
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("adjoint", ["implicit", "neumann", "phantom"])
 @given(p=problems)
-@settings(max_examples=4)
+@settings(max_examples=example_budget(4))
 def test_deq_gradients_match_references(p: Problem, mode: str, adjoint: str) -> None:
     objects = {"implicit": ImplicitAdjoint(**TOL), "neumann": NeumannAdjoint(terms=3),
                "phantom": PhantomAdjoint(steps=3, damping=0.5)}

@@ -32,6 +32,7 @@ from deq_core.opteq import (
     get_prox,
     with_l1,
 )
+from deq_core.testing import example_budget
 
 F64 = torch.float64
 
@@ -134,7 +135,7 @@ def random_layer(seed: int, prox: AbstractProx, n: int, d: int, norm: float, sca
     return OptEqLayer.from_matrices(w, u, b, prox=prox)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=example_budget(30), deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),
     name=st.sampled_from(sorted(PROXES)),
@@ -241,10 +242,11 @@ def test_halpern_selects_the_fixed_point_nearest_the_anchor() -> None:
         OptEqLayer.from_matrices(eye, zero, torch.zeros(n, dtype=F64))
     layer = OptEqLayer.from_matrices(eye, zero, torch.zeros(n, dtype=F64), strict=False)  # T = ReLU, Fix T = R^n_+
     x = torch.zeros(2, 1, dtype=F64)
-    anchored = OptEq.from_layer(layer, solver=Halpern(anchor=u), adjoint=None, atol=1e-4, rtol=0.0, max_steps=40000)
+    # Halpern's error is O(1/k): 1e-3 takes ~1500 steps (1e-4 took ~15000); the other fixed point is > 0.1 away
+    anchored = OptEq.from_layer(layer, solver=Halpern(anchor=u), adjoint=None, atol=1e-3, rtol=0.0, max_steps=4000)
     z, info = anchored(x, z0=v)
     assert info.result.name == "CONVERGED"
-    assert_near(z, torch.relu(u), 2e-4)   # the projection of u onto Fix T
+    assert_near(z, torch.relu(u), 2e-3)   # the projection of u onto Fix T
     plain = OptEq.from_layer(layer, adjoint=None, atol=1e-12, rtol=0.0, max_steps=10)
     z_plain, _ = plain(x, z0=v)
     assert_near(z_plain, torch.relu(v), 1e-12)                 # another fixed point, chosen by z0

@@ -1,12 +1,11 @@
-import os
+"""Test setup: deq's shared Hypothesis profiles (``dev`` random, ``ci`` derandomized when ``CI`` is set)."""
 
 import pytest
 import torch
-from hypothesis import settings
 
-settings.register_profile("dev", max_examples=20, deadline=None)
-settings.register_profile("ci", max_examples=20, deadline=None, derandomize=True)
-settings.load_profile("ci" if os.environ.get("CI") else "dev")
+from deq_core.testing import register_profiles
+
+register_profiles()
 
 
 @pytest.fixture(autouse=True)

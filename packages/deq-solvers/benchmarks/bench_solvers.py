@@ -210,7 +210,7 @@ OURS = {
     "broyden": (Broyden(), "broyden"),
     "picard": (Picard(), "fixed_point_iter"),
     "fixed-point": (FixedPointIteration(), "fixed_point_iter"),
-    "neumann": (Neumann(terms=1000), "fixed_point_iter"),
+    "neumann": (Neumann(), "fixed_point_iter"),
     "fused-anderson": (FusedAnderson(), "anderson"),
 }
 TORCHDEQ = ["anderson", "broyden", "fixed_point_iter", "simple_fixed_point_iter"]

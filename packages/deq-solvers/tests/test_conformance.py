@@ -10,8 +10,8 @@ from deq_solvers import Anderson, Broyden, FusedAnderson, Neumann, Picard, trito
 
 
 @pytest.mark.parametrize("solver", [
-    Picard(), Picard(damping=0.9, adaptive=True), Anderson(), Anderson(m=2, beta=0.8), Broyden(),
-    Broyden(memory=3, line_search=True), Neumann(terms=500),
+    Picard(), Picard(damping=0.9, adaptive=True), Anderson(), Anderson(m=2, damping=0.8), Broyden(),
+    Broyden(m=3, line_search=True), Neumann(),
 ], ids=repr)
 def test_check_solver(solver):
     check_solver(solver, max_examples=6)
@@ -24,4 +24,4 @@ def test_check_solver_by_name():
 @pytest.mark.skipif(triton_status() is not None, reason=str(triton_status()))
 def test_check_solver_fused_interpreter():
     # Triton interpreter on CPU: small examples only (it is slow)
-    check_solver(FusedAnderson(check_every=2, block=16), dtype=torch.float64, max_examples=2, max_steps=200)
+    check_solver(FusedAnderson(block=16), dtype=torch.float64, max_examples=2, max_steps=200)

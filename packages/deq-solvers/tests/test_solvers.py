@@ -17,10 +17,10 @@ def solve(f, z0, **kw):
 
 SOLVERS = [
     Picard(), Picard(damping=0.8), Picard(adaptive=True),
-    Anderson(), Anderson(m=1), Anderson(m=3, beta=0.7), Anderson(history_dtype="float64"),
+    Anderson(), Anderson(m=1), Anderson(m=3, damping=0.7), Anderson(history_dtype="float64"),
     Anderson(solve_dtype="float32"), Anderson(adaptive=False), Anderson(switch_ratio=1.0),
-    Broyden(), Broyden(memory=2), Broyden(line_search=True),
-    Neumann(terms=500),
+    Broyden(), Broyden(m=2), Broyden(line_search=True),
+    Neumann(),
 ]
 
 
@@ -92,12 +92,12 @@ def test_anderson_stats_and_history_bytes():
 
 def test_broyden_history_is_bounded_by_memory_not_steps():
     f, z_star, _, _ = affine(8, B=2, N=12, rho=0.95, sym=True)
-    sol = solve(f, torch.zeros(2, 12, dtype=torch.float64), solver=Broyden(memory=3), rtol=1e-10,
+    sol = solve(f, torch.zeros(2, 12, dtype=torch.float64), solver=Broyden(m=3), rtol=1e-10,
                       max_steps=500)
     assert sol.result is Result.CONVERGED
     assert sol.stats.nfev > 4  # the ring buffer wrapped
     assert sol.stats.solver["history_bytes"] == 2 * (2 * 3 * 12 * 8) + 2 * 3 * 8
-    small = solve(f, torch.zeros(2, 12, dtype=torch.float64), solver=Broyden(memory=50), max_steps=2,
+    small = solve(f, torch.zeros(2, 12, dtype=torch.float64), solver=Broyden(m=50), max_steps=2,
                         throw=False)
     assert small.stats.solver["history_bytes"] <= 2 * (2 * 4 * 12 * 8) + 2 * 4 * 8  # lazily grown, not 50 deep
 
@@ -124,21 +124,35 @@ def test_half_precision_states(solver, dtype, rtol):
 
 def test_neumann_truncation_and_tolerance():
     f, z_star, _, b = affine(10, B=2, N=6, rho=0.5)
-    trunc = solve(f, b.clone(), solver=Neumann(terms=3), rtol=1e-12, throw=False)
+    trunc = solve(f, b.clone(), solver=Neumann(), rtol=1e-12, max_steps=3, throw=False)
     assert trunc.result is Result.MAX_STEPS and int(trunc.stats.steps.max()) == 3
     # u_3 = sum_{t=0..3} A^t b exactly
     A = affine(10, B=2, N=6, rho=0.5)[2]
     expected = sum(b @ torch.linalg.matrix_power(A, t).T for t in range(4))
     assert torch.allclose(trunc.value, expected)
-    early = solve(f, b.clone(), solver=Neumann(terms=200, tol=1e-6), rtol=1e-3, max_steps=500)
+    early = solve(f, b.clone(), solver=Neumann(), rtol=1e-6, max_steps=500)
     assert early.result is Result.CONVERGED and int(early.stats.steps.max()) < 30
+
+
+def test_neumann_runs_on_the_callers_budget_and_old_spellings_name_the_new_ones():
+    """By name, neumann used to stop at its own terms=20 even when max_steps=1000 was asked for."""
+    f, _, _, b = affine(10, B=2, N=6, rho=0.97)
+    sol = solve(f, b.clone(), solver="neumann", rtol=1e-10, max_steps=1000)
+    assert sol.result is Result.CONVERGED and int(sol.stats.steps.max()) > 20
+    for old, new in (("terms", "max_steps"), ("tol", "rtol")):
+        with pytest.raises(DeqConfigError, match=f"no option '{old}'.*{new}"):
+            Neumann(**{old: 5})
+    with pytest.raises(DeqConfigError, match="no option 'memory'.*spelled m"):
+        Broyden(memory=5)
+    with pytest.raises(DeqConfigError, match="no option 'beta'.*spelled damping"):
+        Anderson(beta=0.5)
 
 
 def test_neumann_as_backward_solver_gives_implicit_gradient():
     _, _, A, _ = affine(11, B=3, N=6, rho=0.6)
     x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, 6, dtype=torch.float64)
-    adj = ImplicitAdjoint(Neumann(terms=200, tol=1e-13), atol=1e-14, rtol=1e-12)
+    adj = ImplicitAdjoint(Neumann(), atol=1e-14, rtol=1e-12, max_steps=200)
     sol = fixed_point(lambda z: z @ A.T + x, torch.zeros(3, 6, dtype=torch.float64), solver=Anderson(),
                       adjoint=adj, atol=1e-14, rtol=1e-12, max_steps=200)
     (grad,) = torch.autograd.grad((sol.value * w).sum(), x)
@@ -241,7 +255,7 @@ def test_anderson_adaptive_history_bytes_before_and_after_the_switch():
 def test_anderson_adaptive_switch_rebuilds_the_history_of_plain_steps(beta):
     """Plain steps store only g_i; on the switch f(z_i) is rebuilt from z_{i+1} = z_i + beta g_i."""
     f, _ = tanh_map(19, B=3, N=12)
-    solver = Anderson(m=4, beta=beta)
+    solver = Anderson(m=4, damping=beta)
     z = torch.zeros(3, 12, dtype=torch.float64)
     fz = f(z)
     st = solver.init(f, z, fz)

@@ -1,11 +1,7 @@
-"""Shared test settings: Hypothesis profiles ``dev`` and ``ci`` (``CI`` set: derandomized, no deadline)."""
+"""Test setup: deq's shared Hypothesis profiles (``dev`` random, ``ci`` derandomized when ``CI`` is set)."""
 
 from __future__ import annotations
 
-import os
+from deq_core.testing import register_profiles
 
-from hypothesis import settings
-
-settings.register_profile("dev", deadline=None, max_examples=20)
-settings.register_profile("ci", derandomize=True, deadline=None, max_examples=20)
-settings.load_profile("ci" if os.environ.get("CI") else "dev")
+register_profiles()

@@ -71,7 +71,9 @@ def test_latent_ball_constrains_jiio_and_projected_adam(model, digits) -> None:
     assert float(res.x.norm(dim=1).max()) <= r + 1e-5
     assert float(base["x"].norm(dim=1).max()) <= r + 1e-5
     assert float(free["x"].norm(dim=1).max()) > r            # lr 1.0 leaves the ball without the projection
-    assert decoder_problem(model, y, radius=r).project is not None
+    project = decoder_problem(model, y, radius=r).project  # the ball JIIO projects onto: far points land on it
+    far = torch.full((2, model.latent_dim), 10.0)
+    assert torch.allclose(project(far).norm(dim=1), torch.full((2,), r))
     assert latent_radius(model) == pytest.approx(model.latent_dim ** 0.5)
 
 

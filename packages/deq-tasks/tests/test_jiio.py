@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deq_core import DeqConfigError, DeqInputError, DeqSolveError
+from deq_core.testing import example_budget
 from deq_tasks.jiio import (
     JIIOConfig,
     JIIOProblem,
@@ -42,7 +43,7 @@ def _toy(seed: int, n: int = 4, k: int = 3, B: int = 2, lam: float = 0.5, scale:
     return prob, (A, Bm, C, y, lam), (z_star, mu_star, x_star)
 
 
-@settings(max_examples=6)
+@settings(max_examples=example_budget(6))
 @given(seed=st.integers(0, 10_000), alpha=st.sampled_from([0.3, 0.5]))
 def test_fixed_point_satisfies_kkt_and_matches_closed_form(seed: int, alpha: float) -> None:
     prob, _, (z_star, mu_star, x_star) = _toy(seed)

@@ -21,9 +21,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ._errors import DeqConfigError
-from ._loop import LoopControl
-from ._solver import AbstractFixedPointSolver, FlatMap, check_positive, check_range
+from ._control import LoopControl, LoopOutcome
+from ._errors import DeqConfigError, DeqSolveError
+from ._loop import run_loop
+from ._solver import AbstractFixedPointSolver, FlatMap
+from ._validate import check_int, check_range, check_tolerances
 
 __all__ = ["AbstractAdjoint", "ImplicitAdjoint", "NeumannAdjoint", "PhantomAdjoint", "UnrolledAdjoint"]
 
@@ -72,8 +74,13 @@ class AbstractAdjoint(abc.ABC):
 
     @abc.abstractmethod
     def attach(self, f: FlatMap, z_star: Tensor, *, solver: AbstractFixedPointSolver, control: LoopControl,
-               init: Tensor | None = None) -> Tensor:
-        """``f`` and ``z_star`` are flat ``(B, N)``; return a ``(B, N)`` tensor equal to ``z_star``."""
+               init: Tensor | None = None, forward: LoopOutcome | None = None) -> Tensor:
+        """``f`` and ``z_star`` are flat ``(B, N)``; return a ``(B, N)`` tensor equal to ``z_star``.
+
+        ``solver`` / ``control`` are the forward solve's, ``init`` a warm start for a backward solve, and
+        ``forward`` the forward :class:`LoopOutcome` (``forward.state`` is the solver's final state), for
+        adjoints that reuse what the forward solve built (``None`` when there was no forward loop).
+        """
 
 
 def _reengage(f: FlatMap, z_star: Tensor) -> tuple[Tensor, Tensor]:
@@ -119,8 +126,8 @@ class ImplicitAdjoint(AbstractAdjoint):
     def __init__(self, solver: AbstractFixedPointSolver | str | None = None, *, atol: float | None = None,
                  rtol: float | None = None, max_steps: int | None = None, throw: bool = False,
                  **options: Any) -> None:
-        if isinstance(solver, str):
-            from ._resolve import resolve_solver  # the registry is imported only when a name is given
+        if isinstance(solver, str):  # a name, resolved once, here at construction (the edge)
+            from ._resolve import resolve_solver
 
             solver = resolve_solver(solver, **options)
         elif options:
@@ -132,10 +139,8 @@ class ImplicitAdjoint(AbstractAdjoint):
             raise DeqConfigError(
                 f"ImplicitAdjoint.solver must be a solver, a name or None, got {type(solver).__name__}"
             )
-        from ._driver import check_tolerances
-
         check_tolerances(1.0 if atol is None else atol, 1.0 if rtol is None else rtol,
-                         1 if max_steps is None else max_steps)
+                         1 if max_steps is None else max_steps, "ImplicitAdjoint")
         self.solver, self.atol, self.rtol, self.max_steps, self.throw = solver, atol, rtol, max_steps, throw
 
     def __repr__(self) -> str:
@@ -148,7 +153,10 @@ class ImplicitAdjoint(AbstractAdjoint):
     def __hash__(self) -> int:
         return hash(repr(self))
 
-    def attach(self, f, z_star, *, solver, control, init=None):
+    def attach(self, f, z_star, *, solver, control, init=None, forward=None, warm_rows=None, keep=None):
+        """As :meth:`AbstractAdjoint.attach`; besides, ``warm_rows`` ``(B,)`` bool limits the warm start ``init``
+        to those rows (the others start at ``v``), and ``keep(u)`` receives the backward solution (both are how
+        :class:`deq_core.FixedPointCache` warm-starts the backward solve per sample)."""
         z, fz = _reengage(f, z_star)
         if not fz.requires_grad:
             return z_star.detach()
@@ -157,7 +165,8 @@ class ImplicitAdjoint(AbstractAdjoint):
             control.atol if self.atol is None else self.atol,
             control.rtol if self.rtol is None else self.rtol,
             control.max_steps if self.max_steps is None else self.max_steps,
-            control.check_every, control.divergence, record_trace=False,
+            control.check_every, control.divergence, record_trace=False, sync_ranks=control.sync_ranks,
+            group=control.group,
         )
         throw = self.throw
         warm = init
@@ -169,11 +178,13 @@ class ImplicitAdjoint(AbstractAdjoint):
 
             with torch.no_grad():
                 u0 = v if warm is None else warm.to(v.dtype)
-                out = back_solver.solve(backward_map, u0, backward_map(u0), back_control)
+                if warm is not None and warm_rows is not None:
+                    u0 = torch.where(warm_rows[:, None], u0, v)
+                out = run_loop(back_solver, backward_map, u0, backward_map(u0), back_control)
             if throw and not bool(out.converged.all()):
-                from ._errors import DeqSolveError
-
                 raise DeqSolveError(f"implicit backward solve {out.result.message}")
+            if keep is not None:
+                keep(out.z)
             return out.z
 
         return _value(z_star, _hooked(fz, hook))
@@ -196,8 +207,7 @@ class NeumannAdjoint(AbstractAdjoint):
     terms: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.terms, bool) or not isinstance(self.terms, int) or self.terms < 0:
-            raise DeqConfigError(f"NeumannAdjoint.terms must be an int >= 0, got {self.terms!r}")
+        check_int(self, "terms", self.terms, 0)
 
     def reference(self, J: Tensor, v: Tensor) -> Tensor:
         """``u = sum_{t=0..terms} (J^T)^t v``."""
@@ -207,7 +217,7 @@ class NeumannAdjoint(AbstractAdjoint):
             total = total + term
         return total
 
-    def attach(self, f, z_star, *, solver, control, init=None):
+    def attach(self, f, z_star, *, solver, control, init=None, forward=None):
         z, fz = _reengage(f, z_star)
         if not fz.requires_grad:
             return z_star.detach()
@@ -242,9 +252,7 @@ class PhantomAdjoint(AbstractAdjoint):
     damping: float = 0.5
 
     def __post_init__(self) -> None:
-        check_positive(self, "steps", self.steps)
-        if not isinstance(self.steps, int):
-            raise DeqConfigError(f"PhantomAdjoint.steps must be an int >= 1, got {self.steps!r}")
+        check_int(self, "steps", self.steps, 1)
         check_range(self, "damping", self.damping, 0.0, 1.0)
 
     def reference(self, J: Tensor, v: Tensor) -> Tensor:
@@ -256,7 +264,7 @@ class PhantomAdjoint(AbstractAdjoint):
             term = (1 - d) * term + d * (J.transpose(-1, -2) @ term.unsqueeze(-1)).squeeze(-1)
         return total
 
-    def attach(self, f, z_star, *, solver, control, init=None):
+    def attach(self, f, z_star, *, solver, control, init=None, forward=None):
         z = z_star.detach()
         with torch.enable_grad():
             for _ in range(self.steps):
@@ -274,5 +282,6 @@ class UnrolledAdjoint(AbstractAdjoint):
     needs_forward_graph: ClassVar[bool] = True
     exact: ClassVar[bool] = True  # to the forward tolerance: the unrolled solve's derivative tends to (I - J)^-1
 
-    def attach(self, f, z_star, *, solver, control, init=None):
+    def attach(self, f, z_star, *, solver, control, init=None, forward=None):
         return z_star
+

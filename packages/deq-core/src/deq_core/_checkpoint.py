@@ -12,9 +12,12 @@ File layout: a plain safetensors file (readable by any safetensors tool) whose s
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import json
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +33,36 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "load", "save"]
 FORMAT = "deq-checkpoint"
 FORMAT_VERSION = 1
 _SHOW = 5
+
+
+_TEMP = re.compile(r"\.tmp(\d+)-[0-9a-f]{8}$")
+
+
+def _sweep_stale_temps(path: Path) -> None:
+    """Remove ``path``'s temp files left by writers that were killed mid-save (their process is gone)."""
+    try:
+        candidates = list(path.parent.glob(f"{glob.escape(path.name)}.tmp*"))
+    except OSError:
+        return
+    for tmp in candidates:
+        m = _TEMP.search(tmp.name[len(path.name):])
+        if m is None or tmp.name[:len(path.name)] != path.name:
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid() or _alive(pid):
+            continue  # a save in progress (this process cleans its own temps on any exception)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
 
 
 def save(path: str | os.PathLike[str], module_or_state_dict: nn.Module | Mapping[str, Tensor],
@@ -75,6 +108,7 @@ def save(path: str | os.PathLike[str], module_or_state_dict: nn.Module | Mapping
         "deq.sha256": _checksum(tensors, config_json),
         "deq.version": __version__,
     }
+    _sweep_stale_temps(path)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # honours the umask, unlike mkstemp
     os.close(fd)

@@ -1,153 +1,128 @@
-"""``fixed_point``: the driver that validates inputs, runs a solver loop and attaches an adjoint."""
+"""The numerical driver behind :func:`deq_core.fixed_point`: pack the state, run the one loop, report,
+attach an adjoint. It takes objects only; names are resolved at the edge (:mod:`deq_core._resolve`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._errors import DeqConfigError, DeqInputError, DeqSolveError
-from ._loop import LoopControl
-from ._resolve import resolve_adjoint, resolve_solver
+from ._control import LoopControl, LoopOutcome
+from ._errors import DeqInputError, DeqSolveError
+from ._loop import run_loop
 from ._solution import Result, Solution, SolveStats
-from ._solver import AbstractFixedPointSolver
 from ._state import State, StateLayout, flat_map
+from ._validate import check_bool, check_int, check_positive, check_tolerances
 
-if TYPE_CHECKING:
-    from ._adjoint import AbstractAdjoint
-
-__all__ = ["fixed_point", "check_tolerances", "solve_flat"]
-
-DEFAULT_SOLVER = "fixed-point"
+__all__ = ["failure_message", "make_control", "solve", "stats_of"]
 
 
-def fixed_point(
-    f: Callable[[State], State],
-    z0: State,
-    *,
-    solver: AbstractFixedPointSolver | str = DEFAULT_SOLVER,
-    adjoint: AbstractAdjoint | str | None = "implicit",
-    atol: float = 1e-6,
-    rtol: float = 1e-4,
-    max_steps: int = 50,
-    throw: bool = True,
-    check_every: int = 1,
-    divergence: float = 1e6,
-    record_trace: bool = True,
-    adjoint_init: State | None = None,
-) -> Solution:
-    """Find ``z* = f(z*)`` per sample, and make ``z*`` differentiable through ``adjoint``.
+def make_control(atol: float, rtol: float, max_steps: int, check_every: int = 1, divergence: float = 1e6,
+                 record_trace: bool = True, owner: object = "fixed_point", sync_ranks: bool = False,
+                 group: Any = None) -> LoopControl:
+    """A validated :class:`LoopControl` (raises :class:`DeqConfigError` naming the bad option)."""
+    check_tolerances(atol, rtol, max_steps, owner)
+    check_int(owner, "check_every", check_every, 1)
+    check_positive(owner, "divergence", divergence)
+    if not divergence > 1:
+        from ._errors import DeqConfigError
 
-    Arguments:
-        f: map from a state to a state of the same structure; every tensor has the batch first,
-            ``(B, ...)``. Whatever ``f`` closes over (parameters, inputs ``x``) gets gradients.
-        z0: initial state, a tensor ``(B, ...)`` or a tuple of such tensors (one dtype and device).
-        solver: a solver object or a registered name (``deq plugins`` lists them).
-        adjoint: how gradients flow back: an adjoint object, ``"implicit"`` (default, the backward linear
-            fixed point solved with the forward solver), ``"neumann"``, ``"phantom"``, ``"unrolled"``, or
-            ``None`` for a detached result.
-        atol, rtol: sample ``i`` has converged when ``||f(z_i) - z_i|| <= atol + rtol * ||f(z_i)||``.
-        max_steps: solver steps at most (each step evaluates ``f`` about once); 0 only measures ``z0``.
-        throw: raise :class:`DeqSolveError` unless every sample converged.
-        check_every: look for "all converged" on the host every this many steps (fewer syncs on GPU).
-        divergence: a residual this many times its initial value is divergence.
-        record_trace: keep the per-step relative residual trace in ``stats.trace``.
-        adjoint_init: warm start for the backward solve of ``ImplicitAdjoint`` (same structure as z0).
+        raise DeqConfigError(f"{owner}: divergence must be > 1, got {divergence!r}")
+    check_bool(owner, "sync_ranks", sync_ranks)
+    return LoopControl(float(atol), float(rtol), max_steps, check_every, float(divergence), bool(record_trace),
+                       sync_ranks, group)
 
-    Returns:
-        :class:`Solution` with ``value`` (structure of ``z0``; the returned iterate, with gradients
-        attached by the adjoint), ``result`` (:class:`Result`) and ``stats`` (:class:`SolveStats`).
 
-    Raises:
-        DeqInputError: ``z0`` or ``f(z0)`` has the wrong structure, shape, dtype, or non-finite values.
-        DeqConfigError: a tolerance or budget is out of range.
-        UnknownNameError: an unknown solver or adjoint name.
-        DeqSolveError: the solve failed and ``throw=True`` (the message names the worst samples).
+def solve(f: Callable[[State], State], z0: State, solver: Any, adjoint: Any, control: LoopControl, *,
+          throw: bool = True, adjoint_init: State | None = None, input_errors: bool | None = None,
+          adjoint_options: dict[str, Any] | None = None) -> Solution:
+    """Solve ``z* = f(z*)`` with solver and adjoint *objects* (see :func:`deq_core.fixed_point`).
 
-    Example:
-        >>> import torch
-        >>> from deq_core import fixed_point
-        >>> W = 0.5 * torch.eye(3, dtype=torch.float64)
-        >>> x = torch.ones(4, 3, dtype=torch.float64, requires_grad=True)
-        >>> sol = fixed_point(lambda z: z @ W + x, torch.zeros(4, 3, dtype=torch.float64), rtol=1e-10)
-        >>> bool(torch.allclose(sol.value, 2 * x))
-        True
-        >>> sol.value.sum().backward()
-        >>> bool(torch.allclose(x.grad, torch.full_like(x, 2.0)))
-        True
+    ``input_errors`` (default: ``throw``): a non-finite ``f(z0)`` row raises :class:`DeqInputError`;
+    otherwise that sample fails at step 0 with status ``NONFINITE`` and the others are solved.
+    ``adjoint_options``: extra keywords for ``adjoint.attach`` (e.g. ``ImplicitAdjoint``'s ``warm_rows``).
     """
-    solver_obj = resolve_solver(solver)
-    adjoint_obj = resolve_adjoint(adjoint)
-    control = _control(atol, rtol, max_steps, check_every, divergence, record_trace)
     layout = StateLayout.of(z0, "z0")
     z = layout.pack(z0)
     _check_finite(z, "z0", layout)
+    if layout.batch == 0:
+        return _empty_solution(z0, z, solver)
     g = flat_map(f, layout)
-    needs_graph = adjoint_obj is not None and adjoint_obj.needs_forward_graph and torch.is_grad_enabled()
+    needs_graph = adjoint is not None and adjoint.needs_forward_graph and torch.is_grad_enabled()
     with torch.set_grad_enabled(needs_graph):
         z = z if needs_graph else z.detach()
         fz = g(z)
-        _check_finite(fz, "f(z0)", layout)
-        outcome = solver_obj.solve(g, z, fz, control)
-    stats = SolveStats(
-        steps=outcome.steps,
-        residual=outcome.residual,
-        rel_residual=outcome.residual / outcome.fnorm.clamp_min(torch.finfo(outcome.fnorm.dtype).tiny),
-        converged=outcome.converged,
-        trace=outcome.trace,
-        nfev=outcome.nfev + 1,
-        solver={"name": solver_obj.name, **outcome.solver_stats},
-    )
+        if throw if input_errors is None else input_errors:
+            _check_finite(fz, "f(z0)", layout)
+        outcome = run_loop(solver, g, z, fz, control)
+    stats = stats_of(outcome, solver, nfev_extra=1)
     value = outcome.z
     if throw and outcome.result is not Result.CONVERGED:
         raise DeqSolveError(failure_message(outcome.result, stats),
-                            Solution(layout.unpack(value), outcome.result, stats))
-    if adjoint_obj is not None and torch.is_grad_enabled():
+                            Solution(layout.unpack(value.detach()), outcome.result, stats))
+    if adjoint is not None and torch.is_grad_enabled():
         init = None if adjoint_init is None else layout.pack(adjoint_init).detach()
-        value = adjoint_obj.attach(g, value, solver=solver_obj, control=control, init=init)
+        value = adjoint.attach(g, value, solver=solver, control=control, init=init, forward=outcome,
+                               **(adjoint_options or {}))
     elif not needs_graph:
         value = value.detach()
     return Solution(layout.unpack(value), outcome.result, stats)
 
 
-def solve_flat(f: Callable[[Tensor], Tensor], z: Tensor, solver: AbstractFixedPointSolver, control: LoopControl):
-    """Run ``solver`` on a flat ``(B, N)`` problem (no packing, no adjoint); returns a ``LoopOutcome``."""
-    return solver.solve(f, z, f(z), control)
-
-
-def failure_message(result: Result, stats: SolveStats, worst: int = 3) -> str:
-    """One paragraph: what went wrong, which samples, their residuals."""
-    rel = stats.rel_residual.detach().float().cpu()
-    bad = (~stats.converged.cpu()).nonzero().flatten()
-    order = bad[rel[bad].nan_to_num(float("inf")).argsort(descending=True)][:worst]
-    worst_txt = ", ".join(f"sample {int(i)}: relative residual {float(rel[i]):.3g}" for i in order)
-    return (
-        f"fixed-point solve {result.message}. {len(bad)} of {rel.numel()} samples failed after "
-        f"{int(stats.steps.max())} steps ({worst_txt}). Pass throw=False to get the best iterate anyway, "
-        f"or raise max_steps / loosen atol, rtol."
+def stats_of(outcome: LoopOutcome, solver: Any, nfev_extra: int = 0) -> SolveStats:
+    """:class:`SolveStats` of a loop outcome."""
+    tiny = torch.finfo(outcome.fnorm.dtype).tiny
+    return SolveStats(
+        steps=outcome.steps, residual=outcome.residual,
+        rel_residual=outcome.residual / outcome.fnorm.clamp_min(tiny), converged=outcome.converged,
+        trace=outcome.trace, nfev=outcome.nfev + nfev_extra,
+        solver={"name": solver.name, **outcome.solver_stats}, status=outcome.status,
     )
 
 
-def check_tolerances(atol: float, rtol: float, max_steps: int) -> None:
-    """Raise :class:`DeqConfigError` for negative tolerances, both zero, or a budget < 1."""
-    for name, v in (("atol", atol), ("rtol", rtol)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-            raise DeqConfigError(f"{name} must be a number >= 0, got {v!r}")
-    if atol <= 0 and rtol <= 0:
-        raise DeqConfigError(f"at least one of atol, rtol must be > 0, got atol={atol!r}, rtol={rtol!r}")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
-        raise DeqConfigError(f"max_steps must be an int >= 0, got {max_steps!r}")
+def failure_message(result: Result, stats: SolveStats, listed: int = 10) -> str:
+    """One paragraph: what went wrong and exactly which samples (non-finite first, then diverged, then the
+    unconverged ones with the worst residuals)."""
+    status = stats.status.cpu()
+    rel = stats.rel_residual.detach().float().cpu()
+    B = status.numel()
+
+    def ids(mask: Tensor) -> list[int]:
+        return mask.nonzero().flatten().tolist()
+
+    def show(items: list[int]) -> str:
+        return ", ".join(map(str, items[:listed])) + (f", ... ({len(items)} in all)" if len(items) > listed else "")
+
+    parts = []
+    nonfinite, diverged = ids(status == Result.NONFINITE.code), ids(status == Result.DIVERGED.code)
+    unconverged = (status == Result.MAX_STEPS.code).nonzero().flatten()
+    if nonfinite:
+        parts.append(f"samples [{show(nonfinite)}] turned non-finite (nan or inf)")
+    if diverged:
+        parts.append(f"samples [{show(diverged)}] diverged (residual or ||f(z)|| ran away)")
+    if unconverged.numel():
+        order = unconverged[rel[unconverged].nan_to_num(float("inf")).argsort(descending=True)][:3]
+        worst = ", ".join(f"sample {int(i)}: relative residual {float(rel[i]):.3g}" for i in order)
+        parts.append(f"{unconverged.numel()} did not converge within the budget ({worst})")
+    failed = len(nonfinite) + len(diverged) + unconverged.numel()
+    steps = int(stats.steps.max()) if B else 0
+    hint = ("Failed samples are frozen at their best finite iterate; pass throw=False to get every sample anyway"
+            if nonfinite or diverged else "Pass throw=False to get the best iterate anyway, or raise max_steps / "
+            "loosen atol, rtol")
+    return (f"fixed-point solve {result.message}. {failed} of {B} samples failed after {steps} steps: "
+            + "; ".join(parts)
+            + f". {hint}.")
 
 
-def _control(atol, rtol, max_steps, check_every, divergence, record_trace) -> LoopControl:
-    check_tolerances(atol, rtol, max_steps)
-    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
-        raise DeqConfigError(f"check_every must be an int >= 1, got {check_every!r}")
-    if not divergence > 1:
-        raise DeqConfigError(f"divergence must be > 1, got {divergence!r}")
-    return LoopControl(float(atol), float(rtol), max_steps, check_every, float(divergence), record_trace)
+def _empty_solution(z0: State, z: Tensor, solver: Any) -> Solution:
+    """``B = 0``: nothing to solve; a converged, empty solution (``f`` is not called)."""
+    empty = z.new_zeros(0)
+    stats = SolveStats(steps=torch.zeros(0, dtype=torch.long, device=z.device), residual=empty,
+                       rel_residual=empty, converged=torch.zeros(0, dtype=torch.bool, device=z.device),
+                       trace=z.new_zeros(1, 0), nfev=0, solver={"name": solver.name})
+    return Solution(z0, Result.CONVERGED, stats)
 
 
 def _check_finite(flat: Tensor, what: str, layout: StateLayout) -> None:
@@ -159,6 +134,6 @@ def _check_finite(flat: Tensor, what: str, layout: StateLayout) -> None:
     if not bool(finite.all()):
         bad = (~finite).nonzero().flatten().tolist()
         raise DeqInputError(
-            f"{what} contains non-finite values (nan or inf) in samples {bad[:5]}{'...' if len(bad) > 5 else ''}; "
+            f"{what} contains non-finite values (nan or inf) in samples {bad[:10]}{'...' if len(bad) > 10 else ''}; "
             f"expected finite {layout.dtype} values"
         )

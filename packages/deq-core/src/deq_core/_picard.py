@@ -7,7 +7,8 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from ._solver import AbstractFixedPointSolver, FlatMap, check_range
+from ._solver import AbstractFixedPointSolver, FlatMap
+from ._validate import check_range
 
 __all__ = ["FixedPointIteration"]
 

@@ -1,44 +1,71 @@
-"""The solver abstraction: a frozen dataclass of validated hyperparameters with ``init`` / ``step``.
+"""The solver abstraction, in the optimistix shape: a frozen dataclass of validated hyperparameters with
+``init`` / ``step`` / ``terminate`` / ``postprocess``, driven by the one loop :func:`deq_core.run_loop`.
 
-Solvers see flat states: ``z`` and ``fz`` are ``(B, N)`` matrices (the driver packs tuple states). The
-driver (:func:`deq_core.fixed_point`) owns the loop, tolerances, non-finite checks and statistics; a
-solver that must own its loop (e.g. a GPU-fused one) overrides :meth:`AbstractFixedPointSolver.solve`.
+Solvers see flat states: ``z`` and ``fz`` are ``(B, N)`` matrices (the driver packs tuple states). The loop
+owns the budget, tolerances, per-sample freezing, fault isolation and statistics; no solver owns a loop.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from torch import Tensor
 
+from ._control import LoopControl, LoopOutcome, meets_tolerance
 from ._errors import DeqConfigError
-from ._loop import LoopControl, LoopOutcome, run_loop
 
-__all__ = ["AbstractFixedPointSolver", "FlatMap", "check_positive", "check_range"]
+__all__ = ["AbstractFixedPointSolver", "FlatMap"]
 
 FlatMap = Callable[[Tensor], Tensor]
 """A map on flat states ``(B, N) -> (B, N)``."""
 
 
+class _SolverMeta(abc.ABCMeta):
+    """Refuses the old spelling of a renamed hyperparameter with an error naming the new one."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        renamed: Mapping[str, str] = getattr(cls, "renamed", {})
+        for old in kwargs:
+            if old in renamed:
+                raise DeqConfigError(
+                    f"{cls.__name__} has no option {old!r}: it is spelled {renamed[old]} now "
+                    f"(one spelling per hyperparameter across deq's solvers)"
+                )
+        return super().__call__(*args, **kwargs)
+
+    @property
+    def __signature__(cls) -> inspect.Signature:
+        # what inspect.signature(SolverClass) reports: the dataclass __init__, not this __call__
+        sig = inspect.signature(cls.__init__)
+        return sig.replace(parameters=list(sig.parameters.values())[1:])
+
+
 @dataclasses.dataclass(frozen=True)
-class AbstractFixedPointSolver(abc.ABC):
+class AbstractFixedPointSolver(metaclass=_SolverMeta):
     """Base class of fixed-point solvers.
 
-    Subclasses are frozen dataclasses; validate fields in ``__post_init__`` with
-    :func:`check_positive` / :func:`check_range` so a bad value fails at construction.
+    Subclasses are frozen dataclasses; validate fields in ``__post_init__`` with :func:`deq_core.check_int`,
+    :func:`deq_core.check_positive`, :func:`deq_core.check_range` so a bad value fails at construction.
+    Shared hyperparameters have one spelling across solvers: ``m`` (history size), ``damping`` (relaxation),
+    and the caller's ``atol`` / ``rtol`` / ``max_steps`` (no solver has a budget or tolerance of its own).
+    ``renamed`` maps an old spelling to the new one (passing it raises :class:`DeqConfigError`).
 
-    Protocol (all tensors ``(B, N)``)::
+    Protocol (all tensors ``(B, N)``), driven by :func:`deq_core.run_loop`::
 
         state = solver.init(f, z0, fz0)
-        z, fz, state = solver.step(f, z, fz, state)   # repeated by the driver
-        solver.stats(state) -> dict                    # extra statistics for SolveStats.solver
+        z, fz, state = solver.step(f, z, fz, state)                 # repeated by the loop
+        done = solver.terminate(z, fz, res, fnorm, state, control)  # (B,) bool, per sample
+        outcome = solver.postprocess(outcome, state)                # once, at the end
+        solver.stats(state) -> dict                                 # extra statistics, SolveStats.solver
 
     ``step`` receives the current iterate ``z`` and ``fz = f(z)`` and returns the next iterate together
-    with ``f`` evaluated at it (so each step costs one evaluation, more only with line searches).
-    Steps must not modify their inputs in place (the driver keeps the best iterate per sample).
+    with ``f`` evaluated at it (so each step costs one evaluation, more only with line searches). Steps
+    must not modify their inputs in place (the loop keeps the best iterate per sample by reference), and
+    must treat samples independently: a row that turns non-finite must not touch the other rows.
 
     Example:
         >>> import torch
@@ -49,6 +76,7 @@ class AbstractFixedPointSolver(abc.ABC):
     """
 
     name: ClassVar[str] = "abstract"
+    renamed: ClassVar[Mapping[str, str]] = {}
 
     @abc.abstractmethod
     def init(self, f: FlatMap, z: Tensor, fz: Tensor) -> Any:
@@ -58,32 +86,23 @@ class AbstractFixedPointSolver(abc.ABC):
     def step(self, f: FlatMap, z: Tensor, fz: Tensor, state: Any) -> tuple[Tensor, Tensor, Any]:
         """One iteration: ``(z, f(z), state) -> (z_next, f(z_next), state_next)``."""
 
+    def terminate(self, z: Tensor, fz: Tensor, res: Tensor, fnorm: Tensor, state: Any,
+                  control: LoopControl) -> Tensor:
+        """``(B,)`` bool: which samples have converged at ``z`` (``res = ||f(z) - z||``, ``fnorm = ||f(z)||``).
+
+        The default is the shared test ``res <= atol + rtol * fnorm``; override it only when the solver's
+        iterate needs a stricter test (e.g. Halpern's anchor pull), never a looser one.
+        """
+        return meets_tolerance(res, fnorm, control.atol, control.rtol)
+
+    def postprocess(self, outcome: LoopOutcome, state: Any) -> LoopOutcome:
+        """Adjust the loop's outcome once at the end (default: as is, i.e. the best iterate per sample)."""
+        return outcome
+
     def stats(self, state: Any) -> dict[str, Any]:
         """Solver-specific statistics (restarts, memory, ...) reported in ``SolveStats.solver``."""
         return {}
 
-    def solve(self, f: FlatMap, z: Tensor, fz: Tensor, control: LoopControl) -> LoopOutcome:
-        """Run the iteration loop; the default is the shared driver loop (:func:`deq_core.run_loop`).
-
-        Override to own the loop (fused kernels, graph capture). An override must honour ``control``
-        (tolerances, ``max_steps``, divergence) and return a :class:`LoopOutcome`.
-        """
-        return run_loop(self, f, z, fz, control)
-
     def options(self) -> dict[str, Any]:
         """Hyperparameters as a plain dict (for configs and checkpoints)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-
-def check_positive(owner: object, name: str, value: float, *, allow_zero: bool = False) -> None:
-    """Raise :class:`DeqConfigError` unless ``value > 0`` (or ``>= 0`` with ``allow_zero``)."""
-    ok = value >= 0 if allow_zero else value > 0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok or value != value:
-        want = ">= 0" if allow_zero else "> 0"
-        raise DeqConfigError(f"{type(owner).__name__}.{name} must be a number {want}, got {value!r}")
-
-
-def check_range(owner: object, name: str, value: float, low: float, high: float) -> None:
-    """Raise :class:`DeqConfigError` unless ``low < value <= high``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low < value <= high):
-        raise DeqConfigError(f"{type(owner).__name__}.{name} must be in ({low}, {high}], got {value!r}")

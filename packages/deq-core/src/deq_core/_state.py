@@ -76,8 +76,8 @@ class StateLayout:
         """Tensor or tuple -> ``(B, N)`` (a view when the state is a single contiguous tensor)."""
         tensors = _as_tuple(state, "state")
         if len(tensors) == 1:
-            return tensors[0].reshape(self.batch, -1)
-        return torch.cat([t.reshape(self.batch, -1) for t in tensors], dim=1)
+            return tensors[0].reshape(self.batch, self.numel)
+        return torch.cat([t.reshape(self.batch, prod(t.shape[1:])) for t in tensors], dim=1)
 
     def unpack(self, flat: Tensor) -> State:
         """``(B, N)`` -> the original structure (views into ``flat``)."""

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from deq_core import DeqInputError
@@ -111,10 +112,15 @@ def default_input_scale(data: CoordData) -> float:
 
 
 def grid_coords(shape: tuple[int, ...]) -> Tensor:
-    """``(prod(shape), len(shape))`` coordinates of a regular grid in ``[-1, 1]`` (row-major, ``indexing='ij'``)."""
+    """``(prod(shape), len(shape))`` coordinates of a regular grid in ``[-1, 1]`` (row-major, ``indexing='ij'``).
+
+    Example:
+        >>> grid_coords((2, 3)).tolist()
+        [[-1.0, -1.0], [-1.0, 0.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 0.0], [1.0, 1.0]]
+    """
     axes = [torch.linspace(-1, 1, n) if n > 1 else torch.zeros(1) for n in shape]
-    mesh = torch.meshgrid(*axes, indexing="ij")
-    return torch.stack([m.reshape(-1) for m in mesh], dim=-1)
+    mesh = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (*shape, d)
+    return rearrange(mesh, "... d -> (...) d")  # one row per grid point, in the grid's row-major order
 
 
 def _check_holdout(holdout: float | None) -> None:
@@ -220,7 +226,7 @@ def _square(arr: np.ndarray, size: int | None) -> np.ndarray:
 def _make(kind: str, name: str, arr: np.ndarray, holdout: float | None, seed: int, **extra: Any) -> CoordData:
     shape = tuple(arr.shape[:-1])
     coords = grid_coords(shape)
-    values = torch.from_numpy(np.ascontiguousarray(arr.reshape(-1, arr.shape[-1]))).float()
+    values = torch.from_numpy(np.ascontiguousarray(rearrange(arr, "... c -> (...) c"))).float()  # grid order
     train, test, stride = _split(shape, holdout, seed)
     return CoordData(kind, name, coords, values, shape, train, test, holdout, stride, **extra)
 

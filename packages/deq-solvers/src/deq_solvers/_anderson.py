@@ -29,7 +29,7 @@ class Anderson(AndersonOptions):
     turns the method into plain averaging), and mixes
 
     .. math::
-        z_{k+1} = \sum_i \alpha_i f(z_i) - (1 - \beta) \sum_i \alpha_i g_i .
+        z_{k+1} = \sum_i \alpha_i f(z_i) - (1 - d) \sum_i \alpha_i g_i .
 
     The Gram matrix ``H`` is updated incrementally (only the newest row and column, one batched matrix
     product), the ``(m+1)``-sized system is solved in ``solve_dtype`` (float64 by default) and the histories
@@ -42,7 +42,7 @@ class Anderson(AndersonOptions):
 
     Adaptive mode (``adaptive=True``, the default; CPU states only): while every sample's residual contracts
     well, ``||g_k|| <= switch_ratio * ||g_{k-1}||``, the step is the plain damped step
-    ``z_{k+1} = z_k + beta g_k`` (the Anderson step with the newest entry only) and only the residual ring
+    ``z_{k+1} = z_k + d g_k`` (the Anderson step with the newest entry only) and only the residual ring
     buffer is written, no Gram matrix and no small solve. The first time some sample contracts worse, the Gram
     matrix of the stored Picard history is formed in one batched product and Anderson mixing takes over
     for good, so no evaluation is wasted. The test is one host check per step, free on the CPU; on other
@@ -50,7 +50,7 @@ class Anderson(AndersonOptions):
 
     Arguments:
         m: history size (``>= 1``; ``m = 1`` is damped fixed-point iteration).
-        beta: mixing parameter in ``(0, 1]``.
+        damping: mixing (relaxation) parameter ``d`` in ``(0, 1]`` (``beta`` in the Anderson literature).
         ridge: relative Tikhonov regularization ``lambda`` (``>= 0``).
         max_alpha: restart when ``||alpha||_1`` exceeds this (``> 1``).
         restart_growth: restart when ``||g_new|| > restart_growth * ||g_prev||`` (``> 1``; ``inf`` disables).
@@ -104,12 +104,12 @@ class Anderson(AndersonOptions):
         if s.picard and _stay_picard(self, s, g_slot, z):  # adaptive mode: F is rebuilt on the switch
             s.k += 1
             s.picard_steps += 1
-            z_next = fz if self.beta == 1.0 else z.lerp(fz, self.beta)
+            z_next = fz if self.damping == 1.0 else z.lerp(fz, self.damping)
             return z_next, f(z_next), s
         s.F_slot[slot].copy_(fz)
         if m == 1:
             s.k += 1
-            z_next = fz if self.beta == 1.0 else z.lerp(fz, self.beta)
+            z_next = fz if self.damping == 1.0 else z.lerp(fz, self.damping)
             return z_next, f(z_next), s
         # incremental Gram update: row/column `slot` = <g_i, g_slot>
         row = torch.bmm(s.G_row[slot], s.GT).squeeze(1)
@@ -119,8 +119,8 @@ class Anderson(AndersonOptions):
         s.alpha_view.copy_(alpha)
         a = s.alpha_row
         mix = torch.bmm(a, s.F)
-        if self.beta != 1.0:
-            mix = torch.baddbmm(mix, a, s.G, alpha=-(1.0 - self.beta))
+        if self.damping != 1.0:
+            mix = torch.baddbmm(mix, a, s.G, alpha=-(1.0 - self.damping))
         z_next = mix.squeeze(1)
         if z_next.dtype != z.dtype:
             z_next = z_next.to(z.dtype)
@@ -136,7 +136,7 @@ def _stay_picard(solver: Anderson, s: _AndersonState, g: Tensor, z: Tensor) -> b
     """Adaptive mode: True while every residual contracted by ``switch_ratio``; else switch Anderson on.
 
     Plain steps store only the residuals ``g_i``. On the switch (at step ``k``, with ``z = z_k``) the values
-    ``f(z_i) = z_i + g_i`` of the stored entries are rebuilt backwards from ``z_{i+1} = z_i + beta g_i``
+    ``f(z_i) = z_i + g_i`` of the stored entries are rebuilt backwards from ``z_{i+1} = z_i + d g_i``
     (exact up to rounding), and their Gram matrix is formed in one batched product, so the Anderson step that
     follows sees the whole plain-step history and no evaluation is wasted.
     """
@@ -152,9 +152,9 @@ def _stay_picard(solver: Anderson, s: _AndersonState, g: Tensor, z: Tensor) -> b
         s.G[:, n:].zero_()
         s.F[:, n:].zero_()
     zi = z if z.dtype == s.G.dtype else z.to(s.G.dtype)
-    for i in range(k - 1, k - n, -1):  # z_i = z_{i+1} - beta g_i, f(z_i) = z_i + g_i
+    for i in range(k - 1, k - n, -1):  # z_i = z_{i+1} - d g_i, f(z_i) = z_i + g_i
         gi = s.G_slot[i % m]
-        zi = zi - gi if solver.beta == 1.0 else torch.sub(zi, gi, alpha=solver.beta)
+        zi = zi - gi if solver.damping == 1.0 else torch.sub(zi, gi, alpha=solver.damping)
         torch.add(zi, gi, out=s.F_slot[i % m])
     G = s.G[:, :n]
     s.H[:, :n, :n].copy_(torch.bmm(G, G.transpose(1, 2)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,7 +21,7 @@ class Broyden(AbstractFixedPointSolver):
     r"""Limited-memory good Broyden method on the root problem ``g(z) = f(z) - z = 0``.
 
     The inverse Jacobian of ``g`` is approximated per sample by ``B = -I + \sum_i u_i v_i^\top`` with at most
-    ``memory`` rank-one terms (when the memory is full the approximation restarts from ``-I`` and the buffer
+    ``m`` rank-one terms (when the memory is full the approximation restarts from ``-I`` and the buffer
     is reused in place: dropping just the oldest term corrupts the newer ones, which were built on it). The step is
     ``z_{k+1} = z_k - s B g_k`` and after it the good-Broyden (Sherman-Morrison) update with
     ``dz = z_{k+1} - z_k``, ``dg = g_{k+1} - g_k`` appends
@@ -28,7 +29,7 @@ class Broyden(AbstractFixedPointSolver):
     .. math::
         v = B^\top dz,\qquad u = \frac{dz - B\, dg}{v^\top dg}.
 
-    Buffers ``(B, k, N)`` grow with the number of stored terms (doubling) up to ``memory``, never to the
+    Buffers ``(B, k, N)`` grow with the number of stored terms (doubling) up to ``m``, never to the
     step budget. Terms with a vanishing denominator are skipped; a sample whose residual grows by more
     than ``restart_growth`` drops its history (``B = -I``, a plain fixed-point step).
 
@@ -36,13 +37,13 @@ class Broyden(AbstractFixedPointSolver):
     at most ``ls_steps`` extra batched evaluations of ``f``) picks ``s``; otherwise ``s = 1``.
 
     Arguments:
-        memory: largest number of rank-one terms (``>= 1``).
+        m: largest number of rank-one terms (``>= 1``; the history size, spelled ``m`` as for Anderson).
         line_search: per-sample backtracking line search.
         ls_steps: extra evaluations of ``f`` per step at most, with ``line_search``.
         restart_growth: restart a sample when ``||g_new|| > restart_growth * ||g_old||`` (``> 1``).
         history_dtype: ``"auto"`` (state dtype, float32 for half states), ``"float32"`` or ``"float64"``.
 
-    Statistics: ``history_bytes`` (allocated), ``memory``, ``restarts``, ``skipped`` updates,
+    Statistics: ``history_bytes`` (allocated), ``m``, ``restarts``, ``skipped`` updates,
     ``backtracks`` (line-search reductions), ``memory_cycles`` (restarts because the memory was full).
 
     Example:
@@ -57,14 +58,15 @@ class Broyden(AbstractFixedPointSolver):
     """
 
     name: ClassVar[str] = "broyden"
-    memory: int = 20
+    renamed: ClassVar[Mapping[str, str]] = {"memory": "m"}
+    m: int = 20
     line_search: bool = False
     ls_steps: int = 3
     restart_growth: float = 1e3
     history_dtype: str = "auto"
 
     def __post_init__(self) -> None:
-        check_int(self, "memory", self.memory, 1)
+        check_int(self, "m", self.m, 1)
         if not isinstance(self.line_search, bool):
             raise DeqConfigError(f"Broyden.line_search must be a bool, got {self.line_search!r}")
         check_int(self, "ls_steps", self.ls_steps, 1)
@@ -118,7 +120,7 @@ class Broyden(AbstractFixedPointSolver):
         blow = gn > self.restart_growth * s.g0
         s.restarts += blow
         s.skipped += ~ok[:, 0]
-        slot = s.count % self.memory
+        slot = s.count % self.m
         if slot == 0 and s.count:
             # full: restart from B = -I (dropping only the oldest term would leave the newer terms, which
             # were built on top of it, inconsistent; that is what makes ring-overwriting Broyden blow up)
@@ -131,7 +133,7 @@ class Broyden(AbstractFixedPointSolver):
         s.live.masked_fill_(blow[:, None], 0.0)
         s.g0 = torch.where(blow, gn, s.g0)
         s.count += 1
-        s.n = min(s.count, self.memory)
+        s.n = min(s.count, self.m)
 
     def _line_search(self, f, s, zh, g, d, z_next, fz_next):
         phi0 = (g * g).sum(dim=1)
@@ -159,7 +161,7 @@ class Broyden(AbstractFixedPointSolver):
         s = state
         return {
             "history_bytes": s.nbytes(),
-            "memory": self.memory,
+            "m": self.m,
             "restarts": int(s.restarts.sum()),
             "skipped": int(s.skipped.sum()),
             "backtracks": s.backtracks,
@@ -175,7 +177,7 @@ class _BroydenState:
 
     def __init__(self, solver: Broyden, z: Tensor) -> None:
         self.dtype = history_dtype(solver.history_dtype, z.dtype)
-        self.shape, self.device, self.memory = z.shape, z.device, solver.memory
+        self.shape, self.device, self.memory = z.shape, z.device, solver.m
         B = z.shape[0]
         self.U = self.V = self.live = None
         self.n = self.count = 0

@@ -3,13 +3,15 @@ Anderson-type solvers share."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from deq_core import AbstractFixedPointSolver, DeqConfigError, check_positive, check_range
+from deq_core import AbstractFixedPointSolver, DeqConfigError, check_int, check_positive, check_range
 
-__all__ = ["LOW_PRECISION", "AndersonOptions", "check_int", "history_dtype", "resolve_dtype"]
+__all__ = ["LOW_PRECISION", "AndersonOptions", "check_int", "history_dtype", "resolve_dtype"]  # check_int: re-export
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -31,21 +33,17 @@ def history_dtype(option: str, state_dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if state_dtype in LOW_PRECISION else state_dtype
 
 
-def check_int(owner: object, name: str, value: object, low: int) -> None:
-    """Raise :class:`DeqConfigError` unless ``value`` is an int ``>= low``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise DeqConfigError(f"{type(owner).__name__}.{name} must be an int >= {low}, got {value!r}")
-
-
 @dataclass(frozen=True)
 class AndersonOptions(AbstractFixedPointSolver):
-    """The hyperparameters Anderson-type solvers share (``m``, ``beta``, ``ridge``, ``max_alpha``,
+    """The hyperparameters Anderson-type solvers share (``m``, ``damping``, ``ridge``, ``max_alpha``,
     ``restart_growth``, ``history_dtype``, ``solve_dtype``; meanings in :class:`~deq_solvers.Anderson`),
     validated at construction: a bad one raises :class:`DeqConfigError`. Subclasses add their own fields and
     call ``super().__post_init__()``."""
 
+    renamed: ClassVar[Mapping[str, str]] = {"beta": "damping"}
+
     m: int = 5
-    beta: float = 1.0
+    damping: float = 1.0
     ridge: float = 1e-7
     max_alpha: float = 1e3
     restart_growth: float = 4.0
@@ -54,7 +52,7 @@ class AndersonOptions(AbstractFixedPointSolver):
 
     def __post_init__(self) -> None:
         check_int(self, "m", self.m, 1)
-        check_range(self, "beta", self.beta, 0.0, 1.0)
+        check_range(self, "damping", self.damping, 0.0, 1.0)
         check_positive(self, "ridge", self.ridge, allow_zero=True)
         check_range(self, "max_alpha", self.max_alpha, 1.0, float("inf"))
         check_range(self, "restart_growth", self.restart_growth, 1.0, float("inf"))

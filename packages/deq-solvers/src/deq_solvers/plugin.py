@@ -26,6 +26,6 @@ def deq_solvers() -> Iterable[SolverEntry]:
         SolverEntry("neumann", Neumann, "Truncated Neumann series for linear fixed points (backward passes).",
                     tags=("linear", "backward")),
         SolverEntry("fused-anderson", FusedAnderson,
-                    "Anderson with the Gram update and mixing fused in Triton kernels; owns its loop.",
+                    "Anderson, Gram update and mixing fused in Triton kernels (CUDA or the Triton interpreter).",
                     aliases=("fused",), tags=("accelerated", "gpu", "triton")),
     ]

@@ -24,9 +24,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from .._control import LoopControl, meets_tolerance
 from .._errors import DeqConfigError, DeqInputError
-from .._loop import LoopControl, LoopOutcome, residual_norms
-from .._solution import Result
 from .._solver import AbstractFixedPointSolver, FlatMap
 from ._prox import AbstractProx, get_prox
 
@@ -166,45 +165,13 @@ class Halpern(AbstractFixedPointSolver):
         z_next = torch.lerp(fz, u, lam)
         return z_next, f(z_next), (k + 1, u)
 
-    def solve(self, f: FlatMap, z: Tensor, fz: Tensor, control: LoopControl) -> LoopOutcome:
-        k, u = self.init(f, z, fz)
-        nfev = 0
-        res, fnorm = residual_norms(z, fz)
-        acc = res.dtype
-
-        def done_now(z: Tensor, fz: Tensor, res: Tensor, fnorm: Tensor, k: int) -> Tensor:
-            pull = torch.linalg.vector_norm(u - fz, dim=1, dtype=acc) / (k + self.offset)
-            return res + pull <= control.atol + control.rtol * fnorm
-
-        tiny = torch.finfo(acc).tiny
-        done = done_now(z, fz, res, fnorm, k)
-        res0 = res.clamp_min(tiny)
-        steps = torch.zeros_like(res, dtype=torch.long)
-        trace = [res / fnorm.clamp_min(tiny)] if control.record_trace else []
-        result = Result.CONVERGED if bool(done.all()) else Result.MAX_STEPS
-        while result is Result.MAX_STEPS and k < control.max_steps:
-            active = ~done
-            z_next = torch.lerp(fz, u, 1.0 / (k + self.offset))
-            fz_next = f(z_next)
-            nfev += 1
-            k += 1
-            z = torch.where(active[:, None], z_next, z)
-            fz = torch.where(active[:, None], fz_next, fz)
-            r, fn = residual_norms(z, fz)
-            res, fnorm = torch.where(active, r, res), torch.where(active, fn, fnorm)
-            if control.record_trace:
-                trace.append(res / fnorm.clamp_min(tiny))
-            steps = steps + active.long()
-            done = done | (active & done_now(z, fz, res, fnorm, k))
-            if k % control.check_every == 0 or k == control.max_steps:
-                if not bool(torch.isfinite(res).all()):
-                    result = Result.NONFINITE
-                elif bool((res > control.divergence * res0).any()):
-                    result = Result.DIVERGED
-                elif bool(done.all()):
-                    result = Result.CONVERGED
-        trace_t = torch.stack(trace) if trace else res.new_zeros(0, res.numel())
-        return LoopOutcome(z, fz, result, steps, res, fnorm, done, trace_t, nfev, self.stats((k, u)))
+    def terminate(self, z: Tensor, fz: Tensor, res: Tensor, fnorm: Tensor, state: Any,
+                  control: LoopControl) -> Tensor:
+        """The shared test, made stricter by the anchor's pull ``||u - f(z)|| / (k + c)``: the next step moves
+        ``z`` towards ``u`` by that much, so ``z`` is only settled when the pull is within tolerance too."""
+        k, u = state
+        pull = torch.linalg.vector_norm(u - fz, dim=1, dtype=res.dtype) / (k + self.offset)
+        return meets_tolerance(res + pull, fnorm, control.atol, control.rtol)
 
     def stats(self, state: Any) -> dict[str, Any]:
         return {"anchor_weight": 1.0 / (state[0] + self.offset)}

@@ -16,6 +16,12 @@ Example (the whole conformance test of a plugin)::
     def test_my_solver_conforms_float64_quick():
         check_solver(MySolver(m=5), dtype=torch.float64, max_examples=5)
 
+Hypothesis profiles shared by every deq test suite (``dev`` random, ``ci`` derandomized when ``CI`` is set,
+``explore`` many random examples), one line in a plugin's ``conftest.py``::
+
+    from deq_core.testing import register_profiles
+    register_profiles()
+
 Strategies for your own properties::
 
     from hypothesis import given
@@ -35,17 +41,21 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from ._check import DEFAULT_TOLERANCES, check_solver
 from ._kinds import check_adjoint, check_model, check_task
+from ._profiles import EXPLORE_FACTOR, PROFILES, current_profile, example_budget, register_profiles
 from ._strategies import (
     Contraction,
+    NoFixedPoint,
     affine_contractions,
     contractions,
     make_contraction,
+    no_fixed_point_maps,
     state_shapes,
     tanh_contractions,
 )
 from ._torchrun import run_torchrun
 
 __all__ = [
-    "DEFAULT_TOLERANCES", "Contraction", "affine_contractions", "check_adjoint", "check_model", "check_solver",
-    "check_task", "contractions", "make_contraction", "run_torchrun", "state_shapes", "tanh_contractions",
+    "DEFAULT_TOLERANCES", "EXPLORE_FACTOR", "PROFILES", "Contraction", "NoFixedPoint", "affine_contractions",
+    "check_adjoint", "check_model", "check_solver", "check_task", "contractions", "current_profile", "example_budget",
+    "make_contraction", "no_fixed_point_maps", "register_profiles", "run_torchrun", "state_shapes", "tanh_contractions",
 ]

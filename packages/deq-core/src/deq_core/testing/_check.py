@@ -14,13 +14,14 @@ from hypothesis import HealthCheck, Phase, given, settings
 from torch import Tensor
 
 from .._adjoint import ImplicitAdjoint
-from .._driver import fixed_point
 from .._errors import DeqInputError, DeqSolveError
+from .._fixed_point import fixed_point
 from .._resolve import resolve_solver
 from .._solution import Result, Solution
 from .._solver import AbstractFixedPointSolver
 from .._state import State
-from ._strategies import Contraction, _parts, contractions, make_contraction
+from ._profiles import example_budget
+from ._strategies import Contraction, _parts, contractions, make_contraction, no_fixed_point_maps
 
 __all__ = ["DEFAULT_TOLERANCES", "check_solver"]
 
@@ -63,8 +64,8 @@ def check_solver(solver: AbstractFixedPointSolver | str, *,
     Arguments:
         solver: the solver object (or a registered name) to check, with the hyperparameters to test.
         dtype: a float dtype or a sequence of them.
-        max_examples: Hypothesis examples per dtype for check 1 (the active Hypothesis profile supplies
-            the rest: derandomization, database).
+        max_examples: Hypothesis examples per dtype for check 1, times ``EXPLORE_FACTOR`` under the
+            ``explore`` profile (the active profile supplies the rest: derandomization, database).
         max_steps: solver budget; the default suits damped Picard up to ``rho = 0.9``.
         atol, rtol: tolerances to ask for (default: :data:`DEFAULT_TOLERANCES` per dtype).
         rho: range of contraction factors drawn.
@@ -100,6 +101,7 @@ def check_solver(solver: AbstractFixedPointSolver | str, *,
         _check_per_sample(opts)
         _check_budget(opts)
         _check_nonfinite(opts)
+        _check_no_fixed_point(opts)
         if gradients and dt == torch.float64:
             _check_gradients(opts)
 
@@ -177,8 +179,9 @@ def _same_structure(a: State, b: State) -> bool:
 
 def _check_accuracy(opts: _Options, rho: tuple[float, float], max_examples: int) -> None:
     # no shrinking: a failing solver would be re-run on hundreds of problems; the message names the seed
-    @settings(settings(), max_examples=max_examples, deadline=None, suppress_health_check=list(HealthCheck),
-              phases=(Phase.explicit, Phase.reuse, Phase.generate), report_multiple_bugs=False)
+    @settings(settings(), max_examples=example_budget(max_examples), deadline=None,
+              suppress_health_check=list(HealthCheck), phases=(Phase.explicit, Phase.reuse, Phase.generate),
+              report_multiple_bugs=False)
     @given(contractions(opts.dtype, rho=rho, device=opts.device))
     def accuracy(c: Contraction) -> None:
         _check_problem(opts, c)
@@ -292,37 +295,74 @@ def _check_budget(opts: _Options) -> None:
 
 
 def _check_nonfinite(opts: _Options) -> None:
-    c = _flat_problem(opts, seed=7, rho=0.9)
+    """Fault isolation: sample 0 turns non-finite mid-solve, sample 1 has no fixed point and diverges;
+    the others must converge to their reference fixed points, and the failures are named, non-finite first."""
+    c = _flat_problem(opts, seed=7, rho=0.8, batch=5)
     for bad in (math.nan, math.inf):
         calls = [0]
 
         def f(z: Tensor, bad: float = bad, calls: list[int] = calls) -> Tensor:
             calls[0] += 1
-            out = c.f(z)
-            if calls[0] > 2:  # from the third evaluation on, sample 0 is non-finite
-                out = out.clone()
+            out = c.f(z).clone()
+            out[1] = z[1] + 1 + z[1] * z[1]    # no real fixed point: the residual 1 + z^2 never vanishes
+            if calls[0] > 5:                   # from the sixth evaluation on, sample 0 is non-finite
                 out[0, 0] = bad
             return out
 
+        problem = f"{c!r} with sample 0 turning {bad} at the 6th evaluation and sample 1 without a fixed point"
         sol = opts.solve(f, c.z0)
-        if sol.result is not Result.NONFINITE:
-            raise _fail(f"{bad} in f during the solve must give Result.NONFINITE", c, sol)
+        status = sol.stats.status.cpu().tolist()
+        if sol.result is not Result.NONFINITE or status[0] != Result.NONFINITE.code:
+            raise _fail(f"{bad} in f during the solve must give Result.NONFINITE and flag sample 0", problem, sol,
+                        f"status {status}")
+        if status[1] == Result.CONVERGED.code:
+            raise _fail("a sample without a fixed point was reported converged", problem, sol, f"status {status}")
+        if any(code != Result.CONVERGED.code for code in status[2:]):
+            raise _fail("one failing sample stopped the others: every healthy sample must converge on its own",
+                        problem, sol, f"status {status}")
+        value = sol.value
+        if not bool(torch.isfinite(value).all()):
+            raise _fail("failed samples must be frozen at a finite iterate", problem, sol)
+        healthy = value[2:]
+        res = c.residual(value)[2:]
+        err = c.error(value)[2:]
+        eval_err = 8 * opts.eps * healthy.shape[1] * (1 + c.fnorm(value)[2:])
+        if not bool((err <= c.error_bound(res + eval_err)[2:] * (1 + 1e-6)).all()):
+            raise _fail("a healthy sample next to failing ones is farther from its fixed point than "
+                        "residual / (1 - rho)", problem, sol, f"error {err.tolist()}")
         calls[0] = 0
         try:
             opts.solve(f, c.z0, throw=True)
-        except DeqSolveError:
-            pass
+        except DeqSolveError as e:
+            msg = str(e)
+            if "samples [0] turned non-finite" not in msg or "1" not in msg.split("turned non-finite", 1)[1]:
+                raise _fail("the error must name the non-finite sample first, then the diverged one", problem,
+                            detail=msg) from None
+            for healthy_id in ("sample 2", "sample 3", "sample 4", "[2", "[3", "[4"):
+                if healthy_id in msg:
+                    raise _fail("the error names a sample that converged", problem, detail=msg) from None
         else:
-            raise _fail(f"{bad} in f with throw=True must raise DeqSolveError", c)
+            raise _fail(f"{bad} in f with throw=True must raise DeqSolveError", problem)
     bad_z0 = c.z0.clone()
     bad_z0[1, 0] = math.nan
-    for what, g, z in (("z0", c.f, bad_z0), ("f(z0)", lambda z: c.f(z) * math.nan, c.z0)):
+    for what, g, z, kw in (("z0", c.f, bad_z0, {}), ("f(z0) with throw=True", lambda z: c.f(z) * math.nan, c.z0,
+                                                     {"throw": True})):
         try:
-            opts.solve(g, z)
+            opts.solve(g, z, **kw)
         except DeqInputError:
             pass
         else:
             raise _fail(f"nan in {what} must raise DeqInputError", c)
+
+
+def _check_no_fixed_point(opts: _Options) -> None:
+    """Maps without a fixed point: no solver may report a sample converged (a residual that never vanishes,
+    however large the iterate grows, is not convergence)."""
+    for c in no_fixed_point_maps(opts.dtype, opts.device):
+        sol = opts.solve(c.f, c.z0, max_steps=max(opts.max_steps, 200))
+        if sol.result is Result.CONVERGED or bool(sol.stats.converged.any()):
+            raise _fail("reported CONVERGED on a map that has no fixed point", c, sol,
+                        f"status {sol.stats.status.tolist()}, residual {sol.stats.residual.tolist()}")
 
 
 def _check_gradients(opts: _Options) -> None:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from .._adjoint import AbstractAdjoint
-from .._driver import fixed_point
+from .._fixed_point import fixed_point
 from .._resolve import resolve_adjoint, resolve_solver
 from .._solver import AbstractFixedPointSolver
 from .._task import AbstractTask, TaskOption

@@ -28,7 +28,8 @@ from torch import Tensor
 from .._state import State
 
 __all__ = [
-    "Contraction", "affine_contractions", "contractions", "make_contraction", "state_shapes", "tanh_contractions",
+    "Contraction", "NoFixedPoint", "affine_contractions", "contractions", "make_contraction", "no_fixed_point_maps",
+    "state_shapes", "tanh_contractions",
 ]
 
 Shape = tuple[int, ...]
@@ -294,3 +295,53 @@ def contractions(dtype: torch.dtype | Sequence[torch.dtype] = (torch.float32, to
     """
     kw = dict(rho=rho, device=device, shapes=shapes, z0=z0)
     return st.one_of(affine_contractions(dtype, **kw), tanh_contractions(dtype, **kw))
+
+
+@dataclass(frozen=True)
+class NoFixedPoint:
+    """A map without any fixed point (``kind`` says why), for checking that no solver reports convergence.
+
+    Attributes:
+        f: the map on ``(B, N)`` states.
+        z0: a starting point.
+        kind: ``"translation"`` (``f(z) = z + c``), ``"singular-affine"`` (``f(z) = A z + b`` with an
+            eigenvalue 1 of ``A`` whose eigenvector ``b`` leaves the range of ``I - A``) or ``"quadratic"``
+            (``f(z) = z + 1 + z^2`` elementwise: the residual ``1 + z^2`` is at least 1 everywhere).
+    """
+
+    f: Callable[[Tensor], Tensor]
+    z0: Tensor
+    kind: str
+
+    def __repr__(self) -> str:
+        return f"NoFixedPoint(kind={self.kind!r}, shape={tuple(self.z0.shape)}, dtype={self.z0.dtype})"
+
+
+def no_fixed_point_maps(dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu", *, batch: int = 3,
+                        n: int = 6, seed: int = 0) -> tuple[NoFixedPoint, ...]:
+    """Maps without a fixed point (see :class:`NoFixedPoint`), seeded.
+
+    Example:
+        >>> import torch
+        >>> from deq_core import fixed_point
+        >>> maps = no_fixed_point_maps(torch.float64)
+        >>> [m.kind for m in maps]
+        ['translation', 'singular-affine', 'quadratic']
+        >>> sol = fixed_point(maps[0].f, maps[0].z0, throw=False, max_steps=100)
+        >>> sol.result.name, bool(sol.stats.converged.any())
+        ('MAX_STEPS', False)
+    """
+    gen = torch.Generator().manual_seed(seed)
+    c = torch.randn(batch, n, generator=gen, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    eig = torch.cat([torch.ones(1, dtype=torch.float64), torch.linspace(-0.8, 0.8, n - 1, dtype=torch.float64)])
+    a = (q * eig) @ q.T                      # symmetric, eigenvalue 1 along q[:, 0]
+    b = q[:, 0].expand(batch, n) * torch.linspace(1.0, 2.0, batch, dtype=torch.float64)[:, None]
+    z0 = torch.randn(batch, n, generator=gen, dtype=torch.float64)
+    to = {"dtype": dtype, "device": device}
+    c, a, b, z0 = c.to(**to), a.to(**to), b.to(**to), z0.to(**to)
+    return (
+        NoFixedPoint(lambda z: z + c, z0.clone(), "translation"),
+        NoFixedPoint(lambda z: z @ a.T + b, torch.zeros_like(z0), "singular-affine"),
+        NoFixedPoint(lambda z: z + 1 + z * z, 0.1 * z0, "quadratic"),
+    )

@@ -1,0 +1,171 @@
+"""Fault isolation in DEQ and fixed_point: masked training past bad samples, per-call options, empty batches,
+maps without a fixed point, temp files of interrupted checkpoint saves."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deq_core import DEQ, DeqConfigError, DeqInputError, DeqSolveError, Result, UnknownNameError, fixed_point, save
+from deq_core.testing import no_fixed_point_maps
+
+
+class Layer(torch.nn.Module):
+    def __init__(self, width: int = 6, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.lin = torch.nn.Linear(width, width, dtype=torch.float64)
+        with torch.no_grad():
+            self.lin.weight.copy_(0.4 * torch.randn(width, width, generator=g, dtype=torch.float64) / width ** 0.5)
+            self.lin.bias.zero_()
+
+    def forward(self, z, x):
+        return torch.tanh(self.lin(z) + x)
+
+
+def _train(samples: torch.Tensor, targets: torch.Tensor, *, mask: bool, steps: int = 200) -> torch.nn.Module:
+    torch.manual_seed(0)
+    layer = Layer()
+    deq = DEQ(layer, atol=1e-11, rtol=1e-9, max_steps=200, on_failure="mask" if mask else "raise")
+    opt = torch.optim.SGD(layer.parameters(), lr=0.05)
+    for _ in range(steps):
+        z, info = deq(samples)
+        per_sample = (z - targets).square().sum(dim=1)
+        loss = per_sample[~info.failed].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return layer
+
+
+def test_masked_training_skips_nan_samples_and_matches_training_without_them() -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 6, generator=g, dtype=torch.float64)
+    y = 0.5 * torch.randn(8, 6, generator=g, dtype=torch.float64)
+    bad = torch.tensor([2, 5])
+    x_bad = x.clone()
+    x_bad[2, 0] = float("nan")
+    x_bad[5, 3] = float("nan")
+    keep = torch.tensor([i for i in range(8) if i not in bad.tolist()])
+    masked = _train(x_bad, y, mask=True)
+    clean = _train(x[keep], y[keep], mask=False)
+    for a, b in zip(masked.parameters(), clean.parameters()):
+        assert bool(torch.isfinite(a).all())
+        assert torch.allclose(a, b, atol=1e-9, rtol=0)
+    # and the raise mode refuses the same batch, naming the bad samples
+    with pytest.raises(DeqInputError, match=r"samples \[2, 5\]"):
+        DEQ(Layer())(x_bad)
+
+
+def test_masked_forward_flags_and_detaches_failed_rows() -> None:
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    x_in = x.clone()
+    x_in.data[1, 0] = float("nan")
+    z, info = DEQ(Layer(), on_failure="mask")(x_in)
+    assert info.failed.tolist() == [False, True, False, False]
+    assert info.stats.sample_results()[1] is Result.NONFINITE
+    z[~info.failed].sum().backward()
+    assert bool(torch.isfinite(x.grad).all()) and float(x.grad[1].abs().sum()) == 0.0
+
+
+def test_per_call_options_override_without_mutating() -> None:
+    deq = DEQ(Layer(), rtol=1e-10, max_steps=100)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    _, full = deq(x)
+    _, short = deq(x, options={"max_steps": 2})
+    assert int(short.stats.steps.max()) == 2 and short.result is Result.MAX_STEPS
+    assert int(full.stats.steps.max()) > 2 and deq.max_steps == 100 and deq.rtol == 1e-10
+    _, loose = deq(x, options={"rtol": 1e-2})
+    assert int(loose.stats.steps.max()) < int(full.stats.steps.max())
+    with pytest.raises(UnknownNameError, match="Did you mean 'rtol'"):
+        deq(x, options={"rtl": 1e-2})
+    with pytest.raises(DeqConfigError, match="max_steps"):
+        deq(x, options={"max_steps": -1})
+    with pytest.raises(DeqConfigError, match="on_failure"):
+        DEQ(Layer(), on_failure="skip")
+
+
+def test_empty_batch_is_a_defined_result() -> None:
+    called = []
+    sol = fixed_point(lambda z: called.append(1) or z, torch.zeros(0, 4))
+    assert sol.result is Result.CONVERGED and tuple(sol.value.shape) == (0, 4) and not called
+    assert sol.stats.summary()["batch"] == 0
+    z, info = DEQ(Layer())(torch.zeros(0, 6, dtype=torch.float64))
+    assert tuple(z.shape) == (0, 6) and info.result is Result.CONVERGED
+    tup = fixed_point(lambda s: s, (torch.zeros(0, 2), torch.zeros(0, 3, 3)))
+    assert tuple(tup.value[1].shape) == (0, 3, 3)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), batch=st.integers(1, 5), n=st.integers(2, 12),
+       rtol=st.sampled_from([1e-2, 1e-4, 1e-8]), every=st.sampled_from([1, 3]))
+def test_maps_without_a_fixed_point_never_converge(seed: int, batch: int, n: int, rtol: float, every: int) -> None:
+    for c in no_fixed_point_maps(torch.float64, batch=batch, n=n, seed=seed):
+        sol = fixed_point(c.f, c.z0, throw=False, adjoint=None, rtol=rtol, max_steps=300, check_every=every)
+        assert not bool(sol.stats.converged.any()), (c, sol.stats.status.tolist())
+        assert sol.result is not Result.CONVERGED
+
+
+def test_run_away_is_divergence_not_convergence() -> None:
+    """A relative test rtol * ||f(z)|| grows with the iterate: an iterate escaping to infinity must be judged
+    diverged (with the old loop an extrapolating solver reached CONVERGED at ||z|| ~ 1e17)."""
+    c = torch.ones(2, 3, dtype=torch.float64)
+    grow = [1.0]
+
+    def f(z):  # every step jumps 1000x further out, residual stays 1
+        grow[0] *= 1000.0
+        return z * 0 + grow[0] * c + c / 3 ** 0.5
+
+    sol = fixed_point(f, torch.zeros(2, 3, dtype=torch.float64), throw=False, adjoint=None, rtol=1e-2)
+    assert sol.result is Result.DIVERGED and sol.stats.failed.all()
+    with pytest.raises(DeqSolveError, match=r"samples \[0, 1\] diverged"):
+        grow[0] = 1.0
+        fixed_point(f, torch.zeros(2, 3, dtype=torch.float64), adjoint=None, rtol=1e-2)
+
+
+def test_interrupted_save_leaves_no_temp_file_behind(tmp_path) -> None:
+    target = tmp_path / "model.safetensors"
+    # a writer killed mid-save: its temp file stays (the process cannot clean up after SIGKILL)
+    code = ("import os, signal, deq_core._checkpoint as c, safetensors.torch as st, torch\n"
+            "def die(*a, **k):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+            "st.save_file = die\n"
+            f"c.save({str(target)!r}, {{'w': torch.zeros(1000)}})\n")
+    subprocess.run([sys.executable, "-c", code], check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    left = list(tmp_path.glob("model.safetensors.tmp*"))
+    assert len(left) == 1, left
+    save(target, {"w": torch.ones(3)})
+    assert target.exists() and not list(tmp_path.glob("model.safetensors.tmp*"))
+
+
+def test_trajectory_states_along_the_solve_carry_one_step_gradients() -> None:
+    torch.manual_seed(0)
+    layer = Layer()
+    x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    deq = DEQ(layer, rtol=1e-10, atol=1e-12, max_steps=100, trajectory=3)
+    z, info = deq(x)
+    assert len(info.trajectory) == 3 and all(t.shape == z.shape for t in info.trajectory)
+    steps = info.stats.steps
+    # the last state is f at the returned iterate (numerically z*), the first is early in the solve
+    assert torch.allclose(info.trajectory[-1], z, atol=1e-9)
+    assert float((info.trajectory[0] - z).detach().abs().max()) > 1e-6
+    # each state's gradient is the one of a single application of f at a detached iterate (phantom, 1 step)
+    (g,) = torch.autograd.grad(info.trajectory[0].sum(), x)
+    zs = torch.zeros(3, 6, dtype=torch.float64)
+    at = torch.round(steps.double() / 3).long()
+    rows = []
+    for i in range(3):
+        zi = zs[i:i + 1]
+        for _ in range(int(at[i])):
+            zi = layer(zi, x[i:i + 1].detach())
+        rows.append(zi)
+    ref_in = torch.cat(rows).detach()
+    (g_ref,) = torch.autograd.grad(layer(ref_in, x).sum(), x)
+    assert torch.allclose(g, g_ref, atol=1e-10)
+    _, plain = DEQ(layer)(x)
+    assert plain.trajectory is None
