@@ -84,7 +84,8 @@ def tests(session: nox.Session, package: str) -> None:
         session.run("pytest", "tests/integration", *session.posargs, env=TEST_ENV)
         session.run("pytest", "examples/deq-solver-example/tests", "-c", "examples/deq-solver-example/pyproject.toml",
                     "--doctest-modules", "--pyargs", "deq_solver_example", *session.posargs, env=TEST_ENV)
-        session.run("pytest", "examples/deq-task-example/tests", *session.posargs, env=TEST_ENV)
+        session.run("pytest", "examples/deq-task-example/tests", "-c", "examples/deq-task-example/pyproject.toml",
+                    *session.posargs, env=TEST_ENV)
         return
     reqs, forbidden = CLOSURES[package]
     _install(session, *reqs)

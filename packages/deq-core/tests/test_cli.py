@@ -70,11 +70,11 @@ def test_plugins_table(capsys):
     code, out, err = run(capsys, "plugins")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["DISTRIBUTION", "VERSION", "STATUS", "PROVIDES"]
+    assert lines[0].split() == ["DISTRIBUTION", "VERSION", "STATUS", "HOOKS", "PROVIDES"]
     rows = {line.split()[0]: line for line in lines[1:5]}
-    assert rows["deq-core"].split() == ["deq-core", "0.1.0", "active", "solvers:", "fixed-point"]
-    assert rows["deq-cmds"].split()[1:] == ["(cmds)", "2.0", "active", "solvers:", "picard-half;", "commands:",
-                                             "greet,", "plugins"]
+    assert rows["deq-core"].split() == ["deq-core", "0.1.0", "active", "solvers", "solvers:", "fixed-point"]
+    assert rows["deq-cmds"].split()[1:] == ["(cmds)", "2.0", "active", "solvers,commands", "solvers:", "picard-half",
+                                             "(ph);", "commands:", "greet,", "plugins"]
     assert rows["deq-gone"].split()[2:4] == ["1.0", "broken"]
     assert rows["deq-bad-cmds"].split()[3] == "broken"
     assert "gone: ModuleNotFoundError: No module named 'gone'" in out
@@ -123,9 +123,12 @@ def test_bad_input_is_one_line_without_traceback(capsys):
 
 def test_usage_errors_exit_2(capsys):
     code, _, err = run(capsys, "no-such-command")
-    assert code == 2 and "No such command 'no-such-command'" in err
+    errors = [line for line in err.splitlines() if not line.startswith("warning:")]
+    assert code == 2 and errors == ["error: unknown command 'no-such-command'. Commands: greet, plugins. "
+                                    "(see 'deq --help')"]
     code, _, err = run(capsys, "plugins", "--jsn")
-    assert code == 2 and "No such option" in err
+    errors = [line for line in err.splitlines() if not line.startswith("warning:")]
+    assert code == 2 and errors == ["error: No such option '--jsn'. Did you mean '--json'? (see 'deq plugins --help')"]
 
 
 def test_strict_mode_is_one_error_line(capsys):

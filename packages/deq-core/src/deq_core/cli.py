@@ -54,7 +54,8 @@ class _DeqGroup(click.Group):
         return sorted(set(self.commands) | set(self._plugins()))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in self.commands:
+        if cmd_name in self.commands:  # `deq plugins` lists every plugin anyway: report clashes with it
+            self._plugins()
             return self.commands[cmd_name]
         manager = get_manager()
         found = manager.command(cmd_name)
@@ -83,7 +84,7 @@ class _DeqGroup(click.Group):
             elif close:
                 msg = f"unknown command {name!r}. Did you mean {close[0]!r}?"
             else:
-                msg = f"unknown command {name!r}"
+                msg = f"unknown command {name!r}."
             raise click.UsageError(f"{msg} Commands: {', '.join(known)}.", ctx)
         return (cmd.name if cmd is not None else None), cmd, args[1:]
 
