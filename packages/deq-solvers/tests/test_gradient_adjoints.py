@@ -346,3 +346,14 @@ def test_reversible_and_shine_through_the_deq_module_reach_parameters_and_the_en
               rtol=1e-12, max_steps=100)
     z, _ = deq(enc(x))
     assert rel_err(list(got), list(torch.autograd.grad(z.square().sum(), leaves))) <= 1e-8
+
+
+def test_new_adjoints_are_registered_and_pass_check_adjoint() -> None:
+    from deq_core import registry
+    from deq_core.testing import check_adjoint
+
+    assert {"reversible", "shine", "jfb"} <= set(registry.adjoints())
+    check_adjoint("jfb", max_examples=3)
+    check_adjoint("reversible", solver="reversible", max_examples=3)
+    # SHINE's definition needs the forward Broyden state, not J alone: it is checked above against the dense
+    # Broyden inverse and, refined, against the implicit gradient
