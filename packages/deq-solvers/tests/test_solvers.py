@@ -170,12 +170,12 @@ def test_per_sample_convergence_freezes_samples():
 
 
 @pytest.mark.parametrize("cls,kwargs", [
-    (Anderson, {"m": 0}), (Anderson, {"beta": 0.0}), (Anderson, {"ridge": -1.0}), (Anderson, {"max_alpha": 1.0}),
+    (Anderson, {"m": 0}), (Anderson, {"damping": 0.0}), (Anderson, {"ridge": -1.0}), (Anderson, {"max_alpha": 1.0}),
     (Anderson, {"history_dtype": "float16"}), (Anderson, {"solve_dtype": "auto"}), (Anderson, {"m": 2.5}),
     (Anderson, {"adaptive": 1}), (Anderson, {"switch_ratio": 0.0}), (Anderson, {"switch_ratio": 1.5}),
-    (Broyden, {"memory": 0}), (Broyden, {"line_search": 1}), (Broyden, {"restart_growth": 0.5}),
+    (Broyden, {"m": 0}), (Broyden, {"line_search": 1}), (Broyden, {"restart_growth": 0.5}),
     (Picard, {"damping": 1.5}), (Picard, {"adaptive": "yes"}), (Picard, {"min_damping": 0.0}),
-    (Picard, {"recover": 0.5}), (Neumann, {"terms": 0}), (Neumann, {"tol": -1.0}),
+    (Picard, {"recover": 0.5}),
 ])
 def test_bad_options_fail_at_construction(cls, kwargs):
     with pytest.raises(DeqConfigError, match=next(iter(kwargs))):
