@@ -282,14 +282,8 @@ class DEQ(nn.Module):
         if failed is not None and bool(failed.any()):
             rows = (~failed).nonzero().flatten()
             xs = _rows(x, rows, B)
-        out = []
-        for t in picked:
-            t = t.detach() if rows is None else t[rows].detach()
-            sub = layout if rows is None else StateLayout(
-                tuple(torch.Size((rows.numel(), *s[1:])) for s in layout.shapes), layout.is_tuple, layout.dtype,
-                layout.device)
-            out.append(self.f(sub.unpack(t), xs))
-        return out
+        sub = layout if rows is None else layout.with_batch(rows.numel())
+        return [self.f(sub.unpack((t if rows is None else t[rows]).detach()), xs) for t in picked]
 
     def _adjoint_cache(self, index: Tensor | None, like: State) -> dict[str, Any] | None:
         """``ImplicitAdjoint`` keywords that warm-start the backward solve per sample from the cache."""
@@ -332,9 +326,7 @@ class DEQ(nn.Module):
         if healthy.numel() == 0:
             return layout.unpack(flat)
         x_sub = _rows(x, healthy, layout.batch)
-        sub = StateLayout(tuple(torch.Size((healthy.numel(), *s[1:])) for s in layout.shapes), layout.is_tuple,
-                          layout.dtype, layout.device)
-        g = flat_map(lambda z: self.f(z, x_sub), sub, check=False)
+        g = flat_map(lambda z: self.f(z, x_sub), layout.with_batch(healthy.numel()), check=False)
         attached = self.adjoint.attach(g, flat[healthy], solver=self.solver, control=control)
         return layout.unpack(flat.index_put((healthy,), attached))
 
@@ -348,8 +340,7 @@ class DEQ(nn.Module):
             if healthy.numel() == 0:
                 return None
             x = _rows(x, healthy, layout.batch)
-            layout = StateLayout(tuple(torch.Size((healthy.numel(), *s[1:])) for s in layout.shapes),
-                                 layout.is_tuple, layout.dtype, layout.device)
+            layout = layout.with_batch(healthy.numel())
             flat = flat[healthy]
         g = flat_map(lambda z: self.f(z, x), layout, check=False)
         return jacobian_frobenius(g, flat, probes=self.jac_reg_probes)

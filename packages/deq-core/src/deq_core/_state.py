@@ -63,6 +63,11 @@ class StateLayout:
         # a list counts as a tuple (it used to be unpacked as one tensor)
         return cls(tuple(t.shape for t in tensors), not isinstance(state, Tensor), tensors[0].dtype, tensors[0].device)
 
+    def with_batch(self, batch: int) -> StateLayout:
+        """The same layout for ``batch`` samples (e.g. a sub-batch of healthy rows)."""
+        return StateLayout(tuple(torch.Size((batch, *s[1:])) for s in self.shapes), self.is_tuple, self.dtype,
+                           self.device)
+
     @property
     def batch(self) -> int:
         return self.shapes[0][0]
