@@ -166,6 +166,25 @@ def test_deq_plugins_json_in_a_fresh_process_lists_the_builtin_solver():
     assert data["solvers"]["fixed-point"]["provider"] == "deq-core"
 
 
+def test_version_and_import_do_not_import_torch():
+    code = ("import sys; sys.argv = ['deq', '--version']\n"
+            "import deq_core; from deq_core import DeqError; from deq_core.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+            "print('torch imported' if 'torch' in sys.modules else 'no torch')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["deq, version 0.1.0", "no torch"]
+
+
+def test_lazy_package_attributes():
+    import deq_core
+
+    assert "DEQ" in dir(deq_core) and deq_core.DEQ.__module__ == "deq_core._deq"
+    assert set(deq_core.__all__) <= set(dir(deq_core))
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        deq_core.nope  # noqa: B018
+
+
 @pytest.mark.parametrize("flag", ["-h", "--help"])
 def test_group_help_without_command(capsys, flag):
     code, out, _ = run(capsys, flag)

@@ -1,7 +1,7 @@
 """DDP on CPU: 2 gloo processes on loopback train a DEQ exactly like one process with the full batch.
 
-The test launches this file under ``torchrun --standalone --nproc_per_node=2`` (a free port is picked by the
-launcher); each rank trains on its half of the batch with a mean loss, so DDP's gradient average equals the
+The test runs ``worker`` on 2 ranks set up as ``torchrun --standalone --nproc_per_node=2`` sets them up
+(``deq_core.testing.run_ranks``: forked, env:// rendezvous on a free port); each rank trains on its half of the batch with a mean loss, so DDP's gradient average equals the
 full-batch gradient, and the parameters and loss curve must match a one-process run to 1e-5 (float64, tight
 forward and backward tolerances). The two halves are built so that the ranks take different numbers of solver
 steps: DDP only synchronizes parameter gradients, once per backward, after the implicit-adjoint hook ran.
@@ -9,7 +9,6 @@ steps: DDP only synchronizes parameter gradients, once per backward, after the i
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 from pathlib import Path
@@ -21,7 +20,7 @@ from torch import nn
 from deq_core import DEQ, FixedPointIteration, ImplicitAdjoint
 from deq_core.distributed import reduce_stats
 from deq_core.nn import spectral_norm
-from deq_core.testing import run_torchrun
+from deq_core.testing import run_ranks
 
 STEPS, BATCH, WIDTH, LR = 5, 8, 6, 0.5
 VARIANTS = {"find_unused_parameters": {"find_unused_parameters": True}, "static_graph": {"static_graph": True}}
@@ -108,7 +107,7 @@ def worker(out: Path) -> None:
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("ddp")
-    run_torchrun(["--standalone", "--nproc_per_node=2", __file__, "--out", out], timeout=180)
+    run_ranks(worker, out, timeout=180)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
@@ -194,7 +193,28 @@ def test_average_gradients_and_rank_shard_without_process_group():
     assert rank_shard(6) == slice(0, 6)
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", type=Path, required=True)
-    worker(parser.parse_args().out)
+def _rank_raises(out: Path) -> None:
+    import os
+
+    if os.environ["RANK"] == "1":
+        raise ValueError("boom on rank 1")
+    (out / "rank0.ok").write_text(os.environ["WORLD_SIZE"])
+
+
+def _rank_hangs(out: Path) -> None:
+    import time
+
+    time.sleep(60)
+
+
+def test_run_ranks_reports_a_failing_rank_with_its_traceback(tmp_path):
+    with pytest.raises(AssertionError, match=r"(?s)--- rank 1 ---.*ValueError: boom on rank 1"):
+        run_ranks(_rank_raises, tmp_path)
+    assert (tmp_path / "rank0.ok").read_text() == "2"      # the other rank ran, with torchrun's environment
+
+
+def test_run_ranks_kills_ranks_past_the_timeout_and_rejects_a_bad_world_size(tmp_path):
+    with pytest.raises(AssertionError, match=r"still running after 0.5 s: \['rank0'\]"):
+        run_ranks(_rank_hangs, tmp_path, world_size=1, timeout=0.5)
+    with pytest.raises(ValueError, match="world_size must be an int >= 1, got 0"):
+        run_ranks(_rank_hangs, tmp_path, world_size=0)

@@ -1,19 +1,17 @@
 """Rank-synchronised stopping: under torch.distributed with ``sync_ranks=True`` every rank takes the same
 number of steps, even when the ranks' problems need very different step counts, so an ``f`` that runs a
-collective (as FSDP's layers do) cannot deadlock. Run as a test (launches 2 gloo processes) or as a worker."""
+collective (as FSDP's layers do) cannot deadlock. The test runs ``worker`` on 2 gloo ranks (``deq_core.testing.run_ranks``)."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from deq_core import DEQ, fixed_point
-from deq_core.testing import run_torchrun
+from deq_core.testing import run_ranks
 
 
 def worker(out: Path, sync: bool) -> None:
@@ -47,7 +45,7 @@ def worker(out: Path, sync: bool) -> None:
 
 
 def _run(tmp_path: Path) -> list[dict]:
-    run_torchrun(["--standalone", "--nproc_per_node=2", __file__, "--out", str(tmp_path), "--sync"], timeout=240)
+    run_ranks(worker, tmp_path, True, timeout=240)
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
 
 
@@ -63,11 +61,3 @@ def test_ranks_take_the_same_number_of_steps(tmp_path: Path) -> None:
 def test_sync_ranks_without_a_process_group_is_a_plain_solve() -> None:
     sol = fixed_point(lambda z: 0.5 * z + 1, torch.zeros(2, 3), sync_ranks=True, adjoint=None)
     assert sol.result.name == "CONVERGED"
-
-
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--sync", action="store_true")
-    a = ap.parse_args()
-    sys.exit(worker(a.out, a.sync))

@@ -1,7 +1,8 @@
 """The JIIO training loop under DDP-style data parallelism: 2 gloo processes on loopback train the decoder like
 one process with the full batch.
 
-The test launches this file under ``torchrun --standalone --nproc_per_node=2``. Every rank draws the same global
+The test runs ``worker`` on 2 ranks set up as ``torchrun --standalone --nproc_per_node=2`` sets them up
+(``deq_core.testing.run_ranks``). Every rank draws the same global
 batch, runs JIIO and the loss on its half (``deq_core.distributed.rank_shard``) and averages the gradients
 (``deq_core.distributed.average_gradients``). JIIO and the decoder's solves are per sample (non-adaptive
 Anderson) and run to tight tolerances, so in float64:
@@ -18,14 +19,13 @@ point.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from deq_core.testing import run_torchrun
+from deq_core.testing import run_ranks
 from deq_tasks.data import load_digits
 from deq_tasks.generative import DECODER_JIIO, build_decoder, decoder_gradient, train_decoder
 
@@ -81,7 +81,7 @@ def worker(out: Path) -> None:
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("ddp_jiio")
-    run_torchrun(["--standalone", "--nproc_per_node=2", __file__, "--out", out])
+    run_ranks(worker, out)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
@@ -126,9 +126,3 @@ def test_rank_shard_rejects_unequal_shards(monkeypatch):
     assert D.rank_shard(8) == slice(4, 8)
     with pytest.raises(DeqInputError, match="not divisible"):
         D.rank_shard(7)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", type=Path, required=True)
-    worker(parser.parse_args().out)
