@@ -1,10 +1,11 @@
 """DDP on CPU: 2 gloo processes on loopback train a DEQ exactly like one process with the full batch.
 
 The test runs ``worker`` on 2 ranks set up as ``torchrun --standalone --nproc_per_node=2`` sets them up
-(``deq_core.testing.run_ranks``: forked, env:// rendezvous on a free port); each rank trains on its half of the batch with a mean loss, so DDP's gradient average equals the
-full-batch gradient, and the parameters and loss curve must match a one-process run to 1e-5 (float64, tight
-forward and backward tolerances). The two halves are built so that the ranks take different numbers of solver
-steps: DDP only synchronizes parameter gradients, once per backward, after the implicit-adjoint hook ran.
+(``deq_core.testing.run_ranks``: forked, env:// rendezvous on a free port); each rank trains on its half of the
+batch with a mean loss, so DDP's gradient average equals the full-batch gradient, and the parameters and loss curve
+must match a one-process run to 1e-5 (float64, tight forward and backward tolerances). The two halves are built so
+that the ranks take different numbers of solver steps: DDP only synchronizes parameter gradients, once per backward,
+after the implicit-adjoint hook ran.
 """
 
 from __future__ import annotations

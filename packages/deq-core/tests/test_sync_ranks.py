@@ -1,6 +1,7 @@
 """Rank-synchronised stopping: under torch.distributed with ``sync_ranks=True`` every rank takes the same
 number of steps, even when the ranks' problems need very different step counts, so an ``f`` that runs a
-collective (as FSDP's layers do) cannot deadlock. The test runs ``worker`` on 2 gloo ranks (``deq_core.testing.run_ranks``)."""
+collective (as FSDP's layers do) cannot deadlock. The test runs ``worker`` on 2 gloo ranks
+(``deq_core.testing.run_ranks``)."""
 
 from __future__ import annotations
 

@@ -74,6 +74,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
+    from . import plugins, registry
     from ._adjoint import AbstractAdjoint, ImplicitAdjoint, NeumannAdjoint, PhantomAdjoint, UnrolledAdjoint
     from ._cache import FixedPointCache
     from ._checkpoint import load, save
@@ -92,7 +93,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
     from ._task import AbstractTask, TaskOption
     from ._validate import check_bool, check_int, check_positive, check_range, check_tolerances
     from .distributed import reduce_stats
-    from . import plugins, registry
 
 __all__ = [
     "AbstractAdjoint", "AbstractFixedPointSolver", "AbstractTask", "DEQ", "DEQInfo", "DeqConfigError", "DeqError",
