@@ -142,7 +142,9 @@ def docs(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """The main job on bundled data: INR fit vs explicit, JIIO inpainting vs Adam, solvers vs torchdeq."""
     _install_all(session, "torchdeq==0.1.0")
-    session.run("python", "tools/demo.py", "--out", "demo-out", *session.posargs, env=ENV)
+    # one thread per process: the demo runs its JIIO step in a second process next to the others
+    session.run("python", "tools/demo.py", "--out", "demo-out", *session.posargs,
+                env={**ENV, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
 
 
 @nox.session(default=False, venv_params=["--system-site-packages"])

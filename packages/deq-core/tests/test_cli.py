@@ -166,14 +166,17 @@ def test_deq_plugins_json_in_a_fresh_process_lists_the_builtin_solver():
     assert data["solvers"]["fixed-point"]["provider"] == "deq-core"
 
 
-def test_version_and_import_do_not_import_torch():
+def test_version_and_import_do_not_import_torch_or_dynamo():
     code = ("import sys; sys.argv = ['deq', '--version']\n"
             "import deq_core; from deq_core import DeqError; from deq_core.cli import main\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
-            "print('torch imported' if 'torch' in sys.modules else 'no torch')")
+            "print('torch imported' if 'torch' in sys.modules else 'no torch')\n"
+            # the library itself does not load dynamo (and sympy) unless the program compiles
+            "from deq_core import DEQ, fixed_point; import deq_core.testing\n"
+            "print(sorted(m for m in ('torch', 'torch._dynamo', 'sympy') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == ["deq, version 0.1.0", "no torch"]
+    assert proc.stdout.splitlines() == ["deq, version 0.1.0", "no torch", "['torch']"]
 
 
 def test_lazy_package_attributes():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import sys
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,24 @@ CALL_OPTIONS = ("atol", "rtol", "max_steps", "check_every", "divergence", "on_fa
 """What ``DEQ.forward(x, options=...)`` may override for one call."""
 _ON_FAILURE = ("raise", "mask")
 
+
+
+class _dynamo_disabled:  # noqa: N801 - used as a decorator
+    """``torch.compiler.disable`` applied to a method once ``torch._dynamo`` is loaded, not at import: importing
+    dynamo (and sympy with it) costs more than importing torch, and only a program that compiles needs it, by
+    which time dynamo is loaded. Until then the plain method is returned."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn, self.disabled = fn, None
+        functools.update_wrapper(self, fn)
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        fn = self.fn
+        if "torch._dynamo" in sys.modules:
+            if self.disabled is None:
+                self.disabled = torch.compiler.disable(self.fn)
+            fn = self.disabled
+        return fn if obj is None else fn.__get__(obj, objtype)
 
 @dataclass
 class DEQInfo:
@@ -184,7 +204,7 @@ class DEQ(nn.Module):
             return torch.zeros_like(x)
         raise DeqInputError("DEQ needs z0: pass z0=..., or give f an init_state(x) method, or pass a tensor x")
 
-    @torch.compiler.disable  # the solve loop is host-driven: dynamo would re-trace it for every batch
+    @_dynamo_disabled  # the solve loop is host-driven: dynamo would re-trace it for every batch
     def forward(self, x: Any, z0: State | None = None, *, cache_key: Hashable = None,
                 options: dict[str, Any] | None = None, index: Tensor | None = None) -> tuple[State, DEQInfo]:
         """Solve ``z* = f(z*, x)``; returns ``(z*, DEQInfo)``.
