@@ -1,6 +1,7 @@
 """The one task runner: tests per package (each in its own env), integration, lint, bench, docs, demo.
 
-    nox -s tests              # every package in its own env (tests + doctests), then cross-package integration
+    nox -s tests              # every package in its own env (tests + doctests), then cross-package integration;
+                              # with CI set also the tests marked `slow` (the CI tier)
     nox -s "tests(deq-core)"  # one package
     nox -s fuzz               # the same with Hypothesis' `explore` profile (20x the examples, random)
     nox -s lint
@@ -59,6 +60,10 @@ ENV = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() o
 # torchrun subprocesses) then share the bytecode the first one compiled into the session's env instead of each
 # compiling torch again (about 6 s of CPU a process).
 TEST_ENV = {**ENV, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONDONTWRITEBYTECODE": None}
+# Test tiers: a newcomer's `nox -s tests` skips the tests marked `slow` (minutes each: the Triton interpreter's
+# conformance run, the fused solver's long cases); CI (`CI` set, as `.ci/run` runs it) runs every tier. `gpu` tests
+# run in `nox -s gpu`. A later `-m` in the posargs (`nox -s tests -- -m slow`) overrides this one.
+TIER = ["-m", "not gpu"] if os.environ.get("CI") else ["-m", "not slow and not gpu"]
 
 
 def _install(session: nox.Session, *reqs: str) -> None:
@@ -81,11 +86,11 @@ def tests(session: nox.Session, package: str) -> None:
     integration tests and the example plugin's)."""
     if package == "integration":
         _install_all(session, *EXAMPLES)
-        session.run("pytest", "tests/integration", *session.posargs, env=TEST_ENV)
+        session.run("pytest", "tests/integration", *TIER, *session.posargs, env=TEST_ENV)
         session.run("pytest", "examples/deq-solver-example/tests", "-c", "examples/deq-solver-example/pyproject.toml",
-                    "--doctest-modules", "--pyargs", "deq_solver_example", *session.posargs, env=TEST_ENV)
+                    "--doctest-modules", "--pyargs", "deq_solver_example", *TIER, *session.posargs, env=TEST_ENV)
         session.run("pytest", "examples/deq-task-example/tests", "-c", "examples/deq-task-example/pyproject.toml",
-                    *session.posargs, env=TEST_ENV)
+                    *TIER, *session.posargs, env=TEST_ENV)
         return
     reqs, forbidden = CLOSURES[package]
     _install(session, *reqs)
@@ -97,7 +102,7 @@ def tests(session: nox.Session, package: str) -> None:
     # the docstring examples of the installed package (--pyargs: the code the tests import, not the source tree)
     session.run("pytest", f"packages/{package}/tests", "-c", f"packages/{package}/pyproject.toml",
                 "--doctest-modules", "--pyargs", IMPORTS[package], *DOCTEST_IGNORE, "-p", "no:cacheprovider",
-                *session.posargs, env=TEST_ENV)
+                *TIER, *session.posargs, env=TEST_ENV)
 
 
 @nox.session(default=False, venv_backend="none")

@@ -99,8 +99,7 @@ def test_deq_plugins_lists_the_duplicates_as_shadowed():
 
 
 def test_a_builtin_name_does_not_import_third_party_plugins():
-    """The plugin sleeps 3 s on import here: a built-in lookup must neither import it nor wait for it (deq-core's
-    own test_plugin_kinds.py times the same with an injected 2 s plugin)."""
+    """The plugin sleeps 3 s on import here: a built-in lookup must not import it, a lookup by its name must."""
     code = ("import sys, time\n"
             "import deq_core\n"
             "t = time.perf_counter(); deq_core.registry.get_solver('fixed-point'); a = time.perf_counter() - t\n"
@@ -110,10 +109,11 @@ def test_a_builtin_name_does_not_import_third_party_plugins():
             "print(a, imported, b, 'deq_shadow_plugin.plugin' in sys.modules)")
     proc = python(code, SHADOW_PLUGIN_IMPORT_SLEEP="3", DEQ_DISABLE_PLUGINS=BROKEN)
     assert proc.returncode == 0, proc.stderr
-    first, imported, second, later = proc.stdout.split()
-    # not imported, so the built-in lookup cannot have waited for it (its own time is deq's plugins' import)
+    _, imported, second, later = proc.stdout.split()
+    # not imported, so the built-in lookup cannot have waited for it (its own time is torch's and deq's plugins'
+    # import, as `import deq_core` alone does not import torch: no timing comparison with it here)
     assert imported == "False", proc.stdout
-    assert later == "True" and float(second) >= 3.0 and float(first) < float(second), proc.stdout
+    assert later == "True" and float(second) >= 3.0, proc.stdout
 
 
 # -- the plugin's own adjoint, task and model ------------------------------------------------------------

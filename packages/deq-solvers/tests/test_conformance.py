@@ -21,6 +21,7 @@ def test_check_solver_by_name():
     check_solver("anderson", dtype=torch.float64, max_examples=3)
 
 
+@pytest.mark.slow  # about 3 CPU-minutes in the Triton interpreter: the CI tier (`nox -s tests` with CI set)
 @pytest.mark.skipif(triton_status() is not None, reason=str(triton_status()))
 def test_check_solver_fused_interpreter():
     # Triton interpreter on CPU: small examples only (it is slow)
