@@ -38,8 +38,8 @@ def command_lines(page: Path) -> list[str]:
 PAGES = [p for p in HOWTOS if any(line.startswith("deq ") for line in command_lines(p))]
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
-def test_howto_commands_run_as_written(page, tmp_path):
+def run_page(page: Path, cwd: Path) -> str | None:
+    """Run the page's command lines in ``cwd``; ``None`` if every one exited 0, else what went wrong."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEQ_")}
     env["DEQ_DISABLE_PLUGINS"] = "deq-broken-plugin"  # installed next to the how-to's plugin for other tests
     ran = 0
@@ -51,22 +51,39 @@ def test_howto_commands_run_as_written(page, tmp_path):
                 try:
                     distribution(name)
                 except PackageNotFoundError:
-                    pytest.fail(f"docs/how-to/{page.name}: `{line}`: {name} is not installed here; add {path} to "
-                                "noxfile.py's EXAMPLES")
+                    return (f"docs/how-to/{page.name}: `{line}`: {name} is not installed here; add {path} to "
+                            "noxfile.py's EXAMPLES")
             continue
         proc = subprocess.run([sys.executable, "-m", "deq_core.cli", *argv[1:]], capture_output=True, text=True,
-                              cwd=tmp_path, env=env, timeout=600)
-        assert proc.returncode == 0, f"docs/how-to/{page.name}: `{line}` exited {proc.returncode}:\n{proc.stderr}"
+                              cwd=cwd, env=env, timeout=600)
+        if proc.returncode != 0:
+            return f"docs/how-to/{page.name}: `{line}` exited {proc.returncode}:\n{proc.stderr}"
         ran += 1
-    assert ran > 0
+    return None if ran else f"docs/how-to/{page.name}: no `deq` command ran"
 
 
-def test_the_task_how_to_runs_its_task_and_checkpoint(tmp_path):
-    page = ROOT / "docs" / "how-to" / "write-a-task-plugin.md"
-    test_howto_commands_run_as_written(page, tmp_path)
+@pytest.fixture(scope="module")
+def pages_run(tmp_path_factory) -> dict[str, tuple[Path, str | None]]:
+    """Every page run once (its scratch directory and its failure, if any), shared by the tests below."""
+    runs = {}
+    for page in PAGES:
+        cwd = tmp_path_factory.mktemp(page.stem)
+        runs[page.name] = (cwd, run_page(page, cwd))
+    return runs
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_howto_commands_run_as_written(page, pages_run):
+    _, failure = pages_run[page.name]
+    assert failure is None, failure
+
+
+def test_the_task_how_to_runs_its_task_and_checkpoint(pages_run):
     import json
 
-    first = json.loads((tmp_path / "runs" / "match" / "metrics.json").read_text())
-    again = json.loads((tmp_path / "runs" / "match-again" / "metrics.json").read_text())
+    cwd, failure = pages_run["write-a-task-plugin.md"]
+    assert failure is None, failure
+    first = json.loads((cwd / "runs" / "match" / "metrics.json").read_text())
+    again = json.loads((cwd / "runs" / "match-again" / "metrics.json").read_text())
     assert first["from_checkpoint"] is False and again["from_checkpoint"] is True
     assert again["loss"] == pytest.approx(first["loss"], rel=1e-9)

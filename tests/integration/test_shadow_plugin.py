@@ -171,7 +171,7 @@ def test_plugin_model_under_deq_inr_fit(tmp_path):
 
 
 # -- one CLI ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("args", "match"), [
+ERROR_CASES = [
     (("inr", "fit", "--model", "no-such-model", "--out", "o"), "unknown model 'no-such-model'"),
     (("inr", "fit", "--model", "opteq", "--out", "o"), "is not an INR model"),
     (("inr", "fit", "--image", "no-such-image.png", "--out", "o", "--steps", "1"), "no-such-image.png"),
@@ -179,14 +179,47 @@ def test_plugin_model_under_deq_inr_fit(tmp_path):
     (("tasks", "run", "no-such-task", "--out", "o"), "unknown task 'no-such-task'"),
     (("tsks",), "Did you mean 'tasks'?"),
     (("plugins", "--jsn"), "--jsn"),
-])
-def test_errors_are_one_line_with_one_prefix(args, match, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "deq_core.cli", *args], capture_output=True, text=True,
-                          env=clean_env(DEQ_DISABLE_PLUGINS=BROKEN), timeout=600, cwd=tmp_path)
-    assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr and "Error:" not in proc.stderr
+]
+_RUN_ALL = """
+import contextlib, io, json, sys, traceback
+from deq_core.cli import main
+out = []
+for args in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(args)
+        except BaseException:
+            code = 'raised'
+            traceback.print_exc(file=err)
+    out.append([code, err.getvalue()])
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def error_runs(tmp_path_factory) -> list[tuple[int, str]]:
+    """Every ERROR_CASES command line through the console script's ``main``, in one fresh process (a process
+    each would cost a torch import each)."""
+    proc = subprocess.run([sys.executable, "-c", _RUN_ALL, json.dumps([list(a) for a, _ in ERROR_CASES])],
+                          capture_output=True, text=True, env=clean_env(DEQ_DISABLE_PLUGINS=BROKEN), timeout=600,
+                          cwd=tmp_path_factory.mktemp("errors"))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("case", range(len(ERROR_CASES)), ids=[" ".join(a) for a, _ in ERROR_CASES])
+def test_errors_are_one_line_with_one_prefix(case, error_runs):
+    (args, match), (code, stderr) = ERROR_CASES[case], error_runs[case]
+    assert isinstance(code, int) and code != 0, (args, code, stderr)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], stderr
+    assert "Traceback" not in stderr and "Error:" not in stderr
+
+
+def test_the_console_script_exits_non_zero_with_its_error_line():
+    proc = deq("tsks", DEQ_DISABLE_PLUGINS=BROKEN)
+    assert proc.returncode != 0 and proc.stderr.startswith("error: unknown command 'tsks'"), proc.stderr
 
 
 def test_every_option_of_every_command_has_help():
