@@ -1,8 +1,8 @@
 """The one task runner: tests per package (each in its own env), integration, lint, bench, docs, demo.
 
-    nox -s tests              # every package in its own env (tests + doctests), then cross-package integration;
-                              # with CI set also the tests marked `slow` (the CI tier)
-    nox -s "tests(deq-core)"  # one package
+    nox -s tests              # every package in its own env (tests + doctests) and the cross-package integration
+                              # suite, as many at once as there are cores; with CI set also the `slow` tier
+    nox -s "suite(deq-core)"  # one package's suite (or integration)
     nox -s fuzz               # the same with Hypothesis' `explore` profile (20x the examples, random)
     nox -s lint
     nox -s bench -- solvers   # core solvers gradients training tasks inr opteq (several allowed; none = all)
@@ -13,6 +13,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nox
@@ -79,9 +82,60 @@ def _install_all(session: nox.Session, *extra: str) -> None:
     _install_mlxtend(session)
 
 
-@nox.session
-@nox.parametrize("package", [*CLOSURES, "integration"], ids=[*CLOSURES, "integration"])
-def tests(session: nox.Session, package: str) -> None:
+SUITES = [*CLOSURES, "integration"]
+# longest first, so that two at a time finish together (CPU seconds, measured on the 2-core machine)
+SUITE_ORDER = ["deq-tasks", "integration", "deq-core", "deq-solvers", "deq-inr"]
+assert sorted(SUITE_ORDER) == sorted(SUITES), "SUITE_ORDER must name every suite once"
+
+
+@nox.session(venv_backend="none")
+def tests(session: nox.Session) -> None:
+    """Every suite (`suite(PACKAGE)` and `suite(integration)`), each in its own env, as many at once as there are
+    cores (`NOX_JOBS` to override); each one's output goes to `.nox/logs/` and its summary is printed when it ends.
+
+    The suites' tests are single-threaded (one OpenMP thread each), so on a 2-core machine two suites at once take
+    half the time of one after the other. The posargs go to every suite's pytest.
+    """
+    jobs = int(os.environ.get("NOX_JOBS") or os.cpu_count() or 1)
+    if jobs < 1:
+        session.error(f"NOX_JOBS must be a positive integer, got {os.environ['NOX_JOBS']!r}")
+    logs = ROOT / ".nox" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    pending = [f"suite({name})" for name in SUITE_ORDER]
+    running: dict[str, tuple[subprocess.Popen, Path, float]] = {}
+    failed: list[str] = []
+    t_start = time.perf_counter()
+    while pending or running:
+        while pending and len(running) < jobs:
+            name = pending.pop(0)
+            log = logs / f"{name.replace('(', '-').rstrip(')')}.log"
+            argv = [sys.executable, "-m", "nox", "-f", str(ROOT / "noxfile.py"), "-s", name]
+            argv += ["--", *session.posargs] if session.posargs else []
+            with log.open("w") as fh:
+                proc = subprocess.Popen(argv, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+            running[name] = (proc, log, time.perf_counter())
+            session.log(f"started {name} (log: {log.relative_to(ROOT)})")
+        time.sleep(0.5)
+        for name, (proc, log, t0) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            lines = log.read_text(errors="replace").splitlines()
+            summary = next((ln.strip("= ") for ln in reversed(lines) if " in " in ln and ("passed" in ln or
+                            "failed" in ln or "error" in ln)), "no pytest summary")
+            verdict = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
+            session.log(f"{name}: {verdict} in {time.perf_counter() - t0:.0f} s; last pytest line: {summary}")
+            if proc.returncode != 0:
+                failed.append(name)
+                print("\n".join(lines[-80:]), flush=True)
+    session.log(f"all suites done in {time.perf_counter() - t_start:.0f} s")
+    if failed:
+        session.error(f"failed: {', '.join(failed)} (logs in {logs.relative_to(ROOT)})")
+
+
+@nox.session(default=False)
+@nox.parametrize("package", SUITES, ids=SUITES)
+def suite(session: nox.Session, package: str) -> None:
     """Run one package's tests and docstring examples in an env holding only its dependency closure (or the
     integration tests and the example plugin's)."""
     if package == "integration":
