@@ -11,3 +11,4 @@ import pytest
 def _no_deq_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in [k for k in os.environ if k.startswith("DEQ_")]:
         monkeypatch.delenv(key)
+

@@ -2,21 +2,21 @@
 
 ``pip install PATH...`` lines are the installation nox's integration session performs (noxfile.py installs the
 same paths, EXAMPLES included, with pip/uv into this environment): here they are checked to be installed, not
-run again. Every ``deq ...`` line is run exactly as written and must exit 0. ``torchrun`` lines run in
+run again. Every ``deq ...`` line is run exactly as written (through the console script's ``main``, in this
+process: ``deq_core.testing.run_cli``) and must exit 0. ``torchrun`` lines run in
 tests/docs/test_ddp_recipe.py.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import subprocess
-import sys
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import pytest
+
+from deq_core.testing import run_cli
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
@@ -40,8 +40,7 @@ PAGES = [p for p in HOWTOS if any(line.startswith("deq ") for line in command_li
 
 def run_page(page: Path, cwd: Path) -> str | None:
     """Run the page's command lines in ``cwd``; ``None`` if every one exited 0, else what went wrong."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEQ_")}
-    env["DEQ_DISABLE_PLUGINS"] = "deq-broken-plugin"  # installed next to the how-to's plugin for other tests
+    environ = {"DEQ_DISABLE_PLUGINS": "deq-broken-plugin"}  # installed next to the how-to's plugin for other tests
     ran = 0
     for line in command_lines(page):
         argv = shlex.split(line)
@@ -54,8 +53,7 @@ def run_page(page: Path, cwd: Path) -> str | None:
                     return (f"docs/how-to/{page.name}: `{line}`: {name} is not installed here; add {path} to "
                             "noxfile.py's EXAMPLES")
             continue
-        proc = subprocess.run([sys.executable, "-m", "deq_core.cli", *argv[1:]], capture_output=True, text=True,
-                              cwd=cwd, env=env, timeout=600)
+        proc = run_cli(*argv[1:], environ=environ, cwd=cwd)  # the console script's main, in this process
         if proc.returncode != 0:
             return f"docs/how-to/{page.name}: `{line}` exited {proc.returncode}:\n{proc.stderr}"
         ran += 1

@@ -18,6 +18,7 @@ import torch
 
 from deq_core import PluginError, UnknownNameError, fixed_point, registry
 from deq_core.plugins import DeqPluginWarning, PluginManager, use_manager
+from deq_core.testing import CliResult, run_cli
 
 BROKEN = "deq-broken-plugin"
 EXAMPLE = "deq-solver-example"
@@ -41,16 +42,19 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
                           timeout=300)
 
 
-def plugins_json(**env: str) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
-    proc = run(["plugins", "--json"], **env)
+def plugins_json(**env: str) -> tuple[dict[str, Any], CliResult]:
+    """``deq plugins --json`` in this process (``deq_core.testing.run_cli``) under the ``DEQ_*`` variables ``env``."""
+    proc = run_cli("plugins", "--json", environ=env)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout), proc
 
 
 @pytest.fixture(scope="module")
 def listing() -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
-    """``deq plugins --json`` in the default environment (computed once)."""
-    return plugins_json()
+    """``deq plugins --json`` in a fresh process in the default environment (computed once)."""
+    proc = run(["plugins", "--json"])
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout), proc
 
 
 def entry_point_manager(**environ: str) -> PluginManager:
@@ -139,7 +143,7 @@ def test_strict_mode_raises_plugin_error():
 
 
 def test_strict_mode_cli_fails_with_one_line():
-    proc = run(["plugins", "--json"], DEQ_STRICT_PLUGINS="1")
+    proc = run_cli("plugins", "--json", environ={"DEQ_STRICT_PLUGINS": "1"})
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and BROKEN in lines[0], proc.stderr
@@ -166,5 +170,5 @@ def test_disable_hides_a_working_plugin_and_its_names():
 
 
 def test_json_is_the_only_stdout_output():
-    proc = run(["plugins", "--json"], DEQ_DISABLE_PLUGINS=BROKEN)
+    proc = run_cli("plugins", "--json", environ={"DEQ_DISABLE_PLUGINS": BROKEN})
     assert isinstance(json.loads(proc.stdout), dict)

@@ -19,7 +19,7 @@ import torch
 
 from deq_core import DEQ, FixedPointIteration, NeumannAdjoint, fixed_point, registry, resolve_adjoint
 from deq_core.plugins import PluginManager, use_manager
-from deq_core.testing import check_adjoint, check_model, check_task
+from deq_core.testing import CliResult, check_adjoint, check_model, check_task, run_cli
 
 SHADOW = "deq-shadow-plugin"
 PLUGIN_MODULE = "deq_shadow_plugin.plugin"
@@ -36,6 +36,11 @@ def deq(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """``deq ARGS`` (the console script's code) in a fresh process, stdout/stderr piped."""
     return subprocess.run([sys.executable, "-m", "deq_core.cli", *args], capture_output=True, text=True,
                           env=clean_env(**env), timeout=600)
+
+
+def deq_here(*args: str, cwd: Path | None = None) -> CliResult:
+    """``deq ARGS`` in this process (``deq_core.testing.run_cli``), the broken example plugin hidden."""
+    return run_cli(*args, environ={"DEQ_DISABLE_PLUGINS": BROKEN}, cwd=cwd)
 
 
 def python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -80,7 +85,7 @@ def test_qualified_names_pick_either_provider(installed):
 
 
 def test_deq_plugins_lists_the_duplicates_as_shadowed():
-    proc = deq("plugins", "--json", DEQ_DISABLE_PLUGINS=BROKEN)
+    proc = deq_here("plugins", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     info = {p["name"]: p for p in data["plugins"]}[SHADOW]
@@ -92,7 +97,7 @@ def test_deq_plugins_lists_the_duplicates_as_shadowed():
     assert data["solvers"]["anderson"]["provider"] == "deq-solvers"
     assert data["adjoints"]["richardson"]["provider"] == SHADOW
     assert data["conflicts"] == {}
-    table = deq("plugins", DEQ_DISABLE_PLUGINS=BROKEN)
+    table = deq_here("plugins")
     (row,) = [line for line in table.stdout.splitlines() if line.startswith(SHADOW)]
     assert row.split()[:4] == [SHADOW, "0.1.0", "shadowed", "solvers,adjoints,tasks,models"]
     assert f"'{SHADOW}:NAME'" in table.stdout
@@ -139,8 +144,8 @@ def test_plugin_task_by_name_and_conformance(installed, tmp_path):
 
 def test_plugin_task_runs_under_deq_tasks_run(tmp_path):
     out = tmp_path / "toy"
-    proc = deq("tasks", "run", "toy-fit", "--out", str(out), "--steps", "3", "--width", "4", "--adjoint", "neumann",
-               DEQ_DISABLE_PLUGINS=BROKEN)
+    proc = deq_here("tasks", "run", "toy-fit", "--out", str(out), "--steps", "3", "--width", "4", "--adjoint",
+                    "neumann")
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "toy-fit" and metrics["adjoint"] == "neumann"
@@ -156,16 +161,16 @@ def test_plugin_model_by_name_and_conformance(installed):
 
 def test_plugin_model_under_deq_inr_fit(tmp_path):
     out = tmp_path / "fit"
-    proc = deq("inr", "fit", "--model", "tiny-inr", "--image", "camera", "--size", "16", "--steps", "3",
-               "--width", "8", "--out", str(out), DEQ_DISABLE_PLUGINS=BROKEN)  # no --no-progress: piped, so none
+    proc = deq_here("inr", "fit", "--model", "tiny-inr", "--image", "camera", "--size", "16", "--steps", "3",
+                    "--width", "8", "--out", str(out))  # no --no-progress: stderr is not a terminal, so no bar
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "tiny-inr" and metrics["config"]["model"] == "tiny-inr"
     assert metrics["solver_steps_per_step"] is not None  # an implicit model: the DEQ's stats were recorded
     assert (out / "model.safetensors").is_file()
     assert "\r" not in proc.stderr and "it/s" not in proc.stderr, proc.stderr  # no progress bar in a pipe
-    render = deq("inr", "render", str(out / "model.safetensors"), "--model", "tiny-inr", "--out", str(tmp_path / "r"),
-                 DEQ_DISABLE_PLUGINS=BROKEN)
+    render = deq_here("inr", "render", str(out / "model.safetensors"), "--model", "tiny-inr", "--out",
+                      str(tmp_path / "r"))
     assert render.returncode == 0, render.stderr
     assert (tmp_path / "r" / "render.png").is_file()
 
@@ -180,38 +185,12 @@ ERROR_CASES = [
     (("tsks",), "Did you mean 'tasks'?"),
     (("plugins", "--jsn"), "--jsn"),
 ]
-_RUN_ALL = """
-import contextlib, io, json, sys, traceback
-from deq_core.cli import main
-out = []
-for args in json.loads(sys.argv[1]):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        try:
-            code = main(args)
-        except BaseException:
-            code = 'raised'
-            traceback.print_exc(file=err)
-    out.append([code, err.getvalue()])
-print(json.dumps(out))
-"""
-
-
-@pytest.fixture(scope="module")
-def error_runs(tmp_path_factory) -> list[tuple[int, str]]:
-    """Every ERROR_CASES command line through the console script's ``main``, in one fresh process (a process
-    each would cost a torch import each)."""
-    proc = subprocess.run([sys.executable, "-c", _RUN_ALL, json.dumps([list(a) for a, _ in ERROR_CASES])],
-                          capture_output=True, text=True, env=clean_env(DEQ_DISABLE_PLUGINS=BROKEN), timeout=600,
-                          cwd=tmp_path_factory.mktemp("errors"))
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
-
-
 @pytest.mark.parametrize("case", range(len(ERROR_CASES)), ids=[" ".join(a) for a, _ in ERROR_CASES])
-def test_errors_are_one_line_with_one_prefix(case, error_runs):
-    (args, match), (code, stderr) = ERROR_CASES[case], error_runs[case]
-    assert isinstance(code, int) and code != 0, (args, code, stderr)
+def test_errors_are_one_line_with_one_prefix(case, tmp_path):
+    args, match = ERROR_CASES[case]
+    proc = deq_here(*args, cwd=tmp_path)
+    code, stderr = proc.returncode, proc.stderr
+    assert code != 0, (args, code, stderr)
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], stderr
     assert "Traceback" not in stderr and "Error:" not in stderr
@@ -244,7 +223,7 @@ def test_every_option_of_every_command_has_help():
 
 
 def test_deq_version():
-    proc = deq("--version")
+    proc = deq_here("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("deq, version "), proc.stdout + proc.stderr
 
 

@@ -40,6 +40,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from e
 
 from ._check import DEFAULT_TOLERANCES, check_solver
+from ._cli import CliResult, run_cli
 from ._kinds import check_adjoint, check_model, check_task
 from ._profiles import EXPLORE_FACTOR, PROFILES, current_profile, example_budget, register_profiles
 from ._ranks import run_ranks
@@ -56,8 +57,8 @@ from ._strategies import (
 from ._torchrun import run_torchrun
 
 __all__ = [
-    "DEFAULT_TOLERANCES", "EXPLORE_FACTOR", "PROFILES", "Contraction", "NoFixedPoint", "affine_contractions",
-    "check_adjoint", "check_model", "check_solver", "check_task", "contractions", "current_profile", "example_budget",
-    "make_contraction", "no_fixed_point_maps", "register_profiles", "run_ranks", "run_torchrun", "state_shapes",
-    "tanh_contractions",
+    "CliResult", "DEFAULT_TOLERANCES", "EXPLORE_FACTOR", "PROFILES", "Contraction", "NoFixedPoint",
+    "affine_contractions", "check_adjoint", "check_model", "check_solver", "check_task", "contractions",
+    "current_profile", "example_budget", "make_contraction", "no_fixed_point_maps", "register_profiles",
+    "run_cli", "run_ranks", "run_torchrun", "state_shapes", "tanh_contractions",
 ]
