@@ -233,7 +233,7 @@ def train_decoder(model: MDEQDecoder, images: Tensor, *, steps: int, batch: int 
     Without it the decoder drifts to a non-contractive layer: trained 200 steps at ``jac_reg = 0`` its plain solve
     hits the 40-step cap at every latent. At 0.1 (the tasks' default) the MNIST decoder's Anderson solve inside
     Adam's steps took 9.7 iterations after 200 steps in the 2026-12-02 measurement (an earlier decoder took ~35);
-    at 0.03 and 0.01 it ran to the 40-step cap again (benchmarks/results/RESULTS.md).
+    at 0.05, 0.03 and 0.01 it ran to the 40-step cap again (benchmarks/results/RESULTS.md).
     Under ``torch.distributed`` (e.g. ``torchrun``, one process per rank) every rank draws the same global batch
     of ``batch`` images (same ``seed``), corrupts it identically, runs JIIO and the loss on its own equal shard
     (:func:`deq_core.distributed.rank_shard`) and averages the gradients before the step
