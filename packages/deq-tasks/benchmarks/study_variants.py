@@ -1,0 +1,212 @@
+"""JIIO variants on cached decoders: train each set's decoder once (``--cache``), then each JIIO variant costs
+seconds. Everything is scored at an equilibrium re-solved at JIIO's ``x*``, against projected Adam-40 on the same
+held-out images (its result is cached with the decoder).
+
+Per variant and budget: the objective (sum of squared errors per image), the fraction of latents on the latent
+ball's boundary and the seconds; ``reach``: the first budget reaching Adam-40's objective. ``--trajectory
+VARIANT``: one T = 100 solve of that variant, with the equilibrium objective at the (projected) iterate every 5
+iterations and the three blocks of the augmented residual (where the solve goes wrong, not just where it ends).
+
+    python packages/deq-tasks/benchmarks/study_variants.py --sets skimage-lfw-faces mnist --steps 60 \\
+        --variants task alpha-0.03 [--trajectory task]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BUDGETS = (20, 40, 60, 80, 100)
+
+
+def variants() -> dict[str, Any]:
+    from deq_tasks.generative import DECODER_JIIO as D
+
+    a = dict(D.solver_options or {})
+    return {
+        "task": D,
+        "last-iterate": D.replace(best_iterate=False),
+        "alpha-0.3": D.replace(alpha=0.3, alpha_final=0.1),
+        "alpha-0.05": D.replace(alpha=0.05, alpha_final=0.05 / 3),
+        "alpha-0.03": D.replace(alpha=0.03, alpha_final=0.01),
+        "no-drop": D.replace(alpha_final=None),
+        "switch-20": D.replace(switch_at=20),
+        "switch-30": D.replace(switch_at=30),
+        "m-10": D.replace(solver_options={**a, "m": 10}),
+        "m-40": D.replace(solver_options={**a, "m": 40}),
+        "no-adaptive": D.replace(solver_options={**a, "adaptive": False}),
+        "no-restart": D.replace(solver_options={**a, "restart_growth": float("inf")}),
+        "x-scale-1": D.replace(x_scale=None),
+        "beta-mu-1": D.replace(beta_mu=1.0),
+        "warmup-0": D.replace(warmup=0),
+        "warmup-10": D.replace(warmup=10),
+        "max-step-0.5": D.replace(max_step=0.5),
+        "max-step-2": D.replace(max_step=2.0),
+        "tangent": D.replace(tangent_step=True),
+        "tangent-alpha-0.03": D.replace(tangent_step=True, alpha=0.03, alpha_final=0.01),
+        "fixed-point": D.replace(solver="fixed-point", solver_options=None, beta_z=0.8),
+        # the map evaluated at the projected input (Anderson's mixed x can leave the ball): same fixed points
+        "feasible-input": D,
+    }
+
+
+class _FeasibleInput:
+    """While active, the augmented map evaluates ``G(v)`` at ``v`` with its ``x`` block projected onto the set."""
+
+    def __enter__(self) -> None:
+        from deq_tasks.jiio import _map
+        from deq_tasks.jiio._constraints import project_checked
+
+        self.cls, self.orig = _map.AugmentedMap, _map.AugmentedMap.__call__
+        orig = self.orig
+
+        def call(G: Any, v: torch.Tensor) -> torch.Tensor:
+            if G.problem.project is not None:
+                zf, muf, x = G.split(v)
+                v = G.stack(zf, muf, project_checked(G.problem.project, x))
+            return orig(G, v)
+
+        self.cls.__call__ = call
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cls.__call__ = self.orig
+
+
+def decoder(name: str, path: str, steps: int, seed: int, n_eval: int, cache: Path,
+            jac_reg: float = 0.1) -> tuple[Any, Any, Any, dict]:
+    from deq_tasks._base import Progress
+    from deq_tasks.generative import GenerativeTask, adam_latents, build_decoder
+
+    task = GenerativeTask(data=path, steps=steps, seed=seed, vae=False, jac_reg=jac_reg)
+    data, _ = task.data_and_model(None)
+    y = data.test_x[:n_eval]
+    f = cache / (f"{name}_{steps}_{seed}_{n_eval}" + ("" if jac_reg == 0.1 else f"_jac_reg{jac_reg}") + ".pt")
+    if f.exists():
+        d = torch.load(f, weights_only=False)
+        model = build_decoder(size=data.size, latent_dim=task.config.latent_dim, seed=seed,
+                              head_bias=task.config.head_bias)
+        model.load_state_dict(d["state"])
+        return task, model.eval(), y, d["base"]
+    t = time.perf_counter()
+    model, tr = task.train(data, Progress(0, "", False))
+    r = task.radius(model)
+    adam_latents(model, y[:2], steps=1, radius=r)           # first-call kernel selection
+    base = adam_latents(model, y, steps=40, radius=r)
+    base = {k: base[k] for k in ("trace", "time_trace", "forward_steps", "x")}
+    base["train_seconds"], base["train_loss"] = time.perf_counter() - t, tr["final_loss"]
+    torch.save({"state": model.state_dict(), "base": base}, f)
+    return task, model.eval(), y, base
+
+
+def trajectory(task: Any, model: Any, y: torch.Tensor, cfg: Any) -> list[dict[str, float]]:
+    from deq_tasks.generative import decoder_problem, jiio_latents
+    from deq_tasks.jiio import _solve, augmented_map
+
+    store: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    orig = _solve.JIIORecorder.record
+
+    def record(rec: Any, k: int, v: torch.Tensor, gv: torch.Tensor, cost: torch.Tensor, sign: float) -> None:
+        if k % 5 == 1:
+            store.append((k, v.clone(), gv.clone()))
+        orig(rec, k, v, gv, cost, sign)
+
+    _solve.JIIORecorder.record = record
+    try:
+        r = task.radius(model)
+        cfg = cfg.with_budget(100)
+        jiio_latents(model, y, None, cfg, r)
+    finally:
+        _solve.JIIORecorder.record = orig
+    x0 = y.new_zeros(len(y), model.latent_dim)
+    G = augmented_map(decoder_problem(model, y, None, r), cfg, model.init_state(x0), x0)
+    rows = []
+    for k, v, gv in store:
+        (zf, muf, x), (gz, gm, gx) = G.split(v), G.split(gv)
+        xp = x if G.problem.project is None else G.problem.project(x)
+        with torch.no_grad():
+            img, _ = model(xp)
+        rows.append({"k": k, "equilibrium_objective": float(((img - y) ** 2).flatten(1).sum(1).mean()),
+                     "residual_z": float((gz - zf).norm(dim=1).mean()),
+                     "residual_mu": float((gm - muf).norm(dim=1).mean()),
+                     "residual_x": float((gx - x).reshape(len(y), -1).norm(dim=1).mean()),
+                     "mean_norm_x": float(x.reshape(len(y), -1).norm(dim=1).mean())})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_tasks import write_datasets
+
+    from deq_tasks.generative import jiio_latents
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sets", nargs="+", default=["skimage-lfw-faces"], help="set names (prefixes)")
+    p.add_argument("--steps", type=int, default=200, help="decoder training steps")
+    p.add_argument("--n-eval", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jac-reg", type=float, default=0.1, help="the decoder's Jacobian regularization weight")
+    p.add_argument("--variants", nargs="+", default=["task"], help=f"of: {', '.join(variants())}")
+    p.add_argument("--trajectory", default=None, help="also print one T = 100 trajectory of this variant")
+    p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "deq_study_variants"),
+                   help="folder of the cached decoders and data (default: in the system's temp folder)")
+    a = p.parse_args(argv)
+    known = variants()
+    bad = [v for v in a.variants + ([a.trajectory] if a.trajectory else []) if v not in known]
+    if bad:
+        p.error(f"unknown variants {bad}; known: {', '.join(known)}")
+    cache = Path(a.cache)
+    (cache / "data").mkdir(parents=True, exist_ok=True)
+    index = cache / "data" / "sets.json"
+    if not index.exists():
+        index.write_text(json.dumps(write_datasets(cache / "data")))
+    sets = json.loads(index.read_text())
+    for want in a.sets:
+        name = next((s for s in sets if s.startswith(want)), None)
+        if name is None:
+            p.error(f"unknown set {want!r}; known: {', '.join(sets)}")
+        task, model, y, base = decoder(name.split()[0], sets[name], a.steps, a.seed, a.n_eval, cache, a.jac_reg)
+        r = task.radius(model)
+        adam = base["trace"][-1]
+        on = float((base["x"].norm(dim=1) >= r * (1 - 1e-4)).float().mean()) if r is not None else 0.0
+        secs = base["time_trace"][-1]
+        print(f"== {name}: decoder {a.steps} steps (seed {a.seed}), Adam-40 {adam:.2f} in {secs:.1f} s "
+              f"({on:.0%} of its latents on the boundary), decoder solve {base['forward_steps']:.1f} Anderson its",
+              flush=True)
+        for label in a.variants:
+            objs, cells = [], []
+            for b in BUDGETS:
+                with _FeasibleInput() if label == "feasible-input" else _Null():
+                    t = time.perf_counter()
+                    res = jiio_latents(model, y, None, known[label].with_budget(b), r)
+                    with torch.no_grad():
+                        img, _ = model(res.x, res.z)
+                    secs = time.perf_counter() - t
+                obj = float(((img - y) ** 2).flatten(1).sum(1).mean())
+                objs.append(obj)
+                cells.append(f"{b}: {obj:.2f} ({res.stats.get('boundary', 0):.0%}, {secs:.1f}s)")
+            reach = next((b for b, o in zip(BUDGETS, objs) if o <= adam), None)
+            print(f"  {label:20s} reach {str(reach):4s} " + "  ".join(cells), flush=True)
+        if a.trajectory:
+            print(f"  trajectory of {a.trajectory} (T = 100):")
+            for row in trajectory(task, model, y, known[a.trajectory]):
+                print("   ", json.dumps({k: round(v, 3) for k, v in row.items()}), flush=True)
+    return 0
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
