@@ -203,7 +203,7 @@ def demo(session: nox.Session) -> None:
     _install_all(session, "torchdeq==0.1.0")
     # one thread per process: the demo runs its JIIO step in a second process next to the others
     session.run("python", "tools/demo.py", "--out", "demo-out", *session.posargs,
-                env={**ENV, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+                env={**ENV, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONDONTWRITEBYTECODE": None})
 
 
 @nox.session(default=False, venv_params=["--system-site-packages"])
