@@ -32,9 +32,11 @@ def run_cli(*args: str, environ: Mapping[str, str] | None = None, cwd: str | os.
     Example::
 
         >>> from deq_core.testing import run_cli
-        >>> r = run_cli("tsks")
-        >>> r.returncode, r.stderr.splitlines()[0][:43]
-        (2, "error: unknown command 'tsks'. Did you mean")
+        >>> run_cli("--version")
+        CliResult(returncode=0, stdout='deq, version 0.1.0\n', stderr='')
+        >>> r = run_cli("plugins", "--jsn")
+        >>> r.returncode, r.stderr.startswith("error: No such option: --jsn")
+        (2, True)
     """
     from deq_core.cli import main
     from deq_core.plugins import PluginManager, use_manager
