@@ -86,8 +86,12 @@ VARIANTS: dict[str, tuple[bool, int, int, float, float, dict]] = {
     "explicit-4L-inj1.41": (False, 4, 256, 1e-3, 1.0, {"_injscale": math.sqrt(2)}),
     "explicit-4L-inj2.24": (False, 4, 256, 1e-3, 1.0, {"_injscale": math.sqrt(5)}),
     "w512-lr1.5e-3-inj1.41": (True, 1, 512, 1.5e-3, 1.0, {"_injscale": math.sqrt(2)}),
+    "lr3e-3-sn0.9": (True, 1, 256, 3e-3, 1.0, {"spectral_norm": 0.9}),
+    "lr3e-3-sn0.8": (True, 1, 256, 3e-3, 1.0, {"spectral_norm": 0.8}),
     "lr3e-3-project": (True, 1, 256, 3e-3, 1.0, {"_project": True}),
     "lr1.5e-3-project": (True, 1, 256, 1.5e-3, 1.0, {"_project": True}),
+    "w512-lr1e-3-project": (True, 1, 512, 1e-3, 1.0, {"_project": True}),      # the iMFNs' lr
+    "w512-lr1.5e-3-project": (True, 1, 512, 1.5e-3, 1.0, {"_project": True}),  # iSIREN's lr at 512D
 }
 
 
