@@ -264,3 +264,38 @@ def test_fit_uses_the_model_default_lr():
     assert build_model("isiren-1l-512d", 2, 1).default_lr == pytest.approx(1.5e-3)
     assert fit(build_model("isiren", 2, 1, width=8), d, steps=1, lr=1e-4, progress=False,
                measure_memory=False).metrics["lr"] == 1e-4
+
+
+def test_fit_cosine_schedule_sets_each_step_lr(monkeypatch):
+    from deq_inr import fit, image_data, lr_factor
+
+    seen = []
+    real_step = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    d = image_data("camera", size=8)
+    res = fit(build_model("siren", 2, 1, width=8), d, steps=4, lr=1e-2, schedule="cosine", progress=False,
+              measure_memory=False)
+    assert seen == pytest.approx([1e-2 * (1 + math.cos(math.pi * t / 4)) / 2 for t in range(4)])
+    assert res.metrics["schedule"] == "cosine" and res.metrics["lr"] == 1e-2
+    seen.clear()
+    fit(build_model("siren", 2, 1, width=8), d, steps=3, lr=1e-2, progress=False, measure_memory=False)
+    assert seen == [1e-2] * 3   # constant (the paper's) stays the default
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        fit(build_model("siren", 2, 1, width=8), d, steps=1, schedule="linear", progress=False)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        lr_factor("step", 0, 10)
+
+
+def test_fit_calls_after_step_once_per_optimizer_step():
+    from deq_inr import fit, image_data
+
+    calls = []
+    m = build_model("isiren", 2, 1, width=8)
+    fit(m, image_data("camera", size=8), steps=3, progress=False, measure_memory=False,
+        after_step=lambda model: calls.append(model))
+    assert len(calls) == 3 and all(c is m for c in calls)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -15,7 +16,27 @@ from torch import Tensor, nn
 from ._data import CoordData
 from ._metrics import psnr, rss_peak_mb, saved_activation_bytes, training_memory_mb
 
-__all__ = ["FitResult", "fit", "evaluate"]
+__all__ = ["FitResult", "fit", "evaluate", "SCHEDULES", "lr_factor"]
+
+#: Learning-rate schedules of :func:`fit`: ``constant`` (the paper's) and ``cosine`` (half-cosine decay to 0 over
+#: ``steps``).
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(schedule: str, step: int, steps: int) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` (0-based) of ``steps``.
+
+    ``constant``: 1. ``cosine``: ``(1 + cos(pi * step / steps)) / 2`` (1 at the first step, about 0 at the last).
+
+    Example:
+        >>> lr_factor("cosine", 0, 100), round(lr_factor("cosine", 50, 100), 3), lr_factor("constant", 99, 100)
+        (1.0, 0.5, 1.0)
+    """
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
 @dataclass
@@ -53,8 +74,9 @@ def evaluate(model: nn.Module, data: CoordData, chunk: int = 65536) -> tuple[dic
 def fit(model: nn.Module, data: CoordData, *, steps: int = 300, lr: float | None = None, batch_size: int | None = None,
         log_every: int | None = None, time_budget: float | None = None, grad_clip: float | None = None,
         seed: int = 0, progress: bool = True, measure_memory: bool = True, desc: str | None = None,
-        device: str | torch.device | None = None) -> FitResult:
-    """Fit ``model`` to ``data`` with Adam (constant ``lr``, betas 0.9/0.999), one model per signal.
+        device: str | torch.device | None = None, schedule: str = "constant",
+        after_step: Callable[[nn.Module], None] | None = None) -> FitResult:
+    """Fit ``model`` to ``data`` with Adam (betas 0.9/0.999), one model per signal.
 
     Arguments:
         model: an INR from :func:`deq_inr.build_model` (``forward(coords, cache_key=...) -> (y, info)``).
@@ -62,6 +84,10 @@ def fit(model: nn.Module, data: CoordData, *, steps: int = 300, lr: float | None
         steps: training steps (at most).
         lr: Adam learning rate; ``None`` = the model's ``default_lr`` (iSIREN ``3e-3 * min(1, 256 / width)``,
             the others 1e-3).
+        schedule: ``constant`` (the paper's) or ``cosine`` (``lr * (1 + cos(pi t / steps)) / 2`` at step ``t``;
+            see :func:`lr_factor`).
+        after_step: called as ``after_step(model)`` after every optimizer step (e.g. a projection of the
+            weights; the ablations use it), not counted separately from the step time.
         batch_size: ``None`` = full batch (amortized implicit models warm-start from the previous step's fixed
             point, keyed by the fixed training set); otherwise random mini-batches (no amortization).
         log_every: evaluate (full solve on every point, not counted as training time) every this many steps
@@ -79,6 +105,8 @@ def fit(model: nn.Module, data: CoordData, *, steps: int = 300, lr: float | None
         lr = float(getattr(model, "default_lr", 1e-3))
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     torch.manual_seed(seed)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device).train()
@@ -111,6 +139,8 @@ def fit(model: nn.Module, data: CoordData, *, steps: int = 300, lr: float | None
         if grad_clip is not None:
             nn.utils.clip_grad_value_(model.parameters(), grad_clip)
         opt.step()
+        if after_step is not None:
+            after_step(model)
         if info is not None:
             solver_steps.append(int(info.stats.steps.max()))
             nfev.append(int(info.stats.nfev))
@@ -122,6 +152,8 @@ def fit(model: nn.Module, data: CoordData, *, steps: int = 300, lr: float | None
     done = 0
     try:
         for step in range(1, steps + 1):
+            for group in opt.param_groups:
+                group["lr"] = lr * lr_factor(schedule, step - 1, steps)
             if cuda:
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
@@ -162,6 +194,7 @@ def fit(model: nn.Module, data: CoordData, *, steps: int = 300, lr: float | None
         "f_evals_per_step_late": (sum(nfev[len(nfev) // 2:]) / len(half)) if half else None,
         "params": sum(p.numel() for p in model.parameters()),
         "lr": lr,
+        "schedule": schedule,
         "rss_peak_mb": rss_peak_mb(),
         "device": str(device),
     }
