@@ -32,8 +32,9 @@ def run_cli(*args: str, environ: Mapping[str, str] | None = None, cwd: str | os.
     Example::
 
         >>> from deq_core.testing import run_cli
-        >>> run_cli("--version")
-        CliResult(returncode=0, stdout='deq, version 0.1.0\n', stderr='')
+        >>> r = run_cli("--version")
+        >>> r.returncode, r.stdout.strip(), r.stderr
+        (0, 'deq, version 0.1.0', '')
         >>> r = run_cli("plugins", "--jsn")
         >>> r.returncode, r.stderr.startswith("error: No such option: --jsn")
         (2, True)
