@@ -36,7 +36,7 @@ def run_cli(*args: str, environ: Mapping[str, str] | None = None, cwd: str | os.
         >>> r.returncode, r.stdout.strip(), r.stderr
         (0, 'deq, version 0.1.0', '')
         >>> r = run_cli("plugins", "--jsn")
-        >>> r.returncode, r.stderr.startswith("error: No such option: --jsn")
+        >>> r.returncode, r.stderr.startswith("error: No such option '--jsn'. Did you mean '--json'?")
         (2, True)
     """
     from deq_core.cli import main
