@@ -86,7 +86,7 @@ def test_first_party_plugins_load_cleanly_together(listing):
 
 def test_plugin_commands_appear_in_help(listing):
     data, _ = listing
-    proc = run(["--help"])
+    proc = run_cli("--help")
     assert proc.returncode == 0, proc.stderr
     for p in data["plugins"]:
         for command in p["provides"]["commands"]:
@@ -104,7 +104,7 @@ def test_broken_plugin_is_listed_broken_with_its_error(listing):
 
 
 def test_broken_plugin_in_the_table():
-    proc = run(["plugins"])
+    proc = run_cli("plugins")
     assert proc.returncode == 0, proc.stderr
     (row,) = [line for line in proc.stdout.splitlines() if line.startswith(BROKEN)]
     assert row.split()[:3] == [BROKEN, "0.1.0", "broken"]
