@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("demo-out"))
     ap.add_argument("--solver-repeats", type=int, default=5, help="runs per solver (median time) [5]")
-    ap.add_argument("--jiio-train-steps", type=int, default=100, help="decoder training steps through JIIO [100]")
+    ap.add_argument("--jiio-train-steps", type=int, default=200,
+                    help="decoder training steps through JIIO (the task's default) [200]")
     ap.add_argument("--jiio-digits", type=int, default=64, help="held-out digits restored by both methods [64]")
     ap.add_argument("--jiio-budgets", default="10,20,40,60,100", help="JIIO iteration budgets, each timed [10,...]")
     ap.add_argument("--adam-steps", type=int, default=40, help="Adam inner-loop steps (the paper's 40) [40]")
