@@ -6,6 +6,11 @@ import os
 
 import pytest
 
+from deq_core.testing import register_profiles
+
+# deq's Hypothesis profiles (dev, ci, explore): `nox -s fuzz` passes --hypothesis-profile=explore to every suite
+register_profiles()
+
 
 @pytest.fixture(autouse=True)
 def _no_deq_env(monkeypatch: pytest.MonkeyPatch) -> None:
