@@ -214,3 +214,46 @@ def test_decoder_forward_warm_start_from_z0(model) -> None:
         img_warm, warm = model(x, z_star)
     assert float(warm.stats.steps.float().mean()) < float(cold.stats.steps.float().mean())
     assert torch.allclose(img_warm, img_cold, atol=1e-3)
+
+
+def test_jacobian_hinge_penalty_acts_only_above_its_target(digits) -> None:
+    """``jac_target``: the hinge on each sample's spectral estimate is 0 (no gradient) above the layer's rate and
+    the mean squared excess below it; the Frobenius form is the default."""
+    from deq_tasks.generative import _jacobian_penalty
+
+    dec = build_decoder(size=8, latent_dim=4, channels=(4, 8), seed=0)
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        z, _ = dec.deq(x)
+    from deq_core import StateLayout, jacobian_spectral
+
+    layout = StateLayout.of(z)
+    rho = jacobian_spectral(lambda v: layout.pack(dec.layer(layout.unpack(v), x)), layout.pack(z), iters=30).detach()
+    assert 0.05 < float(rho.max()) < 1.5, rho
+    loose = _jacobian_penalty(dec, z, x, target=3.0)
+    loose_grads = torch.autograd.grad(loose, [p for p in dec.layer.parameters() if p.requires_grad],
+                                      allow_unused=True)
+    assert float(loose.detach()) == 0.0 and all(g is None or float(g.abs().max()) == 0.0 for g in loose_grads)
+    tight = float(_jacobian_penalty(dec, z, x, target=0.0).detach())   # mean rho_est^2 (rho_est <= ||J||_2)
+    assert 0.0 < tight and tight ** 0.5 <= 2.0 * float(rho.max()) + 1e-6, (tight, rho)
+    frob = float(_jacobian_penalty(dec, z, x).detach())
+    assert frob > 0.0 and frob != tight
+
+
+def test_decoder_config_rejects_a_bad_jac_target() -> None:
+    from deq_tasks.generative import GenerativeConfig
+
+    for bad in (0.0, -0.5, float("nan"), "0.8"):
+        with pytest.raises(DeqConfigError, match="jac_target must be a finite number > 0"):
+            GenerativeConfig(jac_target=bad)
+    assert GenerativeConfig(jac_target=0.8).jac_target == 0.8
+
+
+@pytest.mark.slow
+def test_train_decoder_with_the_hinge_penalty_learns(digits) -> None:
+    dec = build_decoder(size=8, latent_dim=8, channels=(4, 8), seed=0, head_bias=-1.5)
+    logs = train_decoder(dec, digits.train_x, steps=16, batch=16, lr=1e-2, config=DECODER_JIIO.with_budget(6),
+                         seed=0, jac_reg=1.0, jac_target=0.5)
+    first = sum(r["loss"] for r in logs[:4]) / 4
+    last = sum(r["loss"] for r in logs[-4:]) / 4
+    assert last < 0.8 * first, (first, last)

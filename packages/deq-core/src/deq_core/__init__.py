@@ -35,6 +35,7 @@ _LAZY: dict[str, str] = {
     "UnknownNameError": "_errors",
     "fixed_point": "_fixed_point",
     "jacobian_frobenius": "_jacobian",
+    "jacobian_spectral": "_jacobian",
     "run_loop": "_loop",
     "FixedPointIteration": "_picard",
     "resolve_adjoint": "_resolve",
@@ -83,7 +84,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
     from ._diagnostics import spectral_radius
     from ._errors import DeqConfigError, DeqError, DeqInputError, DeqSolveError, PluginError, UnknownNameError
     from ._fixed_point import fixed_point
-    from ._jacobian import jacobian_frobenius
+    from ._jacobian import jacobian_frobenius, jacobian_spectral
     from ._loop import run_loop
     from ._picard import FixedPointIteration
     from ._resolve import resolve_adjoint, resolve_solver
@@ -100,6 +101,7 @@ __all__ = [
     "LoopControl", "LoopOutcome", "NeumannAdjoint", "PhantomAdjoint", "PluginError", "Result", "Solution",
     "SolveStats", "State", "StateLayout", "TaskOption", "UnknownNameError", "UnrolledAdjoint", "__version__",
     "check_bool", "check_int", "check_positive", "check_range", "check_tolerances", "fixed_point",
-    "jacobian_frobenius", "load", "meets_tolerance", "plugins", "reduce_stats", "registry", "residual_norms",
+    "jacobian_frobenius", "jacobian_spectral", "load", "meets_tolerance", "plugins", "reduce_stats", "registry",
+    "residual_norms",
     "resolve_adjoint", "resolve_solver", "run_loop", "save", "spectral_radius",
 ]
