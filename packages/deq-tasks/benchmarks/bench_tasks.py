@@ -62,6 +62,8 @@ def _summary(label: str, cmp: dict[str, Any], extra: dict[str, Any] | None = Non
     reach = cmp["speedup"]["jiio_reaches_adam_objective"]
     return _line({"bench": label, "summary": True, **(extra or {}),
                   "decoder_solve_steps": cmp["adam"]["decoder_solve_steps_mean"],
+                  "decoder_converged_fraction": cmp["adam"]["decoder_converged_fraction"],
+                  "void": bool(cmp["warnings"]),
                   "adam_objective": cmp["adam"]["objective"], "adam_seconds": cmp["adam"]["seconds"],
                   "jiio_budget_reaching_adam": None if reach is None else reach["budget"],
                   "jiio_seconds": None if reach is None else reach["seconds"],
@@ -159,10 +161,17 @@ def markdown(recs: list[dict[str, Any]]) -> str:
         b = r["jiio_budget_reaching_adam"]
         secs = "-" if b is None else f"{r['jiio_seconds']:.2f}"
         sp = "-" if b is None else f"{r['speedup']:.2f}x"
+        if r.get("void"):
+            sp += f" (void: decoder converged in {r['decoder_converged_fraction']:.0%} of Adam's solves)"
         rows.append(f"| {r['bench']} | {r.get('set', 'mnist')} | {r.get('seed', 0)} | {r['decoder_solve_steps']:.1f} "
                     f"| {r['adam_objective']:.2f} | {r['adam_seconds']:.2f} | {'never' if b is None else b} | {secs} "
                     f"| {sp} | {r['best_jiio_objective']:.2f} |")
-    ds = [r for r in recs if r.get("bench") == "datasets" and r.get("summary")]
+    ds = [r for r in recs if r.get("bench") == "datasets" and r.get("summary") and not r.get("void")]
+    void = [r for r in recs if r.get("bench") == "datasets" and r.get("summary") and r.get("void")]
+    if void:
+        rows.append("")
+        rows.append("void (the decoder's own solve does not converge; left out of 'weakest'): "
+                    + ", ".join(f"{r['set']} seed {r['seed']}" for r in void))
     if ds:
         weakest = min(ds, key=lambda r: -1.0 if r["speedup"] is None else r["speedup"])
         rows.append("")

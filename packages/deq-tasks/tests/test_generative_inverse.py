@@ -133,6 +133,20 @@ def test_compare_latents_scores_jiio_at_a_re_solved_equilibrium(model, digits) -
     sp = cmp["speedup"]
     assert set(sp) == {"adam_time_to_jiio_objective_over_jiio_time", "per_budget", "jiio_reaches_adam_objective"}
     assert cmp["images"]["jiio"].shape == y.shape
+    assert cmp["adam"]["decoder_converged_fraction"] == 1.0 and cmp["warnings"] == []
+
+
+def test_compare_latents_flags_a_decoder_whose_own_solve_does_not_converge(model, digits) -> None:
+    """A decoder whose plain solve runs to its cap makes Adam's gradients (and both objectives) non-equilibrium:
+    the comparison says it is void instead of reporting a speed-up (seed 2 of the MNIST decoder did this at the
+    default jac_reg: 40.0 of 40 steps, 'JIIO 33x faster')."""
+    capped = build_decoder(size=8, latent_dim=16, channels=(4, 8), seed=0, max_steps=2)
+    capped.load_state_dict(model.state_dict())
+    y = digits.test_x[:4]
+    cmp = compare_latents(capped.eval(), y, y, None, jiio=DECODER_JIIO.with_budget(5), budgets=(5,), adam_steps=2,
+                          radius=latent_radius(capped))
+    assert cmp["adam"]["decoder_converged_fraction"] < 0.5
+    assert len(cmp["warnings"]) == 1 and "comparison is void" in cmp["warnings"][0], cmp["warnings"]
 
 
 def test_cli_list_and_run_inverse_block_then_reload(tmp_path, capsys) -> None:

@@ -206,6 +206,9 @@ def _task_command(name: str, factory: Any) -> click.Command:
         metrics = task.run(out, checkpoint=checkpoint, progress=show)
         click.echo(f"wrote {out / 'metrics.json'}")
         click.echo(json.dumps(_headline(metrics), indent=2, default=str))
+        cmp = metrics.get("comparison")
+        for text in cmp.get("warnings", ()) if isinstance(cmp, Mapping) else ():
+            click.echo(f"warning: {text}", err=True)
 
     doc = " ".join((factory.__doc__ or "").strip().split("\n\n")[0].replace("``", "").split())
     return _TaskCommand(name, params=params, callback=callback, help=doc or f"Run the task {name!r}.",

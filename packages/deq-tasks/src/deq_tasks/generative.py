@@ -104,6 +104,10 @@ def build_decoder(size: int = 28, latent_dim: int = 32, channels: tuple[int, int
     return model
 
 
+MIN_CONVERGED = 0.95
+"""Below this fraction of converged forward solves in Adam's steps, :func:`compare_latents` flags its result void."""
+
+
 def decoder_problem(model: MDEQDecoder, target: Tensor, mask: Tensor | None = None,
                     radius: float | None = None) -> JIIOProblem:
     """``min_{||x|| <= radius} sum M (h(z) - target)^2`` per sample, ``z = f(z, x)`` (``M`` = visible-pixel mask,
@@ -132,14 +136,15 @@ def adam_latents(model: MDEQDecoder, target: Tensor, mask: Tensor | None = None,
     with ``radius`` the latent is projected onto the L2 ball after every step, the same constraint as JIIO's).
 
     Returns ``{"x", "objective" (B,) at the final x, "trace" (steps + 1,) batch-mean objective before each step and
-    at the end, "time_trace" (steps + 1,) seconds since the start, "forward_steps" (mean solver steps)}``.
+    at the end, "time_trace" (steps + 1,) seconds since the start, "forward_steps" (mean solver steps),
+    "converged_fraction" (of the forward solves, over steps and samples)}``.
     """
     if steps < 1 or not lr > 0:
         raise DeqConfigError(f"adam_latents needs steps >= 1 and lr > 0, got steps={steps}, lr={lr}")
     t0 = time.perf_counter()
     x = target.new_zeros(target.shape[0], model.latent_dim, requires_grad=True)
     opt = torch.optim.Adam([x], lr=lr)
-    trace, times, fsteps = [], [], []
+    trace, times, fsteps, conv = [], [], [], []
     proj = None if radius is None else l2_ball(radius)
 
     def loss_of(img: Tensor) -> Tensor:
@@ -153,6 +158,7 @@ def adam_latents(model: MDEQDecoder, target: Tensor, mask: Tensor | None = None,
             trace.append(float(per.detach().mean()))
             times.append(time.perf_counter() - t0)
             fsteps.append(float(info.stats.steps.float().mean()))
+            conv.append(float(info.stats.converged.float().mean()))
             opt.zero_grad()
             per.sum().backward()
             opt.step()
@@ -165,7 +171,8 @@ def adam_latents(model: MDEQDecoder, target: Tensor, mask: Tensor | None = None,
     trace.append(float(per.mean()))
     times.append(time.perf_counter() - t0)
     return {"x": x.detach(), "objective": per.detach(), "trace": trace, "time_trace": times,
-            "forward_steps": sum(fsteps) / len(fsteps), "image": img.detach()}
+            "forward_steps": sum(fsteps) / len(fsteps), "converged_fraction": sum(conv) / len(conv),
+            "image": img.detach()}
 
 
 def decode(model: MDEQDecoder, x: Tensor, batch: int = 256) -> Tensor:
@@ -359,10 +366,12 @@ def compare_latents(model: MDEQDecoder, target: Tensor, clean: Tensor, mask: Ten
     Objective: sum of squared errors per image (on the visible / observed pixels), mean over the images.
 
     Returns:
-        ``{"n", "adam": {objective / seconds per step, decoder solve length}, "jiio": [per budget: objective,
-        seconds, PSNR vs ``clean``, boundary fraction], "speedup": {"adam_time_to_jiio_objective": per budget
-        (Adam's time to first reach JIIO's objective / JIIO's time, null if Adam never does), "jiio_reaches_adam":
-        first budget reaching Adam's final objective, its seconds and Adam's time / its time (nulls if none)},
+        ``{"n", "warnings" (e.g. the decoder's own solve does not converge: the comparison is void),
+        "adam": {objective / seconds per step, decoder solve length and converged fraction},
+        "jiio": [per budget: objective, seconds, PSNR vs ``clean``, boundary fraction],
+        "speedup": {"adam_time_to_jiio_objective": per budget (Adam's time to first reach JIIO's objective / JIIO's
+        time, null if Adam never does), "jiio_reaches_adam": first budget reaching Adam's final objective, its
+        seconds and Adam's time / its time (nulls if none)},
         "images": {"jiio": at ``jiio.budget``, "adam": final}}``.
     """
     r = radius
@@ -396,12 +405,20 @@ def compare_latents(model: MDEQDecoder, target: Tensor, clean: Tensor, mask: Ten
     reach = next((row for row in rows if row["objective"] <= adam_final), None)
     main = next(row for row in rows if row["budget"] == jiio.budget)
     images["adam"] = base["image"]
+    warnings = []
+    if base["converged_fraction"] < MIN_CONVERGED:
+        warnings.append(
+            f"the decoder's own solve converged in only {base['converged_fraction']:.0%} of Adam's forward solves "
+            f"(mean {base['forward_steps']:.1f} steps, cap {model.max_steps}): Adam's gradients and both objectives "
+            "are not taken at equilibria, so this comparison is void; retrain with a stronger jac_reg or a jac_target")
     return {
         "n": len(target),
+        "warnings": warnings,
         "objective": "sum of squared errors per image" + (" on the visible pixels" if mask is not None else ""),
         "adam": {"steps": adam_steps, "lr": adam_lr, "seconds": adam_time, "objective": adam_final,
                  "psnr": psnr(base["image"], clean), "objective_per_step": base["trace"],
-                 "seconds_per_step": base["time_trace"], "decoder_solve_steps_mean": base["forward_steps"]},
+                 "seconds_per_step": base["time_trace"], "decoder_solve_steps_mean": base["forward_steps"],
+                 "decoder_converged_fraction": base["converged_fraction"]},
         "jiio": {"budget": jiio.budget, "objective": main["objective"], "seconds": main["seconds"],
                  "psnr": main["psnr"], "per_budget": rows},
         "speedup": {
