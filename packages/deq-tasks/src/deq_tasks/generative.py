@@ -254,8 +254,9 @@ def train_decoder(model: MDEQDecoder, images: Tensor, *, steps: int, batch: int 
     ``jac_target``: penalize, with weight ``jac_reg``, only the part of each sample's estimated largest growth of
     ``df/dz`` above this rate (:func:`_jacobian_penalty`), so the decoder keeps a long solve instead of being pushed
     towards a trivial contraction: with ``jac_reg=1, jac_target=0.8`` the MNIST decoder's solve inside Adam's
-    steps took 17.4 Anderson iterations after 200 steps (9.7 with the default penalty; RESULTS.md 2026-12-02, second
-    round).
+    steps took 15.9-17.6 Anderson iterations after 200 steps over three seeds (9.7-10.7 with the default penalty,
+    which on the third seed let the solve run to its cap; benchmarks/results/RESULTS.md, §4 third round). JIIO
+    then reached Adam-40's objective on none of them, so the default stays the Frobenius penalty.
     Under ``torch.distributed`` (e.g. ``torchrun``, one process per rank) every rank draws the same global batch
     of ``batch`` images (same ``seed``), corrupts it identically, runs JIIO and the loss on its own equal shard
     (:func:`deq_core.distributed.rank_shard`) and averages the gradients before the step
