@@ -133,7 +133,7 @@ def test_compare_latents_scores_jiio_at_a_re_solved_equilibrium(model, digits) -
     sp = cmp["speedup"]
     assert set(sp) == {"adam_time_to_jiio_objective_over_jiio_time", "per_budget", "jiio_reaches_adam_objective"}
     assert cmp["images"]["jiio"].shape == y.shape
-    assert cmp["adam"]["decoder_converged_fraction"] == 1.0 and cmp["warnings"] == []
+    assert cmp["adam"]["decoder_converged_fraction"] == 1.0 and cmp["warnings"] == [] and cmp["void"] is False
 
 
 def test_compare_latents_flags_a_decoder_whose_own_solve_does_not_converge(model, digits) -> None:
@@ -147,6 +147,10 @@ def test_compare_latents_flags_a_decoder_whose_own_solve_does_not_converge(model
                           radius=latent_radius(capped))
     assert cmp["adam"]["decoder_converged_fraction"] < 0.5
     assert len(cmp["warnings"]) == 1 and "comparison is void" in cmp["warnings"][0], cmp["warnings"]
+    assert cmp["void"] is True
+    from deq_tasks.cli import _headline
+
+    assert _headline({"task": "generative", "comparison": cmp})["void"] is True
 
 
 def test_cli_list_and_run_inverse_block_then_reload(tmp_path, capsys) -> None:

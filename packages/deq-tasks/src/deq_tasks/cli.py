@@ -252,4 +252,6 @@ def _headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
         out["speedup"] = cmp.get("speedup", {}).get("adam_time_to_jiio_objective_over_jiio_time")
         out["jiio_reaches_adam_objective"] = cmp.get("speedup", {}).get("jiio_reaches_adam_objective")
         out["objective"] = {"jiio": cmp.get("jiio", {}).get("objective"), "adam": cmp.get("adam", {}).get("objective")}
+        if cmp.get("void"):
+            out["void"] = True     # the warning line says why
     return out

@@ -367,7 +367,8 @@ def compare_latents(model: MDEQDecoder, target: Tensor, clean: Tensor, mask: Ten
     Objective: sum of squared errors per image (on the visible / observed pixels), mean over the images.
 
     Returns:
-        ``{"n", "warnings" (e.g. the decoder's own solve does not converge: the comparison is void),
+        ``{"n", "void" (the speed-ups below mean nothing), "warnings" (why, e.g. the decoder's own solve does not
+        converge),
         "adam": {objective / seconds per step, decoder solve length and converged fraction},
         "jiio": [per budget: objective, seconds, PSNR vs ``clean``, boundary fraction],
         "speedup": {"adam_time_to_jiio_objective": per budget (Adam's time to first reach JIIO's objective / JIIO's
@@ -414,6 +415,7 @@ def compare_latents(model: MDEQDecoder, target: Tensor, clean: Tensor, mask: Ten
             "are not taken at equilibria, so this comparison is void; retrain with a stronger jac_reg or a jac_target")
     return {
         "n": len(target),
+        "void": bool(warnings),
         "warnings": warnings,
         "objective": "sum of squared errors per image" + (" on the visible pixels" if mask is not None else ""),
         "adam": {"steps": adam_steps, "lr": adam_lr, "seconds": adam_time, "objective": adam_final,
