@@ -80,15 +80,18 @@ class _FeasibleInput:
 
 
 def decoder(name: str, path: str, steps: int, seed: int, n_eval: int, cache: Path,
-            jac_reg: float = 0.1, jac_target: float | None = None) -> tuple[Any, Any, Any, dict]:
+            jac_reg: float = 0.1, jac_target: float | None = None, jac_sphere: float = 0.0
+            ) -> tuple[Any, Any, Any, dict]:
     from deq_tasks._base import Progress
     from deq_tasks.generative import GenerativeTask, adam_latents, build_decoder
 
-    task = GenerativeTask(data=path, steps=steps, seed=seed, vae=False, jac_reg=jac_reg, jac_target=jac_target)
+    task = GenerativeTask(data=path, steps=steps, seed=seed, vae=False, jac_reg=jac_reg, jac_target=jac_target,
+                          jac_sphere=jac_sphere)
     data, _ = task.data_and_model(None)
     y = data.test_x[:n_eval]
     f = cache / (f"{name}_{steps}_{seed}_{n_eval}" + ("" if jac_reg == 0.1 else f"_jac_reg{jac_reg}")
-                 + ("" if jac_target is None else f"_jac_target{jac_target}") + ".pt")
+                 + ("" if jac_target is None else f"_jac_target{jac_target}")
+                 + ("" if not jac_sphere else f"_jac_sphere{jac_sphere}") + ".pt")
     if f.exists():
         d = torch.load(f, weights_only=False)
         model = build_decoder(size=data.size, latent_dim=task.config.latent_dim, seed=seed,
@@ -154,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jac-reg", type=float, default=0.1, help="the decoder's Jacobian regularization weight")
     p.add_argument("--jac-target", type=float, default=None, help="hinge the Jacobian penalty at this rate")
+    p.add_argument("--jac-sphere", type=float, default=0.0, help="penalty also at this fraction of sphere latents")
     p.add_argument("--variants", nargs="+", default=["task"], help=f"of: {', '.join(variants())}")
     p.add_argument("--trajectory", default=None, help="also print one T = 100 trajectory of this variant")
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "deq_study_variants"),
@@ -174,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         if name is None:
             p.error(f"unknown set {want!r}; known: {', '.join(sets)}")
         task, model, y, base = decoder(name.split()[0], sets[name], a.steps, a.seed, a.n_eval, cache, a.jac_reg,
-                                         a.jac_target)
+                                         a.jac_target, a.jac_sphere)
         r = task.radius(model)
         adam = base["trace"][-1]
         on = float((base["x"].norm(dim=1) >= r * (1 - 1e-4)).float().mean()) if r is not None else 0.0

@@ -275,3 +275,31 @@ def test_train_decoder_with_the_hinge_penalty_learns(digits) -> None:
     first = sum(r["loss"] for r in logs[:4]) / 4
     last = sum(r["loss"] for r in logs[-4:]) / 4
     assert last < 0.8 * first, (first, last)
+
+
+def test_jac_sphere_adds_the_penalty_at_latents_on_the_sphere(digits) -> None:
+    """``jac_sphere``: the penalty is averaged with one at random latents of norm sqrt(L), drawn from the
+    training generator (same states, same gradient; another state of it, another gradient)."""
+    from deq_tasks.generative import GenerativeConfig, _sphere_penalty, decoder_gradient
+
+    dec = build_decoder(size=8, latent_dim=8, channels=(4, 8), seed=0, head_bias=-1.5)
+    y = digits.train_x[:8]
+    cfg = DECODER_JIIO.with_budget(4)
+    state = {k: v.clone() for k, v in dec.state_dict().items()}
+
+    def grads(jac_sphere: float, seed: int) -> list[torch.Tensor]:
+        dec.load_state_dict(state)    # the spectral norms' power-iteration vectors move with every forward
+        dec.zero_grad()
+        torch.manual_seed(0)          # the penalties' own probes draw from the global generator
+        decoder_gradient(dec, y, y, None, cfg, radius=latent_radius(dec), jac_reg=1.0, jac_sphere=jac_sphere,
+                         generator=torch.Generator().manual_seed(seed))
+        return [p.grad.clone() for p in dec.layer.parameters() if p.grad is not None]
+
+    plain, a, b, c = grads(0.0, 0), grads(0.5, 0), grads(0.5, 0), grads(0.5, 1)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert any(not torch.allclose(u, v) for u, v in zip(plain, a))
+    assert any(not torch.allclose(u, v) for u, v in zip(a, c))
+    pen = _sphere_penalty(dec, 3, None, torch.Generator().manual_seed(0))
+    assert pen.requires_grad and float(pen.detach()) > 0
+    with pytest.raises(DeqConfigError, match="jac_sphere must be a finite number >= 0"):
+        GenerativeConfig(jac_sphere=-0.5)

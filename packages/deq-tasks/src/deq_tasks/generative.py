@@ -104,6 +104,9 @@ def build_decoder(size: int = 28, latent_dim: int = 32, channels: tuple[int, int
     return model
 
 
+JAC_SPHERE = 0.0
+"""Default of ``DecoderConfig.jac_sphere``."""
+
 MIN_CONVERGED = 0.95
 """Below this fraction of converged forward solves in Adam's steps, :func:`compare_latents` flags its result void."""
 
@@ -220,20 +223,34 @@ def _jacobian_penalty(model: MDEQDecoder, z: Any, x: Tensor, target: float | Non
     return torch.relu(jacobian_spectral(flat, start, iters=5) - target).pow(2).mean()
 
 
+def _sphere_penalty(model: MDEQDecoder, n: int, target: float | None, generator: torch.Generator | None) -> Tensor:
+    """The Jacobian penalty at ``n`` latents drawn uniformly on the latent sphere ``||x|| = sqrt(L)`` (at their
+    equilibria, solved without a graph): where projected optimizers put their latents."""
+    x = torch.randn(n, model.latent_dim, generator=generator)
+    x = latent_radius(model) * x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-12)
+    with torch.no_grad():
+        z, _ = model.deq(x)
+    return _jacobian_penalty(model, z, x, target)
+
+
 def decoder_gradient(model: MDEQDecoder, y: Tensor, obs: Tensor, mask: Tensor | None, config: JIIOConfig, *,
-                     radius: float | None = None, jac_reg: float = 0.0,
-                     jac_target: float | None = None) -> tuple[Tensor, JIIOResult]:
+                     radius: float | None = None, jac_reg: float = 0.0, jac_target: float | None = None,
+                     jac_sphere: float = 0.0, generator: torch.Generator | None = None) -> tuple[Tensor, JIIOResult]:
     """One training gradient (accumulated into ``.grad``) of the outer loss MSE(h(z*), y) for clean images ``y``
     ``(B, 1, S, S)`` observed as ``obs`` (with visible-pixel ``mask`` or ``None``): JIIO latents ``x*`` held
     constant, the DEQ backward warm-started from ``mu*`` (module docstring), plus ``jac_reg`` times the Jacobian
-    penalty (with ``jac_target``: its hinge form). Returns ``(outer loss, JIIOResult)``; the caller steps the
-    optimizer."""
+    penalty (with ``jac_target``: its hinge form). ``jac_sphere > 0``: the penalty is the mean of the one at the
+    batch's JIIO latents and the one at ``ceil(jac_sphere * B)`` random latents on the latent sphere (drawn from
+    ``generator``). Returns ``(outer loss, JIIOResult)``; the caller steps the optimizer."""
     res = jiio_latents(model, obs, mask, config, radius)
     with frozen_weights(model.layer):
         mu0 = tuple(m / y.numel() for m in res.mu)
         z = equilibrium_with_grad(model.layer, res.z, res.x, adjoint_init=mu0, solver=model.solver,
                                   backward_steps=model.backward_steps, rtol=model.rtol, atol=model.atol)
         jl = _jacobian_penalty(model, res.z, res.x, jac_target) if jac_reg > 0 else None
+        if jl is not None and jac_sphere > 0:
+            n = math.ceil(jac_sphere * y.shape[0])
+            jl = 0.5 * (jl + _sphere_penalty(model, n, jac_target, generator))
     loss = F.mse_loss(model.head(z), y)
     (loss if jl is None else loss + jac_reg * jl).backward()
     return loss.detach(), res
@@ -241,7 +258,8 @@ def decoder_gradient(model: MDEQDecoder, y: Tensor, obs: Tensor, mask: Tensor | 
 
 def train_decoder(model: MDEQDecoder, images: Tensor, *, steps: int, batch: int = 32, lr: float = 1e-3,
                   config: JIIOConfig | None = None, corrupt: Any = None, seed: int = 0, jac_reg: float = 0.1,
-                  jac_target: float | None = None, progress: Progress | None = None, desc: str = "train",
+                  jac_target: float | None = None, jac_sphere: float = 0.0, progress: Progress | None = None,
+                  desc: str = "train",
                   radius: float | None = None) -> list[dict[str, float]]:
     """Train ``theta`` through JIIO (module docstring). ``corrupt(y, generator) -> (observed, mask or None)`` turns
     the clean batch into the inner problem's observation (inverse tasks); the outer loss is always vs clean ``y``.
@@ -257,6 +275,9 @@ def train_decoder(model: MDEQDecoder, images: Tensor, *, steps: int, batch: int 
     steps took 15.9-17.6 Anderson iterations after 200 steps over three seeds (9.7-10.7 with the default penalty,
     which on the third seed let the solve run to its cap; benchmarks/results/RESULTS.md, §4 third round). JIIO
     then reached Adam-40's objective on none of them, so the default stays the Frobenius penalty.
+    ``jac_sphere``: also take the penalty at this fraction of the batch of random latents on the latent sphere
+    (:func:`decoder_gradient`). JIIO's training latents stay inside the ball, while projected Adam's (lr 1) end on
+    its boundary, where a decoder regularized only at the former need not converge (RESULTS.md).
     Under ``torch.distributed`` (e.g. ``torchrun``, one process per rank) every rank draws the same global batch
     of ``batch`` images (same ``seed``), corrupts it identically, runs JIIO and the loss on its own equal shard
     (:func:`deq_core.distributed.rank_shard`) and averages the gradients before the step
@@ -281,7 +302,7 @@ def train_decoder(model: MDEQDecoder, images: Tensor, *, steps: int, batch: int 
         y, obs, mask = y[shard], obs[shard], None if mask is None else mask[shard]
         opt.zero_grad()
         loss, res = decoder_gradient(model, y, obs, mask, config, radius=radius, jac_reg=jac_reg,
-                                     jac_target=jac_target)
+                                     jac_target=jac_target, jac_sphere=jac_sphere, generator=g)
         average_gradients(model.parameters())
         opt.step()
         sched.step()
@@ -465,6 +486,8 @@ class DecoderConfig:
     jac_reg: float = help_field(0.1, "weight of the Jacobian regularization (keeps the decoder a converging DEQ)")
     jac_target: float | None = help_field(None, "hinge the Jacobian penalty at this contraction rate (per-sample "
                                                 "spectral estimate; none: the Frobenius penalty)")
+    jac_sphere: float = help_field(JAC_SPHERE, "also take the Jacobian penalty at this fraction of the batch of "
+                                               "random latents on the latent sphere (0: only at the training latents)")
     train_budget: int = help_field(20, "JIIO iterations per training step")
     jiio: JIIOConfig = help_field(help="JIIO at test time", factory=lambda: DECODER_JIIO)
     eval_budgets: tuple[int, ...] = help_field((20, 40, 60, 80, 100), "JIIO budgets timed against Adam")
@@ -487,6 +510,7 @@ class DecoderConfig:
         check_number(self, "adam_lr", self.adam_lr)
         check_number(self, "jac_reg", self.jac_reg, allow_low=True)
         check_number(self, "jac_target", self.jac_target, optional=True)
+        check_number(self, "jac_sphere", self.jac_sphere, allow_low=True)
         check_number(self, "head_bias", self.head_bias, low=-math.inf, optional=True)
         if not isinstance(self.jiio, JIIOConfig):
             raise DeqConfigError(f"{type(self).__name__}.jiio must be a JIIOConfig, got {type(self.jiio).__name__}")
@@ -535,7 +559,8 @@ class _DecoderTask(TaskBase):
         bar.stage("train decoder")
         t = time.perf_counter()
         logs = train_decoder(model, data.train_x, steps=steps, batch=c.batch, lr=c.lr, config=self.train_jiio(),
-                             corrupt=corrupt, seed=c.seed, jac_reg=c.jac_reg, jac_target=c.jac_target, progress=bar,
+                             corrupt=corrupt, seed=c.seed, jac_reg=c.jac_reg, jac_target=c.jac_target,
+                             jac_sphere=c.jac_sphere, progress=bar,
                              radius=self.radius(model))
         return model, {"steps": steps, "seconds": time.perf_counter() - t, "first_loss": logs[0]["loss"],
                        "final_loss": logs[-1]["loss"], "loss_curve": [x["loss"] for x in logs],
