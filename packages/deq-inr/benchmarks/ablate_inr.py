@@ -209,6 +209,15 @@ def table(rows):
               f"{ms([r.get('heldout_psnr_tight') for r in rs])} |")
 
 
+def read_jsonl(paths):
+    """The JSON lines of ``paths`` (files closed)."""
+    rows = []
+    for p in paths:
+        with open(p) as f:
+            rows += [json.loads(line) for line in f if line.strip()]
+    return rows
+
+
 def versus_bench(rows, bench_rows, ref="i1L-512D", other="e4L-256D"):
     """Markdown: each ablation row against the benchmark's ``ref`` and ``other`` runs (``bench_inr.py`` JSON lines,
     300-step same-steps rows) on the same family, image and seed; then the mean per (family, variant).
@@ -255,14 +264,16 @@ def main(argv=None) -> int:
     ap.add_argument("--from-jsonl", nargs="+", default=None)
     ap.add_argument("--versus", nargs="+", default=None,
                     help="with --from-jsonl: compare each row with these bench_inr.py JSON lines' i1L-512D and "
-                         "e4L-256D runs (same family, image, seed) instead of the table against 'base'")
+                         "e4L-256D runs (same family, image, seed) instead of the table against 'base'; "
+                         "--from-jsonl may also hold bench_inr.py rows (named '<key> (bench rows)')")
     args = ap.parse_args(argv)
     if args.from_jsonl:
-        rows = [json.loads(line) for p in args.from_jsonl for line in open(p) if line.strip()]
+        rows = read_jsonl(args.from_jsonl)
+        # bench_inr.py rows (no "variant") can be compared too: e.g. a model's runs after a change of its default
+        rows = [r if "variant" in r else {**r, "variant": f"{r['key']} (bench rows)"} for r in rows]
         last = {(r["family"], r["variant"], r["image"], r["seed"], r["size"], r["steps"]): r for r in rows}
         if args.versus:
-            versus_bench(list(last.values()),
-                         [json.loads(line) for p in args.versus for line in open(p) if line.strip()])
+            versus_bench(list(last.values()), read_jsonl(args.versus))
         else:
             table(list(last.values()))   # a repeated run counts once (the last one)
         return 0

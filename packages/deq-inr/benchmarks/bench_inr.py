@@ -239,7 +239,10 @@ def main(argv=None) -> int:
     ap.add_argument("--from-jsonl", nargs="+", default=None, help="only print the tables from saved JSON lines")
     args = ap.parse_args(argv)
     if args.from_jsonl:
-        rows = [json.loads(line) for p in args.from_jsonl for line in open(p) if line.strip()]
+        rows = []
+        for p in args.from_jsonl:
+            with open(p) as f:
+                rows += [json.loads(line) for line in f if line.strip()]
         # one row per run: a repeated run counts once; a row converted from elsewhere ("from") never
         # replaces a benchmark row (which has the evaluation curve and the memory)
         rows.sort(key=lambda r: "from" not in r)

@@ -64,3 +64,32 @@ def test_ablation_rows_against_the_benchmark_rows_pair_by_family_image_seed(caps
     assert a["d_heldout"] == [0.5, -0.5] and a["d_train"] == [1.0, 1.0]
     assert a["vs_other"] == [1.0, -1.5] and a["ref_vs_other"] == [0.5, -1.0]
     assert "| gabor | w512-x | 2 | +1.00 | +0.00 (-0.50) | -0.25 / -0.25 |" in capsys.readouterr().out
+
+
+def test_ablate_from_jsonl_takes_bench_rows_as_a_variant(tmp_path, capsys):
+    import json
+
+    spec = importlib.util.spec_from_file_location("ablate_inr", _PATH.with_name("ablate_inr.py"))
+    ablate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablate)
+    row = {"bench": "same-steps", "steps": 300, "family": "fourier", "image": "page", "seed": 1, "size": "1L-512D"}
+    old = [{**row, "key": "i1L-512D", "heldout_psnr": 20.0, "train_psnr": 21.0},
+           {**row, "key": "e4L-256D", "heldout_psnr": 20.5, "train_psnr": 22.0}]
+    new = [{**row, "key": "i1L-512D", "heldout_psnr": 21.0, "train_psnr": 23.0}]
+    for name, rows in (("old.jsonl", old), ("new.jsonl", new)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert ablate.main(["--from-jsonl", str(tmp_path / "new.jsonl"), "--versus", str(tmp_path / "old.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "| fourier | i1L-512D (bench rows) | page s1 | 23.00 / 21.00 | +2.00 / +1.00 | +0.50 (-0.50) |" in out
+
+
+def test_bench_from_jsonl_prints_tables_and_closes_its_files(bench, tmp_path, capsys):
+    import json
+
+    rows = [_row("i1L-256D", "camera", 0, [(1, 5), (100, 20)]), _row("e4L-256D", "camera", 0, [(1, 6), (100, 21)])]
+    for r, p in zip(rows, (20, 21)):
+        r.update(steps=100, heldout_psnr=p, train_psnr=p + 5, ms_per_step_median=1.0, train_time_s=1.0,
+                 peak_mem_mb=1.0, params=10, model=r["key"])
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert bench.main(["--from-jsonl", str(tmp_path / "r.jsonl")]) == 0   # filterwarnings=error: no ResourceWarning
+    assert "### Longer run (100 steps)" in capsys.readouterr().out
