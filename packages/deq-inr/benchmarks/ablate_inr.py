@@ -92,6 +92,14 @@ VARIANTS: dict[str, tuple[bool, int, int, float, float, dict]] = {
     "lr1.5e-3-project": (True, 1, 256, 1.5e-3, 1.0, {"_project": True}),
     "w512-lr1e-3-project": (True, 1, 512, 1e-3, 1.0, {"_project": True}),      # the iMFNs' lr
     "w512-lr1.5e-3-project": (True, 1, 512, 1.5e-3, 1.0, {"_project": True}),  # iSIREN's lr at 512D
+    # third round: a width rule for the 512-wide models. ``_winit c`` (c >= 1) multiplies the raw
+    # ``weight_orig`` by c; ``W = 0.97 W_orig / sigma(W_orig)`` is unchanged, and under Adam (scale-invariant
+    # steps) it is the same as giving W alone the rate lr / c, the filters and readout keeping lr.
+    "w512-lr3e-3-winit2": (True, 1, 512, 3e-3, 1.0, {"_winit": 2.0}),
+    "w512-lr3e-3-winit1.41": (True, 1, 512, 3e-3, 1.0, {"_winit": math.sqrt(2)}),
+    "w512-lr1e-3-winit2": (True, 1, 512, 1e-3, 1.0, {"_winit": 2.0}),
+    "w512-lr2e-3-winit2": (True, 1, 512, 2e-3, 1.0, {"_winit": 2.0}),
+    "w512-lr2e-3": (True, 1, 512, 2e-3, 1.0, {}),
 }
 
 
@@ -201,6 +209,49 @@ def table(rows):
               f"{ms([r.get('heldout_psnr_tight') for r in rs])} |")
 
 
+def read_jsonl(paths):
+    """The JSON lines of ``paths`` (files closed)."""
+    rows = []
+    for p in paths:
+        with open(p) as f:
+            rows += [json.loads(line) for line in f if line.strip()]
+    return rows
+
+
+def versus_bench(rows, bench_rows, ref="i1L-512D", other="e4L-256D"):
+    """Markdown: each ablation row against the benchmark's ``ref`` and ``other`` runs (``bench_inr.py`` JSON lines,
+    300-step same-steps rows) on the same family, image and seed; then the mean per (family, variant).
+
+    Returns ``{(family, variant): {"d_train": [...], "d_heldout": [...], "vs_other": [...], "ref_vs_other": [...]}}``
+    (``d_*``: variant minus ``ref``; ``vs_other``: variant minus ``other``, held-out).
+    """
+    bench = {(r["family"], r["image"], r["seed"], r["key"]): r for r in bench_rows
+             if r["bench"] == "same-steps" and r["steps"] == 300}
+    print(f"| family | variant | image | train / held-out | Δ train / Δ held-out vs {ref} at its default | "
+          f"held-out − {other} (default's) |")
+    print("|---|---|---|---|---|---|")
+    agg = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        k = (r["family"], r["image"], r["seed"])
+        d, e = bench.get((*k, ref)), bench.get((*k, other))
+        if d is None or e is None:
+            continue
+        dt, dh = r["train_psnr"] - d["train_psnr"], r["heldout_psnr"] - d["heldout_psnr"]
+        de, de0 = r["heldout_psnr"] - e["heldout_psnr"], d["heldout_psnr"] - e["heldout_psnr"]
+        print(f"| {r['family']} | {r['variant']} | {r['image']} s{r['seed']} | {r['train_psnr']:.2f} / "
+              f"{r['heldout_psnr']:.2f} | {dt:+.2f} / {dh:+.2f} | {de:+.2f} ({de0:+.2f}) |")
+        a = agg[(r["family"], r["variant"])]
+        for name, v in (("d_train", dt), ("d_heldout", dh), ("vs_other", de), ("ref_vs_other", de0)):
+            a[name].append(v)
+    print(f"\n| family | variant | n | mean Δ train | mean Δ held-out (min) | held-out − {other}: variant / {ref} |")
+    print("|---|---|---|---|---|---|")
+    m = statistics.mean
+    for (fam, var), a in sorted(agg.items()):
+        print(f"| {fam} | {var} | {len(a['d_heldout'])} | {m(a['d_train']):+.2f} | {m(a['d_heldout']):+.2f} "
+              f"({min(a['d_heldout']):+.2f}) | {m(a['vs_other']):+.2f} / {m(a['ref_vs_other']):+.2f} |")
+    return {k: dict(v) for k, v in agg.items()}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--families", nargs="*", default=["siren"], choices=list(FAMILY_NAMES))
@@ -211,11 +262,20 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--jsonl", default=None)
     ap.add_argument("--from-jsonl", nargs="+", default=None)
+    ap.add_argument("--versus", nargs="+", default=None,
+                    help="with --from-jsonl: compare each row with these bench_inr.py JSON lines' i1L-512D and "
+                         "e4L-256D runs (same family, image, seed) instead of the table against 'base'; "
+                         "--from-jsonl may also hold bench_inr.py rows (named '<key> (bench rows)')")
     args = ap.parse_args(argv)
     if args.from_jsonl:
-        rows = [json.loads(line) for p in args.from_jsonl for line in open(p) if line.strip()]
+        rows = read_jsonl(args.from_jsonl)
+        # bench_inr.py rows (no "variant") can be compared too: e.g. a model's runs after a change of its default
+        rows = [r if "variant" in r else {**r, "variant": f"{r['key']} (bench rows)"} for r in rows]
         last = {(r["family"], r["variant"], r["image"], r["seed"], r["size"], r["steps"]): r for r in rows}
-        table(list(last.values()))   # a repeated run counts once (the last one)
+        if args.versus:
+            versus_bench(list(last.values()), read_jsonl(args.versus))
+        else:
+            table(list(last.values()))   # a repeated run counts once (the last one)
         return 0
     sink = open(args.jsonl, "a") if args.jsonl else None
     rows = []

@@ -97,6 +97,59 @@ def _diff(vals):
     return f"{statistics.mean(vals):+.2f}{sd} (min {min(vals):+.2f}, {wins}/{len(vals)} ≥ 0)"
 
 
+def heldout_by_step(rows):
+    """Held-out PSNR at the evaluation steps every row of a group logged (the ``curve``), for runs that say
+    whether a model catches up or falls behind with more steps.
+
+    Returns ``(steps, table, diffs)``: ``steps`` the common logged steps (step 1 left out); ``table[(set, family,
+    key)][step]`` the held-out PSNRs over (image, seed); ``diffs[(set, family, a, b)][step]`` the paired
+    ``a - b`` differences for the pairs of :data:`COMPARISONS` both of whose runs exist.
+
+    Example:
+        >>> r = lambda key, c: {"set": "natural", "family": "siren", "image": "camera", "seed": 0, "key": key,
+        ...                     "curve": [(0.1 * s, p, s) for s, p in c]}
+        >>> steps, tab, dif = heldout_by_step([r("i1L-256D", [(1, 10), (100, 20), (200, 24)]),
+        ...                                    r("e4L-256D", [(1, 11), (5, 12), (100, 21), (200, 23)])])
+        >>> steps, tab[("natural", "siren", "i1L-256D")][200], dif[("natural", "siren", "i1L-256D", "e4L-256D")]
+        ([100, 200], [24], {100: [-1], 200: [1]})
+    """
+    groups = defaultdict(list)
+    for r in rows:
+        if r.get("curve"):
+            groups[(r["set"], r["family"], r["key"])].append(r)
+    logged = [{c[2] for c in r["curve"]} for rs in groups.values() for r in rs]
+    steps = sorted(set.intersection(*logged) - {1}) if logged else []
+    at = {id(r): {c[2]: c[1] for c in r["curve"]} for rs in groups.values() for r in rs}
+    table = {g: {s: [at[id(r)][s] for r in rs] for s in steps} for g, rs in groups.items()}
+    diffs = {}
+    for (st, fam, a) in groups:
+        for b in [b for a_, b in COMPARISONS if a_ == a and (st, fam, b) in groups]:
+            other = {(r["image"], r["seed"]): r for r in groups[(st, fam, b)]}
+            pairs = [(r, other[(r["image"], r["seed"])]) for r in groups[(st, fam, a)]
+                     if (r["image"], r["seed"]) in other]
+            if pairs:
+                diffs[(st, fam, a, b)] = {s: [at[id(p)][s] - at[id(q)][s] for p, q in pairs] for s in steps}
+    return steps, table, diffs
+
+
+def report_by_step(rows):
+    """Markdown: held-out PSNR and the paired differences at each commonly logged step (see heldout_by_step)."""
+    steps, table, diffs = heldout_by_step(rows)
+    if not steps:
+        return
+    print("\n#### Held-out PSNR (dB) at each logged step, mean over (image, seed)\n")
+    print("| set | family | model | n | " + " | ".join(f"step {s}" for s in steps) + " |")
+    print("|---|---|---|---|" + "---|" * len(steps))
+    for (st, fam, key), by in sorted(table.items()):
+        n = len(by[steps[0]])
+        print(f"| {st} | {fam} | {key} | {n} | " + " | ".join(f"{statistics.mean(by[s]):.2f}" for s in steps) + " |")
+    print("\n#### Paired held-out differences (dB) at each logged step\n")
+    print("| set | family | pair | " + " | ".join(f"step {s}" for s in steps) + " |")
+    print("|---|---|---|" + "---|" * len(steps))
+    for (st, fam, a, b), by in sorted(diffs.items()):
+        print(f"| {st} | {fam} | {a} − {b} | " + " | ".join(_diff(by[s]) for s in steps) + " |")
+
+
 def report(rows, title=""):
     """Markdown tables from the JSON rows (also on saved lines: ``--from-jsonl``)."""
     for tag in ("same-steps", "long"):
@@ -162,6 +215,8 @@ def report(rows, title=""):
                                                 if a in p and b in p and p[a]["heldout_psnr"] is not None
                                                 and p[b]["heldout_psnr"] is not None])
                                           for a, b in COMPARISONS) + " |")
+        if tag == "long":
+            report_by_step(sel_rows)
 
 
 def main(argv=None) -> int:
@@ -184,7 +239,10 @@ def main(argv=None) -> int:
     ap.add_argument("--from-jsonl", nargs="+", default=None, help="only print the tables from saved JSON lines")
     args = ap.parse_args(argv)
     if args.from_jsonl:
-        rows = [json.loads(line) for p in args.from_jsonl for line in open(p) if line.strip()]
+        rows = []
+        for p in args.from_jsonl:
+            with open(p) as f:
+                rows += [json.loads(line) for line in f if line.strip()]
         # one row per run: a repeated run counts once; a row converted from elsewhere ("from") never
         # replaces a benchmark row (which has the evaluation curve and the memory)
         rows.sort(key=lambda r: "from" not in r)

@@ -1,0 +1,95 @@
+"""The benchmark script's table helpers (benchmarks/bench_inr.py), on hand-made rows: fast, no training."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_inr.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_inr", _PATH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _row(key, image, seed, curve, set_="natural", family="siren"):
+    return {"bench": "long", "set": set_, "family": family, "image": image, "seed": seed, "key": key,
+            "curve": [(0.01 * s, p, s) for s, p in curve]}
+
+
+def test_heldout_by_step_pairs_by_image_and_seed_at_common_steps(bench):
+    rows = [_row("i1L-256D", "camera", 0, [(1, 5), (100, 20), (200, 22), (300, 23)]),
+            _row("i1L-256D", "text", 0, [(1, 5), (100, 18), (200, 19), (300, 21)]),
+            # the explicit model logs every 5 steps: only the steps both logged count
+            _row("e4L-256D", "text", 0, [(1, 6), (5, 7), (100, 19), (200, 19.5), (300, 20)]),
+            _row("e4L-256D", "camera", 0, [(1, 6), (5, 7), (100, 21), (200, 21), (300, 21)]),
+            {"bench": "long", "set": "natural", "family": "siren", "image": "page", "seed": 0, "key": "e4L-256D"}]
+    steps, table, diffs = bench.heldout_by_step(rows)
+    assert steps == [100, 200, 300]
+    assert table[("natural", "siren", "i1L-256D")][300] == [23, 21]
+    d = diffs[("natural", "siren", "i1L-256D", "e4L-256D")]
+    assert d[100] == [-1, -1]            # camera 20 - 21, text 18 - 19: paired by image, not by order
+    assert d[300] == [2, 1]
+    assert ("natural", "siren", "e4L-256D", "i1L-256D") not in diffs   # only the pairs of COMPARISONS
+
+
+def test_report_prints_the_by_step_tables_for_long_runs(bench, capsys):
+    rows = [_row("i1L-256D", "camera", 0, [(1, 5), (100, 20)]), _row("e4L-256D", "camera", 0, [(1, 6), (100, 21)])]
+    for r, p in zip(rows, (20, 21)):
+        r.update(steps=100, heldout_psnr=p, train_psnr=p + 5, ms_per_step_median=1.0, train_time_s=1.0,
+                 peak_mem_mb=1.0, params=10, model=r["key"])
+    bench.report(rows)
+    out = capsys.readouterr().out
+    assert "at each logged step" in out
+    assert "| natural | siren | i1L-256D − e4L-256D | -1.00 (min -1.00, 0/1 ≥ 0) |" in out
+
+
+def test_ablation_rows_against_the_benchmark_rows_pair_by_family_image_seed(capsys):
+    spec = importlib.util.spec_from_file_location("ablate_inr", _PATH.with_name("ablate_inr.py"))
+    ablate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablate)
+    b = lambda key, image, held, train: {"bench": "same-steps", "steps": 300, "family": "gabor", "image": image,  # noqa: E731
+                                         "seed": 0, "key": key, "heldout_psnr": held, "train_psnr": train}
+    bench_rows = [b("i1L-512D", "camera", 25.0, 29.0), b("e4L-256D", "camera", 24.5, 26.0),
+                  b("i1L-512D", "text", 23.0, 31.0), b("e4L-256D", "text", 24.0, 25.0),
+                  {**b("i1L-512D", "coffee", 1.0, 1.0), "steps": 1000}]   # another protocol: not a reference
+    v = lambda image, held, train: {"family": "gabor", "variant": "w512-x", "image": image, "seed": 0,  # noqa: E731
+                                    "heldout_psnr": held, "train_psnr": train}
+    agg = ablate.versus_bench([v("camera", 25.5, 30.0), v("text", 22.5, 32.0), v("coffee", 9.0, 9.0)], bench_rows)
+    a = agg[("gabor", "w512-x")]
+    assert a["d_heldout"] == [0.5, -0.5] and a["d_train"] == [1.0, 1.0]
+    assert a["vs_other"] == [1.0, -1.5] and a["ref_vs_other"] == [0.5, -1.0]
+    assert "| gabor | w512-x | 2 | +1.00 | +0.00 (-0.50) | -0.25 / -0.25 |" in capsys.readouterr().out
+
+
+def test_ablate_from_jsonl_takes_bench_rows_as_a_variant(tmp_path, capsys):
+    import json
+
+    spec = importlib.util.spec_from_file_location("ablate_inr", _PATH.with_name("ablate_inr.py"))
+    ablate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablate)
+    row = {"bench": "same-steps", "steps": 300, "family": "fourier", "image": "page", "seed": 1, "size": "1L-512D"}
+    old = [{**row, "key": "i1L-512D", "heldout_psnr": 20.0, "train_psnr": 21.0},
+           {**row, "key": "e4L-256D", "heldout_psnr": 20.5, "train_psnr": 22.0}]
+    new = [{**row, "key": "i1L-512D", "heldout_psnr": 21.0, "train_psnr": 23.0}]
+    for name, rows in (("old.jsonl", old), ("new.jsonl", new)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert ablate.main(["--from-jsonl", str(tmp_path / "new.jsonl"), "--versus", str(tmp_path / "old.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "| fourier | i1L-512D (bench rows) | page s1 | 23.00 / 21.00 | +2.00 / +1.00 | +0.50 (-0.50) |" in out
+
+
+def test_bench_from_jsonl_prints_tables_and_closes_its_files(bench, tmp_path, capsys):
+    import json
+
+    rows = [_row("i1L-256D", "camera", 0, [(1, 5), (100, 20)]), _row("e4L-256D", "camera", 0, [(1, 6), (100, 21)])]
+    for r, p in zip(rows, (20, 21)):
+        r.update(steps=100, heldout_psnr=p, train_psnr=p + 5, ms_per_step_median=1.0, train_time_s=1.0,
+                 peak_mem_mb=1.0, params=10, model=r["key"])
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert bench.main(["--from-jsonl", str(tmp_path / "r.jsonl")]) == 0   # filterwarnings=error: no ResourceWarning
+    assert "### Longer run (100 steps)" in capsys.readouterr().out
