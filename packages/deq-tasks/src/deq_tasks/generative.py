@@ -434,7 +434,8 @@ def compare_latents(model: MDEQDecoder, target: Tensor, clean: Tensor, mask: Ten
         warnings.append(
             f"the decoder's own solve converged in only {base['converged_fraction']:.0%} of Adam's forward solves "
             f"(mean {base['forward_steps']:.1f} steps, cap {model.max_steps}): Adam's gradients and both objectives "
-            "are not taken at equilibria, so this comparison is void; retrain with a stronger jac_reg or a jac_target")
+            "are not taken at equilibria, so this comparison is void; retrain with the penalty also on the latent "
+            "sphere (jac_sphere, e.g. 0.5), a stronger jac_reg or a jac_target")
     return {
         "n": len(target),
         "void": bool(warnings),
