@@ -274,6 +274,7 @@ def _jiio_section(out: Path, args: Any, m: dict, jiio_dir: Path, numbers: dict) 
         f"(~{adam['decoder_solve_steps_mean']:.0f} solver steps) and an implicit backward solve. "
         "Equal objective: Adam's time to first reach the objective JIIO reached.",
         "",
+        *[x for w in c.get("warnings", ()) for x in (f"**Warning: {w}.** The ratios below are void.", "")],
         "| compared | JIIO (ours) | Adam inner loop | ratio | verdict |",
         "|---|---|---|---|---|",
     ]
