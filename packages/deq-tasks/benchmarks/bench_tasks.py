@@ -63,7 +63,7 @@ def _summary(label: str, cmp: dict[str, Any], extra: dict[str, Any] | None = Non
     return _line({"bench": label, "summary": True, **(extra or {}),
                   "decoder_solve_steps": cmp["adam"]["decoder_solve_steps_mean"],
                   "decoder_converged_fraction": cmp["adam"]["decoder_converged_fraction"],
-                  "void": bool(cmp["warnings"]),
+                  "void": cmp["void"],
                   "adam_objective": cmp["adam"]["objective"], "adam_seconds": cmp["adam"]["seconds"],
                   "jiio_budget_reaching_adam": None if reach is None else reach["budget"],
                   "jiio_seconds": None if reach is None else reach["seconds"],
@@ -166,8 +166,9 @@ def markdown(recs: list[dict[str, Any]]) -> str:
         rows.append(f"| {r['bench']} | {r.get('set', 'mnist')} | {r.get('seed', 0)} | {r['decoder_solve_steps']:.1f} "
                     f"| {r['adam_objective']:.2f} | {r['adam_seconds']:.2f} | {'never' if b is None else b} | {secs} "
                     f"| {sp} | {r['best_jiio_objective']:.2f} |")
-    ds = [r for r in recs if r.get("bench") == "datasets" and r.get("summary") and not r.get("void")]
-    void = [r for r in recs if r.get("bench") == "datasets" and r.get("summary") and r.get("void")]
+    rows_ds = [r for r in recs if r.get("bench") == "datasets" and r.get("summary")]
+    ds = [r for r in rows_ds if not r.get("void")]
+    void = [r for r in rows_ds if r.get("void")]
     if void:
         rows.append("")
         rows.append("void (the decoder's own solve does not converge; left out of 'weakest'): "

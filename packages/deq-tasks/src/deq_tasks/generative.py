@@ -104,9 +104,6 @@ def build_decoder(size: int = 28, latent_dim: int = 32, channels: tuple[int, int
     return model
 
 
-JAC_SPHERE = 0.0
-"""Default of ``DecoderConfig.jac_sphere``."""
-
 MIN_CONVERGED = 0.95
 """Below this fraction of converged forward solves in Adam's steps, :func:`compare_latents` flags its result void."""
 
@@ -226,7 +223,8 @@ def _jacobian_penalty(model: MDEQDecoder, z: Any, x: Tensor, target: float | Non
 def _sphere_penalty(model: MDEQDecoder, n: int, target: float | None, generator: torch.Generator | None) -> Tensor:
     """The Jacobian penalty at ``n`` latents drawn uniformly on the latent sphere ``||x|| = sqrt(L)`` (at their
     equilibria, solved without a graph): where projected optimizers put their latents."""
-    x = torch.randn(n, model.latent_dim, generator=generator)
+    p = next(model.parameters())
+    x = torch.randn(n, model.latent_dim, generator=generator).to(device=p.device, dtype=p.dtype)
     x = latent_radius(model) * x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-12)
     with torch.no_grad():
         z, _ = model.deq(x)
@@ -240,9 +238,8 @@ def decoder_gradient(model: MDEQDecoder, y: Tensor, obs: Tensor, mask: Tensor | 
     ``(B, 1, S, S)`` observed as ``obs`` (with visible-pixel ``mask`` or ``None``): JIIO latents ``x*`` held
     constant, the DEQ backward warm-started from ``mu*`` (module docstring), plus ``jac_reg`` times the Jacobian
     penalty (with ``jac_target``: its hinge form). ``jac_sphere > 0``: plus the penalty at ``ceil(jac_sphere * B)``
-    random latents on the latent sphere (drawn from ``generator``; the mean of the two halved the penalty at the
-    training latents, which made the MNIST decoder non-convergent, as ``jac_reg`` 0.05 does). Returns
-    ``(outer loss, JIIOResult)``; the caller steps the optimizer."""
+    random latents on the latent sphere (drawn from ``generator``), added to the one at the training latents so
+    that the latter keeps its full weight. Returns ``(outer loss, JIIOResult)``; the caller steps the optimizer."""
     res = jiio_latents(model, obs, mask, config, radius)
     with frozen_weights(model.layer):
         mu0 = tuple(m / y.numel() for m in res.mu)
@@ -488,8 +485,8 @@ class DecoderConfig:
     jac_reg: float = help_field(0.1, "weight of the Jacobian regularization (keeps the decoder a converging DEQ)")
     jac_target: float | None = help_field(None, "hinge the Jacobian penalty at this contraction rate (per-sample "
                                                 "spectral estimate; none: the Frobenius penalty)")
-    jac_sphere: float = help_field(JAC_SPHERE, "also take the Jacobian penalty at this fraction of the batch of "
-                                               "random latents on the latent sphere (0: only at the training latents)")
+    jac_sphere: float = help_field(0.0, "also take the Jacobian penalty at this fraction of the batch of "
+                                        "random latents on the latent sphere (0: only at the training latents)")
     train_budget: int = help_field(20, "JIIO iterations per training step")
     jiio: JIIOConfig = help_field(help="JIIO at test time", factory=lambda: DECODER_JIIO)
     eval_budgets: tuple[int, ...] = help_field((20, 40, 60, 80, 100), "JIIO budgets timed against Adam")
