@@ -6,6 +6,10 @@ Per variant and budget: the objective (sum of squared errors per image), the fra
 ball's boundary and the seconds; ``reach``: the first budget reaching Adam-40's objective. ``--trajectory
 VARIANT``: one T = 100 solve of that variant, with the equilibrium objective at the (projected) iterate every 5
 iterations and the three blocks of the augmented residual (where the solve goes wrong, not just where it ends).
+``--ceiling``: what a step rule on ``x`` can reach with *exact* gradients (a full solve and implicit backward per
+step): projected gradient descent at fixed steps, Nesterov momentum and Adam lr 1 after 20 / 40 / 100 steps.
+``--direction VARIANT``: along one T = 100 solve of that variant, the cosine between JIIO's ``d_x`` and the exact
+gradient at JIIO's ``x`` (how good the direction JIIO steps along is while ``z`` and ``mu`` lag behind ``x``).
 
     python packages/deq-tasks/benchmarks/study_variants.py --sets skimage-lfw-faces mnist --steps 60 \\
         --variants task alpha-0.03 [--trajectory task]
@@ -144,6 +148,88 @@ def trajectory(task: Any, model: Any, y: torch.Tensor, cfg: Any) -> list[dict[st
     return rows
 
 
+CEILING_STEPS = (20, 40, 100)
+
+
+def ceiling(task: Any, model: Any, y: torch.Tensor, alpha: float, steps: tuple[int, ...] = CEILING_STEPS
+            ) -> list[tuple[str, dict[int, float]]]:
+    """Exact-gradient step rules on the latents (projected onto the task's ball after each step): the objective
+    (sum of squared errors per image, at an equilibrium) after each of ``steps`` steps."""
+    from deq_tasks.jiio import l2_ball
+
+    r = task.radius(model)
+    proj = (lambda x: x) if r is None else l2_ball(r)
+    rules = [("adam lr 1", "adam", 1.0), *((f"gd {a:g}", "gd", a) for a in (alpha / 3, alpha, 3 * alpha)),
+             *((f"nesterov 0.9, {a:g}", "nesterov", a) for a in (alpha / 3, alpha))]
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    rows = []
+    try:
+        for label, kind, lr in rules:
+            x = y.new_zeros(len(y), model.latent_dim).requires_grad_()
+            opt = (torch.optim.Adam([x], lr=lr) if kind == "adam"
+                   else torch.optim.SGD([x], lr=lr, momentum=0.9 if kind == "nesterov" else 0.0,
+                                        nesterov=kind == "nesterov"))
+            out: dict[int, float] = {}
+            for k in range(1, max(steps) + 1):
+                opt.zero_grad()
+                img, _ = model(x)
+                ((img - y) ** 2).flatten(1).sum(1).sum().backward()
+                opt.step()
+                with torch.no_grad():
+                    x.copy_(proj(x))
+                    if k in steps:
+                        img, _ = model(x)
+                        out[k] = float(((img - y) ** 2).flatten(1).sum(1).mean())
+            rows.append((label, out))
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+    return rows
+
+
+def direction(task: Any, model: Any, y: torch.Tensor, cfg: Any, at: tuple[int, ...] = (1, 2, 5, 10, 20, 40, 70, 99)
+              ) -> list[dict[str, float]]:
+    """Cosine between JIIO's ``d_x`` and the exact gradient of the objective at JIIO's ``x``, at the map's
+    evaluations number ``at`` (after the warm-up), over one T = 100 solve: median and minimum over the images."""
+    from deq_tasks.generative import jiio_latents
+    from deq_tasks.jiio import _map
+
+    seen: list[torch.Tensor] = []
+    orig = _map.AugmentedMap.__call__
+
+    def call(G: Any, v: torch.Tensor) -> torch.Tensor:
+        if not G.z_only:
+            seen.append(v.clone())
+        return orig(G, v)
+
+    _map.AugmentedMap.__call__ = call
+    try:
+        res = jiio_latents(model, y, None, cfg.with_budget(100), task.radius(model))
+    finally:
+        _map.AugmentedMap.__call__ = orig
+    del res
+    from deq_tasks.generative import decoder_problem
+    from deq_tasks.jiio import augmented_map
+
+    x0 = y.new_zeros(len(y), model.latent_dim)
+    G = augmented_map(decoder_problem(model, y, None, task.radius(model)), cfg, model.init_state(x0), x0)
+    rows = []
+    for k in at:
+        if k >= len(seen):
+            break
+        _, _, x = G.split(seen[k])
+        _, _, dx, _ = G.pieces(seen[k])
+        xe = x.detach().clone().requires_grad_()
+        img, _ = model(xe)
+        g, = torch.autograd.grad(((img - y) ** 2).flatten(1).sum(1).sum(), xe)
+        cos = torch.nn.functional.cosine_similarity(dx.flatten(1), g.flatten(1), dim=1)
+        rows.append({"evaluation": k, "cos_median": float(cos.median()), "cos_min": float(cos.min()),
+                     "norm_ratio_median": float((dx.flatten(1).norm(dim=1) / g.flatten(1).norm(dim=1)).median())})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_tasks import write_datasets
@@ -160,11 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jac-sphere", type=float, default=0.0, help="penalty also at this fraction of sphere latents")
     p.add_argument("--variants", nargs="+", default=["task"], help=f"of: {', '.join(variants())}")
     p.add_argument("--trajectory", default=None, help="also print one T = 100 trajectory of this variant")
+    p.add_argument("--ceiling", action="store_true", help="also the exact-gradient step rules (gd, nesterov, adam)")
+    p.add_argument("--direction", default=None, help="also JIIO's d_x against the exact gradient, for this variant")
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "deq_study_variants"),
                    help="folder of the cached decoders and data (default: in the system's temp folder)")
     a = p.parse_args(argv)
     known = variants()
-    bad = [v for v in a.variants + ([a.trajectory] if a.trajectory else []) if v not in known]
+    bad = [v for v in a.variants + [t for t in (a.trajectory, a.direction) if t] if v not in known]
     if bad:
         p.error(f"unknown variants {bad}; known: {', '.join(known)}")
     cache = Path(a.cache)
@@ -200,6 +288,14 @@ def main(argv: list[str] | None = None) -> int:
                 cells.append(f"{b}: {obj:.2f} ({res.stats.get('boundary', 0):.0%}, {secs:.1f}s)")
             reach = next((b for b, o in zip(BUDGETS, objs) if o <= adam), None)
             print(f"  {label:20s} reach {str(reach):4s} " + "  ".join(cells), flush=True)
+        if a.ceiling:
+            print(f"  exact gradients (objective after {' / '.join(map(str, CEILING_STEPS))} steps):")
+            for label, out in ceiling(task, model, y, known["task"].alpha):
+                print(f"    {label:20s} " + " / ".join(f"{out[k]:.3f}" for k in CEILING_STEPS), flush=True)
+        if a.direction:
+            print(f"  JIIO's d_x against the exact gradient ({a.direction}, T = 100):")
+            for row in direction(task, model, y, known[a.direction]):
+                print("   ", json.dumps({k: round(v, 3) for k, v in row.items()}), flush=True)
         if a.trajectory:
             print(f"  trajectory of {a.trajectory} (T = 100):")
             for row in trajectory(task, model, y, known[a.trajectory]):

@@ -1,0 +1,75 @@
+"""The diagnostics of ``benchmarks/study_variants.py`` that RESULTS.md quotes: exact-gradient step rules on the
+latents (``--ceiling``) and JIIO's ``d_x`` against the exact gradient (``--direction``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from deq_tasks.generative import DECODER_JIIO, build_decoder
+
+STEPS = (2, 5, 10)
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "study_variants.py"
+
+
+@pytest.fixture(scope="module")
+def sv():
+    spec = importlib.util.spec_from_file_location("study_variants", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["study_variants"] = mod
+    spec.loader.exec_module(mod)
+    yield mod
+    sys.modules.pop("study_variants", None)
+
+
+def _setup(seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_decoder(size=8, latent_dim=4, channels=(4, 8), seed=seed, max_steps=8, backward_steps=8).eval()
+    with torch.no_grad():
+        y, _ = model(torch.randn(3, 4))        # targets the decoder can represent: the optimum is 0
+    task = SimpleNamespace(radius=lambda m: 2.0 * math.sqrt(m.latent_dim))
+    return task, model, y
+
+
+@pytest.mark.slow
+def test_ceiling_descends_from_the_zero_latent_and_restores_the_weights(sv):
+    task, model, y = _setup()
+    with torch.no_grad():
+        img, _ = model(torch.zeros(3, 4))
+        start = float(((img - y) ** 2).flatten(1).sum(1).mean())
+    rows = dict(sv.ceiling(task, model, y, alpha=0.1, steps=STEPS))
+    assert set(rows) == {"adam lr 1", "gd 0.0333333", "gd 0.1", "gd 0.3", "nesterov 0.9, 0.0333333",
+                         "nesterov 0.9, 0.1"}
+    for label, out in rows.items():
+        assert list(out) == list(STEPS) and all(math.isfinite(v) for v in out.values()), label
+    # exact projected gradient descent at a small step and Adam both improve on the start point
+    assert rows["gd 0.0333333"][10] < start and rows["adam lr 1"][10] < start
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_ceiling_projects_onto_the_tasks_ball(sv):
+    """With a tiny radius every rule ends on the ball: Adam and GD end at the same constrained objective."""
+    task, model, y = _setup(1)
+    task = SimpleNamespace(radius=lambda m: 1e-3)
+    rows = dict(sv.ceiling(task, model, y, alpha=0.1, steps=STEPS))
+    vals = [out[10] for out in rows.values()]
+    assert max(vals) - min(vals) < 1e-2 * max(vals)
+
+
+def test_direction_is_the_exact_gradient_where_z_and_mu_are_exact(sv):
+    """The first full evaluation after a long z-only warm-up of a contractive decoder has z at its equilibrium and
+    mu = grad_z l (one adjoint step from 0): d_x there is the truncated adjoint's gradient, close to the exact one;
+    every cosine is a cosine."""
+    task, model, y = _setup(2)
+    cfg = DECODER_JIIO.replace(warmup=20, solver="fixed-point", solver_options=None)
+    rows = sv.direction(task, model, y, cfg, at=(1, 2, 5))
+    assert [r["evaluation"] for r in rows] == [1, 2, 5]
+    assert all(-1 - 1e-6 <= r["cos_min"] <= r["cos_median"] <= 1 + 1e-6 for r in rows)
+    assert rows[0]["cos_median"] > 0.5
