@@ -206,10 +206,9 @@ def direction(task: Any, model: Any, y: torch.Tensor, cfg: Any, at: tuple[int, .
 
     _map.AugmentedMap.__call__ = call
     try:
-        res = jiio_latents(model, y, None, cfg.with_budget(100), task.radius(model))
+        jiio_latents(model, y, None, cfg.with_budget(100), task.radius(model))
     finally:
         _map.AugmentedMap.__call__ = orig
-    del res
     from deq_tasks.generative import decoder_problem
     from deq_tasks.jiio import augmented_map
 
