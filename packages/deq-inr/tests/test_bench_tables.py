@@ -93,3 +93,34 @@ def test_bench_from_jsonl_prints_tables_and_closes_its_files(bench, tmp_path, ca
     (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert bench.main(["--from-jsonl", str(tmp_path / "r.jsonl")]) == 0   # filterwarnings=error: no ResourceWarning
     assert "### Longer run (100 steps)" in capsys.readouterr().out
+
+
+def test_bench_from_jsonl_merges_files_counting_a_repeated_run_once_and_pairs_only_complete_pairs(
+        bench, tmp_path, capsys):
+    import json
+
+    def same(key, image, seed, held, set_="natural"):
+        return {"bench": "same-steps", "set": set_, "family": "gabor", "image": image, "seed": seed, "key": key,
+                "model": "imfn-gabor" if key.startswith("i") else "mfn-gabor", "steps": 300, "heldout_psnr": held,
+                "train_psnr": held + 1, "ms_per_step_median": 1.0,
+                "train_time_s": 1.0, "peak_mem_mb": 2.0 if key.startswith("i") else 4.0, "params": 10,
+                "curve": [(1.0, held, 300)]}
+
+    old = [same("i1L-256D", "camera", 0, 25.0), same("e4L-256D", "camera", 0, 24.0),
+           same("i1L-256D", "camera", 1, 25.0), same("e4L-256D", "camera", 1, 26.0)]
+    new = [same("e4L-256D", "camera", 0, 24.0),           # the same run again, in the second file: counts once
+           same("e4L-256D-sn", "camera", 0, 23.0),        # only seed 0 has the -sn baseline: one pair, not two
+           same("i1L-512D", "coffee", 0, 30.0),           # no e4L-256D on coffee: no pair at all
+           same("i1L-256D", "astronaut", 0, 27.0), same("e4L-256D", "astronaut", 0, 26.5)]
+    for name, rows in (("old.jsonl", old), ("new.jsonl", new)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert bench.main(["--from-jsonl", str(tmp_path / "old.jsonl"), str(tmp_path / "new.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "| natural | gabor | mfn-gabor 4L-256D | 3 |" in out                      # camera s0, s1, astronaut s0
+    # i1L-256D − e4L-256D over 3 pairs (+1, −1, +0.5); − e4L-256D-sn one pair (+2); i1L-512D: none
+    row = next(line for line in out.splitlines() if line.startswith("| natural | gabor | +"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "+0.17 ± 1.04 (min -1.00, 2/3 ≥ 0)"
+    assert cells[3] == "+2.00 (min +2.00, 1/1 ≥ 0)"
+    assert cells[4] == "n/a" and cells[5] == "n/a"
+    assert cells[-1] == "0.50"                                                  # memory ratio, 3 pairs
