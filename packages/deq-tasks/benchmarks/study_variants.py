@@ -113,9 +113,18 @@ def decoder(name: str, path: str, steps: int, seed: int, n_eval: int, cache: Pat
     return task, model.eval(), y, base
 
 
+def _task_map(task: Any, model: Any, y: torch.Tensor, cfg: Any) -> Any:
+    """The augmented map of the task's latent problem for targets ``y`` (to evaluate recorded states)."""
+    from deq_tasks.generative import decoder_problem
+    from deq_tasks.jiio import augmented_map
+
+    x0 = y.new_zeros(len(y), model.latent_dim)
+    return augmented_map(decoder_problem(model, y, None, task.radius(model)), cfg, model.init_state(x0), x0)
+
+
 def trajectory(task: Any, model: Any, y: torch.Tensor, cfg: Any) -> list[dict[str, float]]:
-    from deq_tasks.generative import decoder_problem, jiio_latents
-    from deq_tasks.jiio import _solve, augmented_map
+    from deq_tasks.generative import jiio_latents
+    from deq_tasks.jiio import _solve
 
     store: list[tuple[int, torch.Tensor, torch.Tensor]] = []
     orig = _solve.JIIORecorder.record
@@ -132,8 +141,7 @@ def trajectory(task: Any, model: Any, y: torch.Tensor, cfg: Any) -> list[dict[st
         jiio_latents(model, y, None, cfg, r)
     finally:
         _solve.JIIORecorder.record = orig
-    x0 = y.new_zeros(len(y), model.latent_dim)
-    G = augmented_map(decoder_problem(model, y, None, r), cfg, model.init_state(x0), x0)
+    G = _task_map(task, model, y, cfg)
     rows = []
     for k, v, gv in store:
         (zf, muf, x), (gz, gm, gx) = G.split(v), G.split(gv)
@@ -209,11 +217,7 @@ def direction(task: Any, model: Any, y: torch.Tensor, cfg: Any, at: tuple[int, .
         jiio_latents(model, y, None, cfg.with_budget(100), task.radius(model))
     finally:
         _map.AugmentedMap.__call__ = orig
-    from deq_tasks.generative import decoder_problem
-    from deq_tasks.jiio import augmented_map
-
-    x0 = y.new_zeros(len(y), model.latent_dim)
-    G = augmented_map(decoder_problem(model, y, None, task.radius(model)), cfg, model.init_state(x0), x0)
+    G = _task_map(task, model, y, cfg)
     rows = []
     for k in at:
         if k >= len(seen):
