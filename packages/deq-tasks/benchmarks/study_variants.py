@@ -58,7 +58,21 @@ def variants() -> dict[str, Any]:
         "fixed-point": D.replace(solver="fixed-point", solver_options=None, beta_z=0.8),
         # the map evaluated at the projected input (Anderson's mixed x can leave the ball): same fixed points
         "feasible-input": D,
+        # d_x scaled per coordinate by its inverse RMS over the first 10 x-evaluations, then frozen; normalized to
+        # mean 1 per sample and clamped to [1/c, c] (a diagonal preconditioner in Adam's spirit, kept stationary)
+        "precond-1.5": D,
+        "precond-2": D,
+        "precond-3": D,
     }
+
+
+def context(label: str) -> Any:
+    """The patch a variant needs while it runs (``_Null`` for the configuration-only variants)."""
+    if label == "feasible-input":
+        return _FeasibleInput()
+    if label.startswith("precond-"):
+        return _Preconditioned(float(label.split("-", 1)[1]))
+    return _Null()
 
 
 class _FeasibleInput:
@@ -81,6 +95,51 @@ class _FeasibleInput:
 
     def __exit__(self, *exc: Any) -> None:
         self.cls.__call__ = self.orig
+
+
+class _Preconditioned:
+    """While active, the augmented map steps along ``P * d_x`` instead of ``d_x``. ``P = 1 / rms(d_x)`` per sample
+    and coordinate, with ``rms`` taken over the map's first ``freeze`` x-evaluations that have a nonzero ``d_x``
+    (then frozen, so Anderson sees a stationary map), normalized to mean 1 per sample and clamped to
+    ``[1/clamp, clamp]``. Interior fixed points are unchanged (``d_x = 0``); on the ball's boundary the Euclidean
+    projection of a preconditioned step moves them slightly."""
+
+    def __init__(self, clamp: float, freeze: int = 10) -> None:
+        self.clamp, self.freeze = clamp, freeze
+
+    def __enter__(self) -> None:
+        from deq_tasks.jiio import _map
+
+        self.cls = _map.AugmentedMap
+        self.orig_call, self.orig_pieces = self.cls.__call__, self.cls.pieces
+        orig_call, orig_pieces, clamp, freeze = self.orig_call, self.orig_pieces, self.clamp, self.freeze
+
+        def call(G: Any, v: torch.Tensor) -> torch.Tensor:
+            G._pc_step = not G.z_only
+            try:
+                return orig_call(G, v)
+            finally:
+                G._pc_step = False
+
+        def pieces(G: Any, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            fz, gz, dx, cost = orig_pieces(G, v)
+            if not getattr(G, "_pc_step", False):
+                return fz, gz, dx, cost
+            sq, n = dx.detach() ** 2, getattr(G, "_pc_n", 0)
+            if n == 0 and float(sq.max()) == 0.0:       # mu = 0 and no direct x term: nothing to measure yet
+                return fz, gz, dx, cost
+            if n < freeze:
+                G._pc_sum = sq if n == 0 else G._pc_sum + sq
+            G._pc_n = n + 1
+            rms = G._pc_sum.sqrt()
+            scale = 1.0 / (rms + 1e-3 * rms.mean(1, keepdim=True) + 1e-30)
+            scale = (scale / scale.mean(1, keepdim=True)).clamp(1 / clamp, clamp)
+            return fz, gz, dx * scale, cost
+
+        self.cls.__call__, self.cls.pieces = call, pieces
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cls.__call__, self.cls.pieces = self.orig_call, self.orig_pieces
 
 
 def decoder(name: str, path: str, steps: int, seed: int, n_eval: int, cache: Path,
@@ -280,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         for label in a.variants:
             objs, cells = [], []
             for b in BUDGETS:
-                with _FeasibleInput() if label == "feasible-input" else _Null():
+                with context(label):
                     t = time.perf_counter()
                     res = jiio_latents(model, y, None, known[label].with_budget(b), r)
                     with torch.no_grad():
@@ -297,11 +356,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    {label:20s} " + " / ".join(f"{out[k]:.3f}" for k in CEILING_STEPS), flush=True)
         if a.direction:
             print(f"  JIIO's d_x against the exact gradient ({a.direction}, T = 100):")
-            for row in direction(task, model, y, known[a.direction]):
+            with context(a.direction):
+                rows = direction(task, model, y, known[a.direction])
+            for row in rows:
                 print("   ", json.dumps({k: round(v, 3) for k, v in row.items()}), flush=True)
         if a.trajectory:
             print(f"  trajectory of {a.trajectory} (T = 100):")
-            for row in trajectory(task, model, y, known[a.trajectory]):
+            with context(a.trajectory):
+                rows = trajectory(task, model, y, known[a.trajectory])
+            for row in rows:
                 print("   ", json.dumps({k: round(v, 3) for k, v in row.items()}), flush=True)
     return 0
 

@@ -73,3 +73,22 @@ def test_direction_is_the_exact_gradient_where_z_and_mu_are_exact(sv):
     assert [r["evaluation"] for r in rows] == [1, 2, 5]
     assert all(-1 - 1e-6 <= r["cos_min"] <= r["cos_median"] <= 1 + 1e-6 for r in rows)
     assert rows[0]["cos_median"] > 0.5
+
+
+def test_preconditioned_variant_changes_only_the_step_and_unpatches(sv):
+    """``precond-c`` clamps the scale to [1/c, c]: at c = 1 it is the default JIIO exactly, at c = 2 another solve;
+    both finite, and the map's methods are the originals afterwards."""
+    from deq_tasks.generative import jiio_latents
+    from deq_tasks.jiio import _map
+
+    task, model, y = _setup(3)
+    cfg, r = DECODER_JIIO.with_budget(30), task.radius(model)
+    orig = (_map.AugmentedMap.__call__, _map.AugmentedMap.pieces)
+    base = jiio_latents(model, y, None, cfg, r).x
+    with sv.context("precond-1"):
+        same = jiio_latents(model, y, None, cfg, r).x
+    with sv.context("precond-2"):
+        other = jiio_latents(model, y, None, cfg, r).x
+    assert (_map.AugmentedMap.__call__, _map.AugmentedMap.pieces) == orig
+    torch.testing.assert_close(same, base)
+    assert torch.isfinite(other).all() and not torch.allclose(other, base)
