@@ -92,3 +92,12 @@ def test_preconditioned_variant_changes_only_the_step_and_unpatches(sv):
     assert (_map.AugmentedMap.__call__, _map.AugmentedMap.pieces) == orig
     torch.testing.assert_close(same, base)
     assert torch.isfinite(other).all() and not torch.allclose(other, base)
+
+
+def test_every_patched_variant_has_its_context(sv):
+    """main() wraps budgets, --trajectory and --direction in ``context(label)``: the patched variants map to their
+    patch (before, ``--direction feasible-input`` ran unpatched), the configuration-only ones to no patch."""
+    assert isinstance(sv.context("feasible-input"), sv._FeasibleInput)
+    assert isinstance(sv.context("precond-2"), sv._Preconditioned) and sv.context("precond-2").clamp == 2.0
+    assert all(isinstance(sv.context(v), sv._Null) for v in sv.variants()
+               if v != "feasible-input" and not v.startswith("precond-"))
