@@ -9,8 +9,9 @@ per side. Reported per model: held-out and
 train PSNR mean +- std over images x seeds, ms/step, peak training memory, parameters; per comparison the paired
 held-out difference over (image, seed) pairs with its std, minimum and win count; and equal wall-clock (explicit
 4L-256D given the time the implicit 1L-256D model trained, read off its own evaluation curve, logged every 5 steps).
-``--long-steps`` adds a longer run on ``--long-images``; ``--media`` adds a synthesized-audio row (chirp +
-harmonics, 4 000 samples, even/odd split) and a video row (scikit-image's bundled 24-frame GIF, stride-2 split).
+``--long-steps`` adds a longer run on ``--long-images``; ``--media`` adds an audio row (``--audio WAV``, or by
+default a synthesized chirp + harmonics of 4 000 samples; even/odd split) and a video row (scikit-image's bundled
+24-frame GIF, stride-2 split).
 
 Prints one JSON line per run and markdown tables at the end. Run (from the repository root):
     python packages/deq-inr/benchmarks/bench_inr.py --quick                      # camera + text, 64^2, 100 steps
@@ -233,6 +234,10 @@ def main(argv=None) -> int:
     ap.add_argument("--media", action=argparse.BooleanOptionalAction, default=None,
                     help="audio + video rows (default on, quick off)")
     ap.add_argument("--media-steps", type=int, default=300)
+    ap.add_argument("--media-rows", nargs="+", default=["audio", "video"], choices=["audio", "video"],
+                    help="which media rows --media runs (each over --seeds)")
+    ap.add_argument("--audio", default=None, metavar="WAV",
+                    help="the audio row's clip: a PCM WAV file (default: the synthesized chirp + harmonics)")
     ap.add_argument("--skip-same-steps", action="store_true", help="only the long run / media rows")
     ap.add_argument("--png", default=None, help="write reconstruction PNGs (seed 0) into this folder")
     ap.add_argument("--jsonl", default=None, help="also append the JSON lines to this file")
@@ -282,9 +287,14 @@ def main(argv=None) -> int:
         for image in args.long_images:
             block(image_data(image, size=size, holdout=0.25), image, long_steps, "long", seeds[:1])
     if media:
-        block(audio_data(seconds=0.5, sample_rate=8000, holdout=0.5), "audio:synth-chirp", args.media_steps,
-              "same-steps", seeds[:1])
-        block(video_data(holdout=0.125), "video:skimage-gif", args.media_steps, "same-steps", seeds[:1])
+        if "audio" in args.media_rows and args.audio:
+            block(audio_data(args.audio, holdout=0.5), f"audio:{os.path.basename(args.audio)}", args.media_steps,
+                  "same-steps", seeds)
+        elif "audio" in args.media_rows:
+            block(audio_data(seconds=0.5, sample_rate=8000, holdout=0.5), "audio:synth-chirp", args.media_steps,
+                  "same-steps", seeds)
+        if "video" in args.media_rows:
+            block(video_data(holdout=0.125), "video:skimage-gif", args.media_steps, "same-steps", seeds)
     total = time.perf_counter() - t0
     report(rows, f"— {size}x{size} images, train [::2, ::2], test [1::2, 1::2], Adam at each model's default lr, "
                  f"torch threads {torch.get_num_threads()}, total {total / 60:.1f} min")

@@ -1,9 +1,13 @@
 """The benchmark script's table helpers (benchmarks/bench_inr.py), on hand-made rows: fast, no training."""
 
 import importlib.util
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from deq_inr import write_wav
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_inr.py"
 
@@ -124,3 +128,19 @@ def test_bench_from_jsonl_merges_files_counting_a_repeated_run_once_and_pairs_on
     assert cells[3] == "+2.00 (min +2.00, 1/1 ≥ 0)"
     assert cells[4] == "n/a" and cells[5] == "n/a"
     assert cells[-1] == "0.50"                                                  # memory ratio, 3 pairs
+
+
+def test_bench_media_rows_take_a_user_wav_and_every_seed(bench, tmp_path, capsys):
+    """``--audio WAV`` replaces the synthesized clip, the row is named after the file, ``--media-rows`` picks the
+    rows, and the media rows run over ``--seeds`` (they ran seed 0 only before)."""
+    t = np.arange(600) / 4000
+    wav = tmp_path / "tone.wav"
+    write_wav(str(wav), 0.5 * np.sin(2 * np.pi * 330 * t), 4000)
+    out = tmp_path / "rows.jsonl"
+    assert bench.main(["--skip-same-steps", "--long-steps", "0", "--media", "--media-rows", "audio", "--audio",
+                       str(wav), "--media-steps", "2", "--families", "siren", "--models", "i1L-256D", "--seeds",
+                       "0", "1", "--jsonl", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["image"], r["set"], r["seed"]) for r in rows] == [("audio:tone.wav", "audio", 0),
+                                                                 ("audio:tone.wav", "audio", 1)]
+    assert "audio" in capsys.readouterr().out
