@@ -296,8 +296,10 @@ def main(argv=None) -> int:
         if "video" in args.media_rows:
             block(video_data(holdout=0.125), "video:skimage-gif", args.media_steps, "same-steps", seeds)
     total = time.perf_counter() - t0
-    report(rows, f"— {size}x{size} images, train [::2, ::2], test [1::2, 1::2], Adam at each model's default lr, "
-                 f"torch threads {torch.get_num_threads()}, total {total / 60:.1f} min")
+    imaged = not args.skip_same_steps or long_steps
+    what = f"{size}x{size} images, train [::2, ::2], test [1::2, 1::2]" if imaged else "media rows only"
+    report(rows, f"— {what}, Adam at each model's default lr, torch threads {torch.get_num_threads()}, "
+                 f"total {total / 60:.1f} min")
     if sink:
         sink.close()
     return 0

@@ -143,4 +143,5 @@ def test_bench_media_rows_take_a_user_wav_and_every_seed(bench, tmp_path, capsys
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["image"], r["set"], r["seed"]) for r in rows] == [("audio:tone.wav", "audio", 0),
                                                                  ("audio:tone.wav", "audio", 1)]
-    assert "audio" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| audio | siren | isiren 1L-256D | 2 |" in out and "media rows only" in out and "128x128" not in out
