@@ -84,4 +84,5 @@ def test_the_task_how_to_runs_its_task_and_checkpoint(pages_run):
     first = json.loads((cwd / "runs" / "match" / "metrics.json").read_text())
     again = json.loads((cwd / "runs" / "match-again" / "metrics.json").read_text())
     assert first["from_checkpoint"] is False and again["from_checkpoint"] is True
+    assert first["steps"] == 60 and again["steps"] == 0       # the reload optimized nothing
     assert again["loss"] == pytest.approx(first["loss"], rel=1e-9)

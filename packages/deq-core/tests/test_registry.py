@@ -200,3 +200,18 @@ def test_default_manager_over_installed_entry_points_provides_fixed_point():
 def builtin_provides():
     m = PluginManager.from_plugins([builtin])
     return m.plugins()[0].provides
+
+
+def test_old_spellings_name_the_new_one_by_class_and_by_name_unless_the_solver_has_that_field():
+    with pytest.raises(DeqConfigError, match="no option 'beta': it is spelled damping"):
+        FixedPointIteration(beta=0.5)
+    with pytest.raises(DeqConfigError, match=r"solver 'fixed-point' has no option 'tol' \(it is spelled atol="):
+        registry.get_solver("fixed-point", tol=1e-3)
+    with pytest.raises(DeqConfigError, match=r"has no option 'dampnig' \(did you mean 'damping'\?\)"):
+        registry.get_solver("fixed-point", dampnig=0.5)
+
+    @dataclass(frozen=True)
+    class Mine(FixedPointIteration):   # a plugin's own field of that name is not an old spelling
+        beta: float = 0.3
+
+    assert Mine(beta=0.5).beta == 0.5

@@ -6,7 +6,7 @@ import pytest
 import torch
 from _solvers_problems import affine, tanh_map
 
-from deq_core import DeqConfigError, ImplicitAdjoint, Result, fixed_point
+from deq_core import DeqConfigError, ImplicitAdjoint, Result, fixed_point, registry
 from deq_solvers import Anderson, Broyden, Neumann, Picard
 
 
@@ -146,6 +146,14 @@ def test_neumann_runs_on_the_callers_budget_and_old_spellings_name_the_new_ones(
         Broyden(memory=5)
     with pytest.raises(DeqConfigError, match="no option 'beta'.*spelled damping"):
         Anderson(beta=0.5)
+    # the project-wide old spellings hold for every solver, and by name too (they were only per class, so
+    # Anderson(memory=5) and Picard(beta=0.5) were plain TypeErrors and get_solver listed options only)
+    with pytest.raises(DeqConfigError, match="no option 'memory'.*spelled m"):
+        Anderson(memory=5)
+    with pytest.raises(DeqConfigError, match="no option 'beta'.*spelled damping"):
+        Picard(beta=0.5)
+    with pytest.raises(DeqConfigError, match=r"solver 'broyden' has no option 'memory' \(it is spelled m now\)"):
+        registry.get_solver("broyden", memory=5)
 
 
 def test_neumann_as_backward_solver_gives_implicit_gradient():

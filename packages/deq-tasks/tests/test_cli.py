@@ -133,3 +133,13 @@ def test_task_objects_validate_options_before_running() -> None:
     assert AdversarialTask(jiio_solver="anderson", jiio_solver_options={"m": 5}).config.jiio.make_solver().m == 5
     with pytest.raises(Exception, match="andersen"):
         AdversarialTask(jiio_solver="andersen")
+
+
+def test_headline_of_a_third_party_task_is_its_top_level_scalars() -> None:
+    """``deq tasks run`` printed ``{}`` for a plugin's task: the headline only knew deq-tasks' own keys."""
+    from deq_tasks.cli import _headline
+
+    plugin = {"loss": 0.004, "steps": 60, "from_checkpoint": False, "note": None, "curve": [1.0, 0.5], "extra": {}}
+    assert _headline(plugin) == {"loss": 0.004, "steps": 60, "from_checkpoint": False, "note": None}
+    own = {"task": "inverse", "psnr_jiio": 20.0, "steps": 60, "curve": [1.0]}
+    assert _headline(own) == {"task": "inverse", "psnr_jiio": 20.0}   # deq-tasks' own keys only, as before

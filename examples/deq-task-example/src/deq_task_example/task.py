@@ -49,7 +49,8 @@ class MatchEquilibrium(AbstractTask):
             x = x.detach()
             save(out / "model.safetensors", {"x": x}, dataclasses.asdict(cfg))
         with torch.no_grad():
-            metrics = {"loss": float((equilibrium(x) - target).square().sum()), "steps": cfg.steps,
+            metrics = {"loss": float((equilibrium(x) - target).square().sum()),
+                       "steps": 0 if checkpoint is not None else cfg.steps,   # optimization steps taken
                        "from_checkpoint": checkpoint is not None}
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return metrics

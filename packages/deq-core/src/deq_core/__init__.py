@@ -31,6 +31,7 @@ _LAZY: dict[str, str] = {
     "DeqError": "_errors",
     "DeqInputError": "_errors",
     "DeqSolveError": "_errors",
+    "NameConflictError": "_errors",
     "PluginError": "_errors",
     "UnknownNameError": "_errors",
     "fixed_point": "_fixed_point",
@@ -82,7 +83,15 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
     from ._control import LoopControl, LoopOutcome, meets_tolerance, residual_norms
     from ._deq import DEQ, DEQInfo
     from ._diagnostics import spectral_radius
-    from ._errors import DeqConfigError, DeqError, DeqInputError, DeqSolveError, PluginError, UnknownNameError
+    from ._errors import (
+        DeqConfigError,
+        DeqError,
+        DeqInputError,
+        DeqSolveError,
+        NameConflictError,
+        PluginError,
+        UnknownNameError,
+    )
     from ._fixed_point import fixed_point
     from ._jacobian import jacobian_frobenius, jacobian_spectral
     from ._loop import run_loop
@@ -98,7 +107,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
 __all__ = [
     "AbstractAdjoint", "AbstractFixedPointSolver", "AbstractTask", "DEQ", "DEQInfo", "DeqConfigError", "DeqError",
     "DeqInputError", "DeqSolveError", "FixedPointCache", "FixedPointIteration", "FlatMap", "ImplicitAdjoint",
-    "LoopControl", "LoopOutcome", "NeumannAdjoint", "PhantomAdjoint", "PluginError", "Result", "Solution",
+    "LoopControl", "LoopOutcome", "NameConflictError", "NeumannAdjoint", "PhantomAdjoint", "PluginError", "Result",
+    "Solution",
     "SolveStats", "State", "StateLayout", "TaskOption", "UnknownNameError", "UnrolledAdjoint", "__version__",
     "check_bool", "check_int", "check_positive", "check_range", "check_tolerances", "fixed_point",
     "jacobian_frobenius", "jacobian_spectral", "load", "meets_tolerance", "plugins", "reduce_stats", "registry",

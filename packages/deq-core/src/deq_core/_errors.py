@@ -5,7 +5,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["DeqError", "DeqConfigError", "DeqInputError", "DeqSolveError", "UnknownNameError", "PluginError"]
+__all__ = ["DeqError", "DeqConfigError", "DeqInputError", "DeqSolveError", "UnknownNameError", "PluginError",
+           "NameConflictError"]
 
 
 class DeqError(Exception):
@@ -47,6 +48,22 @@ class UnknownNameError(DeqError, KeyError):
         self.kind, self.name, self.known, self.suggestion = kind, name, known, (close[0] if close else None)
         self.hint = hint
         super().__init__(f"unknown {kind} {name!r}.{suggest} Known {kind}s: {listing}.")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class NameConflictError(DeqError, KeyError):
+    """A name is claimed by several plugins; the message lists every provider."""
+
+    def __init__(self, kind: str, name: str, providers: tuple[str, ...]) -> None:
+        self.kind, self.name, self.providers = kind, name, providers
+        listing = ", ".join(repr(p) for p in providers)
+        super().__init__(
+            f"{kind} {name!r} is provided by {len(providers)} plugins ({listing}), so it is ambiguous. "
+            f"Pick one as '{providers[0]}:{name}', uninstall one of them, or hide one with "
+            f"DEQ_DISABLE_PLUGINS={providers[-1]}."
+        )
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])

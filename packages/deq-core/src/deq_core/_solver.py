@@ -24,15 +24,39 @@ FlatMap = Callable[[Tensor], Tensor]
 """A map on flat states ``(B, N) -> (B, N)``."""
 
 
+OLD_SPELLINGS: Mapping[str, str] = {
+    "beta": "damping",
+    "memory": "m",
+    "tol": "atol= / rtol= of the solve (fixed_point(..., rtol=...), DEQ(rtol=...))",
+}
+"""Old spellings every solver refuses with the new one (unless it has a field of that name); a class adds its
+own in ``renamed``."""
+
+
+def old_spelling(factory: Any, option: str) -> str | None:
+    """The new spelling of ``option`` when it is an old spelling for the solver class ``factory``, else ``None``.
+
+    Example:
+        >>> from deq_core import FixedPointIteration
+        >>> old_spelling(FixedPointIteration, "beta"), old_spelling(FixedPointIteration, "damping")
+        ('damping', None)
+    """
+    if not (isinstance(factory, type) and issubclass(factory, AbstractFixedPointSolver)):
+        return None
+    if dataclasses.is_dataclass(factory) and option in {f.name for f in dataclasses.fields(factory)}:
+        return None
+    return {**OLD_SPELLINGS, **getattr(factory, "renamed", {})}.get(option)
+
+
 class _SolverMeta(abc.ABCMeta):
     """Refuses the old spelling of a renamed hyperparameter with an error naming the new one."""
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        renamed: Mapping[str, str] = getattr(cls, "renamed", {})
         for old in kwargs:
-            if old in renamed:
+            new = old_spelling(cls, old)
+            if new is not None:
                 raise DeqConfigError(
-                    f"{cls.__name__} has no option {old!r}: it is spelled {renamed[old]} now "
+                    f"{cls.__name__} has no option {old!r}: it is spelled {new} now "
                     f"(one spelling per hyperparameter across deq's solvers)"
                 )
         return super().__call__(*args, **kwargs)
@@ -52,7 +76,8 @@ class AbstractFixedPointSolver(metaclass=_SolverMeta):
     :func:`deq_core.check_positive`, :func:`deq_core.check_range` so a bad value fails at construction.
     Shared hyperparameters have one spelling across solvers: ``m`` (history size), ``damping`` (relaxation),
     and the caller's ``atol`` / ``rtol`` / ``max_steps`` (no solver has a budget or tolerance of its own).
-    ``renamed`` maps an old spelling to the new one (passing it raises :class:`DeqConfigError`).
+    ``renamed`` maps an old spelling to the new one (passing it raises :class:`DeqConfigError`), on top of the
+    spellings every solver refuses (:data:`OLD_SPELLINGS`: ``beta``, ``memory``, ``tol``).
 
     Protocol (all tensors ``(B, N)``), driven by :func:`deq_core.run_loop`::
 

@@ -116,7 +116,8 @@ def inr() -> None:
               help="Implicit models: warm start from the previous step's fixed point.")
 @click.option("--reuse-steps", type=click.IntRange(min=0), default=1, show_default=True,
               help="Implicit models with --amortize: solver steps per training step from the warm start "
-                   "(1 = one f evaluation, Implicit^2's amortized step; 0 = reuse the cached point).")
+                   "(1 = one f evaluation from the cached point, Implicit^2's amortized step; 0 = the cached "
+                   "point itself, its gradient through one f evaluation).")
 @click.option("--neumann-terms", default="1", show_default=True, help="Backward Neumann order T, or 'inf' (exact).")
 @click.option("--solver", default="fixed-point", show_default=True, help="Forward solver (registered name).")
 @click.option("--no-injection", is_flag=True, help="siren only: classic SIREN (omega_0 = 30) without injection.")

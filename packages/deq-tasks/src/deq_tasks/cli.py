@@ -245,8 +245,12 @@ def run_group() -> None:
 
 
 def _headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The few numbers ``deq tasks run`` prints: deq-tasks' own headline keys, or, for a task that has none of
+    them (a third-party plugin's), its top-level scalars (numbers, strings, booleans)."""
     keys = ("task", "psnr_jiio", "psnr_adam", "accuracy", "speedup")
     out: dict[str, Any] = {k: metrics[k] for k in keys if k in metrics}
+    if not out and "comparison" not in metrics:
+        return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
     cmp = metrics.get("comparison")
     if isinstance(cmp, Mapping):
         out["speedup"] = cmp.get("speedup", {}).get("adam_time_to_jiio_objective_over_jiio_time")

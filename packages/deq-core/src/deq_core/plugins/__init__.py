@@ -21,6 +21,7 @@ subcommands). Use names through :mod:`deq_core.registry`; tests inject a fresh :
 *shadowed* and reachable as ``dist:name``.
 """
 
+from .._errors import NameConflictError
 from ._hookspecs import HOOK_NAMES, PROJECT_NAME, hookimpl, hookspec
 from ._manager import (
     BUILTIN_MODULE,
@@ -40,7 +41,6 @@ from ._types import (
     DeqPluginWarning,
     Entry,
     ModelEntry,
-    NameConflictError,
     PluginInfo,
     SolverEntry,
     TaskEntry,

@@ -35,7 +35,7 @@ from typing import Any
 
 import pluggy
 
-from .._errors import DeqConfigError, PluginError, UnknownNameError
+from .._errors import DeqConfigError, NameConflictError, PluginError, UnknownNameError
 from . import _hookspecs
 from ._hookspecs import HOOK_NAMES, PROJECT_NAME
 from ._types import (
@@ -43,7 +43,6 @@ from ._types import (
     DeqPluginWarning,
     Entry,
     ModelEntry,
-    NameConflictError,
     PluginInfo,
     SolverEntry,
     TaskEntry,
@@ -330,8 +329,12 @@ class PluginManager:
         if valid is not None:
             unknown = sorted(set(options) - set(valid))
             if unknown:
+                from .._solver import old_spelling
+
+                renamed = old_spelling(entry.factory, unknown[0])
                 close = difflib.get_close_matches(unknown[0], valid, n=1, cutoff=0.6)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = (f" (it is spelled {renamed} now)" if renamed is not None
+                        else f" (did you mean {close[0]!r}?)" if close else "")
                 raise DeqConfigError(
                     f"{kind} {entry.name!r} has no option {', '.join(map(repr, unknown))}{hint}; "
                     f"valid options: {', '.join(valid) if valid else '(none)'}"

@@ -9,10 +9,10 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from .._errors import DeqConfigError, DeqError
+from .._errors import DeqConfigError
 
 __all__ = [
-    "AdjointEntry", "DeqPluginWarning", "Entry", "ModelEntry", "NameConflictError", "PluginInfo", "SolverEntry",
+    "AdjointEntry", "DeqPluginWarning", "Entry", "ModelEntry", "PluginInfo", "SolverEntry",
     "TaskEntry", "check_name", "normalize_name",
 ]
 
@@ -23,20 +23,6 @@ class DeqPluginWarning(UserWarning):
     """A plugin was skipped (failed to import or validate) or two plugins claim one name."""
 
 
-class NameConflictError(DeqError, KeyError):
-    """A name is claimed by several plugins; the message lists every provider."""
-
-    def __init__(self, kind: str, name: str, providers: tuple[str, ...]) -> None:
-        self.kind, self.name, self.providers = kind, name, providers
-        listing = ", ".join(repr(p) for p in providers)
-        super().__init__(
-            f"{kind} {name!r} is provided by {len(providers)} plugins ({listing}), so it is ambiguous. "
-            f"Pick one as '{providers[0]}:{name}', uninstall one of them, or hide one with "
-            f"DEQ_DISABLE_PLUGINS={providers[-1]}."
-        )
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0])
 
 
 def normalize_name(name: str) -> str:
