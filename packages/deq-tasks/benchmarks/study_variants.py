@@ -166,10 +166,27 @@ def decoder(name: str, path: str, steps: int, seed: int, n_eval: int, cache: Pat
     r = task.radius(model)
     adam_latents(model, y[:2], steps=1, radius=r)           # first-call kernel selection
     base = adam_latents(model, y, steps=40, radius=r)
-    base = {k: base[k] for k in ("trace", "time_trace", "forward_steps", "x")}
+    base = {k: base[k] for k in ("trace", "time_trace", "forward_steps", "converged_fraction", "x")}
     base["train_seconds"], base["train_loss"] = time.perf_counter() - t, tr["final_loss"]
     torch.save({"state": model.state_dict(), "base": base}, f)
     return task, model.eval(), y, base
+
+
+def void_reason(base: dict, cap: int) -> str | None:
+    """Why a cached decoder's comparison is void (its own solve does not converge in Adam's steps, as
+    ``compare_latents`` judges it), or ``None``. Caches written before the fraction was kept are judged by the
+    mean solve length: within half an iteration of the decoder's ``cap`` (its ``max_steps``) it cannot have
+    converged."""
+    from deq_tasks.generative import MIN_CONVERGED
+
+    frac = base.get("converged_fraction")
+    if frac is not None and frac < MIN_CONVERGED:
+        return (f"the decoder's own solve converged in only {frac:.0%} of Adam's forward solves (< "
+                f"{MIN_CONVERGED:.0%}): Adam's gradients are not at equilibria, so this comparison is void")
+    if frac is None and base["forward_steps"] >= cap - 0.5:
+        return (f"the decoder's own solve takes {base['forward_steps']:.1f} of at most {cap} iterations in Adam's "
+                f"steps (this cache predates the converged fraction): this comparison is void")
+    return None
 
 
 def _task_map(task: Any, model: Any, y: torch.Tensor, cfg: Any) -> Any:
@@ -336,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}: decoder {a.steps} steps (seed {a.seed}), Adam-40 {adam:.2f} in {secs:.1f} s "
               f"({on:.0%} of its latents on the boundary), decoder solve {base['forward_steps']:.1f} Anderson its",
               flush=True)
+        void = void_reason(base, model.max_steps)
+        if void:
+            print(f"  VOID: {void}", flush=True)
         for label in a.variants:
             objs, cells = [], []
             for b in BUDGETS:
