@@ -162,7 +162,7 @@ def markdown(recs: list[dict[str, Any]]) -> str:
         secs = "-" if b is None else f"{r['jiio_seconds']:.2f}"
         sp = "-" if b is None else f"{r['speedup']:.2f}x"
         if r.get("void"):
-            sp += f" (void: decoder converged in {r['decoder_converged_fraction']:.0%} of Adam's solves)"
+            sp += f" (void: decoder converged in {r['decoder_converged_fraction']:.1%} of Adam's solves)"
         rows.append(f"| {r['bench']} | {r.get('set', 'mnist')} | {r.get('seed', 0)} | {r['decoder_solve_steps']:.1f} "
                     f"| {r['adam_objective']:.2f} | {r['adam_seconds']:.2f} | {'never' if b is None else b} | {secs} "
                     f"| {sp} | {r['best_jiio_objective']:.2f} |")

@@ -181,7 +181,7 @@ def void_reason(base: dict, cap: int) -> str | None:
 
     frac = base.get("converged_fraction")
     if frac is not None and frac < MIN_CONVERGED:
-        return (f"the decoder's own solve converged in only {frac:.0%} of Adam's forward solves (< "
+        return (f"the decoder's own solve converged in only {frac:.1%} of Adam's forward solves (< "
                 f"{MIN_CONVERGED:.0%}): Adam's gradients are not at equilibria, so this comparison is void")
     if frac is None and base["forward_steps"] >= cap - 0.5:
         return (f"the decoder's own solve takes {base['forward_steps']:.1f} of at most {cap} iterations in Adam's "

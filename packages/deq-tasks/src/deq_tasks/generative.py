@@ -429,8 +429,9 @@ def compare_latents(model: MDEQDecoder, target: Tensor, clean: Tensor, mask: Ten
     warnings = []
     if base["converged_fraction"] < MIN_CONVERGED:
         warnings.append(
-            f"the decoder's own solve converged in only {base['converged_fraction']:.0%} of Adam's forward solves "
-            f"(mean {base['forward_steps']:.1f} steps, cap {model.max_steps}): Adam's gradients and both objectives "
+            f"the decoder's own solve converged in only {base['converged_fraction']:.1%} of Adam's forward solves "
+            f"(a valid comparison needs {MIN_CONVERGED:.0%}; mean {base['forward_steps']:.1f} steps, cap "
+            f"{model.max_steps}): Adam's gradients and both objectives "
             "are not taken at equilibria, so this comparison is void; retrain with the penalty also on the latent "
             "sphere (jac_sphere, e.g. 0.5), a stronger jac_reg or a jac_target")
     return {
