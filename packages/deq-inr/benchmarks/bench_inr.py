@@ -32,7 +32,16 @@ from collections import defaultdict
 
 import torch
 
-from deq_inr import audio_data, build_model, default_input_scale, fit, image_data, plot_reconstruction, video_data
+from deq_inr import (
+    audio_data,
+    build_model,
+    default_input_scale,
+    fit,
+    image_data,
+    interpolation_heldout_psnr,
+    plot_reconstruction,
+    video_data,
+)
 
 FAMILIES = {"siren": ("isiren", "siren"), "fourier": ("imfn-fourier", "mfn-fourier"),
             "gabor": ("imfn-gabor", "mfn-gabor")}
@@ -67,7 +76,8 @@ def run(data, label, family, key, steps, seed, emit, *, log_every=None, png=None
            "ms_per_step": m["ms_per_step"], "ms_per_step_median": m["ms_per_step_median"],
            "train_time_s": m["train_time_s"], "peak_mem_mb": m["peak_mem_mb"], "params": m["params"],
            "solver_steps_per_step_late": m["solver_steps_per_step_late"], "lr": m.get("lr"),
-           "curve": [(h["time_s"], h["heldout_psnr"], h["step"]) for h in res.history]}
+           "curve": [(h["time_s"], h["heldout_psnr"], h["step"]) for h in res.history],
+           "interp_heldout_psnr": m.get("interp_heldout_psnr")}
     row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
     emit(row)
     if png:
@@ -76,6 +86,54 @@ def run(data, label, family, key, steps, seed, emit, *, log_every=None, png=None
                             f"{name} {key[1:]} on {label} (seed {seed}): held-out {m['heldout_psnr']:.2f} dB, "
                             f"train {m['train_psnr']:.2f} dB")
     return row
+
+
+def backfill_interpolation(rows, size, wav=None):
+    """Rows saved before they carried ``interp_heldout_psnr``: compute it for bundled images at crop ``size``
+    (the rows do not record it), the synthesized audio, the bundled video and the clip ``wav``; other rows stay
+    without it."""
+    cache = {}
+    for r in rows:
+        if r.get("interp_heldout_psnr") is not None:
+            continue
+        label = r["image"]
+        if label not in cache:
+            if label == "audio:synth-chirp":
+                data = audio_data(seconds=0.5, sample_rate=8000, holdout=0.5)
+            elif wav and label == f"audio:{os.path.basename(wav)}":
+                data = audio_data(wav, holdout=0.5)
+            elif label == "video:skimage-gif":
+                data = video_data(holdout=0.125)
+            elif ":" not in label and size:
+                data = image_data(label, size=size, holdout=0.25)
+            else:
+                data = None
+            cache[label] = None if data is None else interpolation_heldout_psnr(data)
+        r["interp_heldout_psnr"] = cache[label]
+
+
+def report_interpolation(rows):
+    """Markdown: each model's held-out PSNR minus linear interpolation's on the same data (paired per image and
+    seed), and interpolation's own held-out PSNR per set."""
+    rows = [r for r in rows if r.get("interp_heldout_psnr") is not None and r["heldout_psnr"] is not None]
+    if not rows:
+        return
+    print("\n#### Held-out PSNR against linear interpolation of the training samples (dB; model − interpolation, "
+          "mean ± std over (image, seed), min, runs ≥ 0)\n")
+    print("| set | interpolation (mean over images) | family | model | model − interpolation |")
+    print("|---|---|---|---|---|")
+    for s in ("natural", "text", "audio", "video"):
+        sel = [r for r in rows if r["set"] == s]
+        if not sel:
+            continue
+        per_image = {r["image"]: r["interp_heldout_psnr"] for r in sel}
+        ref = _ms(list(per_image.values()))
+        for fam in FAMILIES:
+            for key in MODELS:
+                mine = [r for r in sel if r["family"] == fam and r["key"] == key]
+                if mine:
+                    print(f"| {s} | {ref} | {fam} | {key} | "
+                          f"{_diff([r['heldout_psnr'] - r['interp_heldout_psnr'] for r in mine])} |")
 
 
 def at_time(curve, budget):
@@ -220,6 +278,7 @@ def report(rows, title=""):
                                                 if a in p and b in p and p[a]["heldout_psnr"] is not None
                                                 and p[b]["heldout_psnr"] is not None])
                                           for a, b in COMPARISONS) + " |")
+        report_interpolation(sel_rows)
         if tag == "long":
             report_by_step(sel_rows)
 
@@ -228,7 +287,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="camera + text, 64x64, 100 steps, seed 0, no long run")
     ap.add_argument("--steps", type=int, default=None, help="training steps per model (default 300; quick 100)")
-    ap.add_argument("--size", type=int, default=None, help="image crop size (default 128; quick 64)")
+    ap.add_argument("--size", type=int, default=None,
+                    help="image crop size (default 128; quick 64); with --from-jsonl: the crop size of saved image "
+                         "rows that lack the interpolation reference, to compute it")
     ap.add_argument("--images", nargs="*", default=None)
     ap.add_argument("--seeds", nargs="*", type=int, default=None, help="default 0 1 2 (quick: 0)")
     ap.add_argument("--families", nargs="*", default=list(FAMILIES), choices=list(FAMILIES))
@@ -256,6 +317,7 @@ def main(argv=None) -> int:
         # one row per run: a repeated run counts once; a row converted from elsewhere ("from") never
         # replaces a benchmark row (which has the evaluation curve and the memory)
         rows.sort(key=lambda r: "from" not in r)
+        backfill_interpolation(rows, args.size, args.audio)
         last = {(r["bench"], r["set"], r["family"], r["key"], r["image"], r["seed"], r["steps"]): r for r in rows}
         report(list(last.values()))
         return 0

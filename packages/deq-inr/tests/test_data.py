@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from deq_core import DeqInputError
 from deq_inr import (
@@ -11,6 +13,8 @@ from deq_inr import (
     fit,
     grid_coords,
     image_data,
+    interpolate_train,
+    interpolation_heldout_psnr,
     load_image,
     psnr,
     read_wav,
@@ -127,3 +131,33 @@ def test_fit_improves_psnr_image_audio_video():
     rv = fit(build_model("mfn-gabor", 3, 3, width=16, input_scale=default_input_scale(v)), v, steps=5,
              batch_size=256, grad_clip=0.1, progress=False)
     assert np.isfinite(ra.metrics["psnr"]) and np.isfinite(rv.metrics["psnr"])
+
+
+@given(dims=st.lists(st.integers(1, 7), min_size=1, max_size=3), channels=st.integers(1, 3),
+       coef=st.lists(st.floats(-0.05, 0.05), min_size=4, max_size=4))
+def test_interpolation_of_the_training_grid_is_exact_on_affine_signals(dims, channels, coef):
+    """On an affine signal every held-out point (between training points: odd sides) is interpolated exactly,
+    in 1, 2 and 3 dimensions; a swapped axis or a wrong weight breaks it (the coefficients differ per axis)."""
+    from deq_inr._data import _make
+
+    shape = tuple(2 * k + 1 for k in dims)
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1).astype(np.float64)
+    base = idx @ np.asarray(coef[:len(shape)]) + coef[3]
+    arr = np.stack([base * (c + 1) / channels for c in range(channels)], axis=-1)
+    data = _make("image", "affine", arr, 0.5 ** len(shape), 0)
+    assert data.stride == 2
+    pred = interpolate_train(data)
+    assert pred.shape == (len(data.test_idx), channels)
+    assert torch.allclose(pred.double(), data.values[data.test_idx].double(), atol=1e-6)
+
+
+def test_interpolation_reference_is_reported_and_absent_for_random_splits():
+    d = image_data("camera", size=32, holdout=0.25)
+    value = interpolation_heldout_psnr(d)
+    assert 15 < value < 40
+    from deq_inr import build_model
+
+    res = fit(build_model("siren", 2, 1, width=16, layers=1, input_scale=8), d, steps=2, progress=False)
+    assert res.metrics["interp_heldout_psnr"] == pytest.approx(value)
+    rand = image_data("camera", size=32, holdout=0.3)        # not a regular sub-grid: no interpolation
+    assert rand.stride is None and interpolate_train(rand) is None and interpolation_heldout_psnr(rand) is None

@@ -16,6 +16,7 @@ from ._data import (
                     default_input_scale,
                     grid_coords,
                     image_data,
+                    interpolate_train,
                     load_image,
                     read_wav,
                     synth_audio,
@@ -24,7 +25,7 @@ from ._data import (
 )
 from ._filters import FourierFilter, GaborFilter, SineFilter
 from ._fit import SCHEDULES, FitResult, evaluate, fit, lr_factor
-from ._metrics import psnr
+from ._metrics import interpolation_heldout_psnr, psnr
 from ._models import ExplicitINR, FilterBank, ImplicitINR, INRBlock, Siren
 from ._plots import plot_psnr_curve, plot_reconstruction
 
@@ -34,7 +35,9 @@ __all__ = [
     "BUNDLED_IMAGES", "MODELS", "SIZED_MODELS", "SIZES", "is_implicit", "parse_arch",
     "NATURAL_IMAGES", "TEXT_IMAGES", "CoordData", "ExplicitINR", "FilterBank", "SCHEDULES",
     "FitResult", "FourierFilter", "GaborFilter", "INRBlock", "ImplicitINR", "Siren", "SineFilter", "audio_data",
-    "build_model", "default_input_scale", "evaluate", "fit", "grid_coords", "image_data", "load_checkpoint",
+    "build_model", "default_input_scale", "evaluate", "fit", "grid_coords", "image_data", "interpolate_train",
+    "interpolation_heldout_psnr",
+    "load_checkpoint",
     "lr_factor",
     "load_image", "model_from_config", "plot_psnr_curve", "plot_reconstruction", "psnr", "read_wav",
     "save_checkpoint", "synth_audio", "video_data", "write_wav", "__version__",

@@ -185,7 +185,9 @@ def fit_command(model_name: str, image: str | None, audio: str | None, video: st
         write_wav(os.path.join(out_dir, "reconstruction.wav"), data.as_array(result.prediction), data.sample_rate)
     save_checkpoint(os.path.join(out_dir, "model.safetensors"), model, data.describe(), result.metrics)
     m = result.metrics
-    click.echo(f"{label}: psnr {m['psnr']:.2f} dB, held-out {m['heldout_psnr']:.2f} dB, "
+    interp = m.get("interp_heldout_psnr")
+    vs = f" (linear interpolation of the training points: {interp:.2f} dB)" if interp is not None else ""
+    click.echo(f"{label}: psnr {m['psnr']:.2f} dB, held-out {m['heldout_psnr']:.2f} dB{vs}, "
                f"train {m['train_psnr']:.2f} dB, {m['ms_per_step']:.1f} ms/step, "
                f"peak mem {m['peak_mem_mb']:.1f} MB -> {out_dir}")
 

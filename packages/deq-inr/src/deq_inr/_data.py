@@ -25,7 +25,8 @@ from torch import Tensor
 from deq_core import DeqInputError
 
 __all__ = ["CoordData", "BUNDLED_IMAGES", "NATURAL_IMAGES", "TEXT_IMAGES", "load_image", "image_data", "audio_data",
-           "video_data", "synth_audio", "read_wav", "write_wav", "grid_coords", "default_input_scale", "VIDEO_GIF"]
+           "video_data", "synth_audio", "read_wav", "write_wav", "grid_coords", "default_input_scale", "VIDEO_GIF",
+           "interpolate_train"]
 
 NATURAL_IMAGES = ("camera", "astronaut", "coffee", "chelsea", "rocket")
 TEXT_IMAGES = ("text", "page")
@@ -121,6 +122,35 @@ def grid_coords(shape: tuple[int, ...]) -> Tensor:
     axes = [torch.linspace(-1, 1, n) if n > 1 else torch.zeros(1) for n in shape]
     mesh = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (*shape, d)
     return rearrange(mesh, "... d -> (...) d")  # one row per grid point, in the grid's row-major order
+
+
+def interpolate_train(data: CoordData) -> Tensor | None:
+    """The held-out values predicted by (multi)linear interpolation of the training samples, ``(N_test, C)``:
+    the floor a representation should beat on held-out points. Only for regular-grid splits (``data.stride``);
+    ``None`` otherwise. Points past the last training sample along an axis take its value.
+
+    Example:
+        >>> import torch
+        >>> d = audio_data(seconds=0.01, sample_rate=800, holdout=0.5)   # 8 samples: train even, test odd
+        >>> pred = interpolate_train(d)
+        >>> _, y = d.test()
+        >>> bool(torch.allclose(pred[:3], (d.values[0:6:2] + d.values[2:8:2]) / 2))   # midpoints
+        True
+    """
+    s = data.stride
+    if s is None or len(data.test_idx) == 0:
+        return None
+    d = len(data.shape)
+    tshape = tuple(math.ceil(m / s) for m in data.shape)
+    grid = data.values[data.train_idx].T.reshape(1, data.channels, *tshape).double()   # (1, C, *train grid)
+    pos = torch.stack(torch.unravel_index(data.test_idx, data.shape), dim=1).double() / s   # train-grid units
+    norm = torch.stack([2 * pos[:, a] / (n - 1) - 1 if n > 1 else torch.zeros_like(pos[:, a])
+                        for a, n in enumerate(tshape)], dim=1)
+    if d == 1:   # as a 1 x T image
+        grid, norm = grid.unsqueeze(2), torch.cat([torch.zeros_like(norm), norm], dim=1)
+    loc = norm.flip(1).reshape(1, *([1] * (max(d, 2) - 1)), -1, max(d, 2))   # grid_sample wants (x, y[, z])
+    out = torch.nn.functional.grid_sample(grid, loc, mode="bilinear", padding_mode="border", align_corners=True)
+    return out.reshape(data.channels, -1).T.to(data.values.dtype)
 
 
 def _check_holdout(holdout: float | None) -> None:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ._data import CoordData
-from ._metrics import psnr, rss_peak_mb, saved_activation_bytes, training_memory_mb
+from ._metrics import interpolation_heldout_psnr, psnr, rss_peak_mb, saved_activation_bytes, training_memory_mb
 
 __all__ = ["FitResult", "fit", "evaluate", "SCHEDULES", "lr_factor"]
 
@@ -46,7 +46,9 @@ class FitResult:
     Attributes:
         metrics: final scalars: ``psnr`` (all points), ``heldout_psnr``, ``train_psnr`` (evaluation solves from
             zeros), ``ms_per_step`` (training time only), ``ms_per_step_median``, ``peak_mem_mb``,
-            ``solver_steps_per_step`` (mean; and ``_late``: mean over the last half of training), ...
+            ``solver_steps_per_step`` (mean; and ``_late``: mean over the last half of training),
+            ``interp_heldout_psnr`` (linear interpolation of the training samples on the held-out points, the
+            floor to beat; ``None`` without a regular-grid split), ...
         history: one dict per logging point: ``step``, ``time_s`` (training time so far), ``loss``, ``psnr``,
             ``train_psnr``, ``heldout_psnr``.
         prediction: ``(N, C)`` prediction on every point at the end.
@@ -205,7 +207,9 @@ def fit(model: nn.Module, data: CoordData, *, steps: int = 300, lr: float | None
         metrics["peak_mem_mb"] = training_memory_mb(model, act_bytes) if measure_memory else None
         metrics["peak_mem_kind"] = "params+grads+Adam state+autograd-saved activations (one step, measured)"
     metrics["activation_mb"] = act_bytes / 2**20 if measure_memory else None
+    metrics["interp_heldout_psnr"] = interpolation_heldout_psnr(data)
     return FitResult(metrics, history, pred, solver_steps)
+
 
 
 def _append_step(box: list[Tensor], step: Callable[[], Tensor]) -> None:

@@ -6,11 +6,12 @@ import math
 import resource
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["psnr", "saved_activation_bytes", "training_memory_mb", "rss_peak_mb"]
+__all__ = ["psnr", "interpolation_heldout_psnr", "saved_activation_bytes", "training_memory_mb", "rss_peak_mb"]
 
 
 def psnr(pred: Tensor, target: Tensor, kind: str = "image") -> float:
@@ -34,6 +35,21 @@ def psnr(pred: Tensor, target: Tensor, kind: str = "image") -> float:
         p, t = (p + 1) / 2, (t + 1) / 2
     mse = float(((p - t) ** 2).mean())
     return float("inf") if mse == 0 else -10 * math.log10(mse)
+
+
+def interpolation_heldout_psnr(data: Any) -> float | None:
+    """Held-out PSNR of linear interpolation of the training samples (:func:`~deq_inr.interpolate_train`), the
+    floor a fitted representation should beat; ``None`` without a regular-grid split.
+
+    Example:
+        >>> from deq_inr import image_data
+        >>> round(interpolation_heldout_psnr(image_data("camera", size=32, holdout=0.25)), 1) > 10
+        True
+    """
+    from ._data import interpolate_train
+
+    pred = interpolate_train(data)
+    return None if pred is None else psnr(pred, data.values[data.test_idx], data.kind)
 
 
 def saved_activation_bytes(step: Callable[[], None]) -> int:
