@@ -379,6 +379,14 @@ def _inr_section(out: Path, args: Any, inr: dict, numbers: dict) -> list[str]:
               f"{'implicit' if dh > 0 else 'explicit'} generalizes better by {abs(dh):.2f} dB")
     lines.append(f"| held-out PSNR after {mi['steps']} steps | {mi['heldout_psnr']:.2f} dB | "
                  f"{me['heldout_psnr']:.2f} dB | {dh:+.2f} dB | {held_v} |")
+    interp = mi.get("interp_heldout_psnr")
+    if interp is not None:
+        above = [f"{n} {m['heldout_psnr'] - interp:+.2f} dB" for n, m in (("iSIREN", mi), ("SIREN", me))]
+        beat = [n for n, m in (("iSIREN", mi), ("SIREN", me)) if m["heldout_psnr"] > interp]
+        verdict = {2: "both beat it", 1: f"only {beat[0] if beat else ''} beats it", 0: "neither beats it"}[len(beat)]
+        lines.append(f"| held-out PSNR of bilinear interpolation of the training pixels (the floor to beat) | "
+                     f"{interp:.2f} dB | {interp:.2f} dB | {', '.join(above)} | {verdict} |")
+        numbers["inr_interp_heldout_psnr"] = interp
     dt = mi["train_psnr"] - me["train_psnr"]
     lines.append(f"| training-pixel PSNR | {mi['train_psnr']:.2f} dB | {me['train_psnr']:.2f} dB | {dt:+.2f} dB | "
                  f"{'implicit' if dt > 0 else 'explicit'} fits the training pixels {abs(dt):.2f} dB closer |")

@@ -50,6 +50,9 @@ def plot_curve(metrics: dict[str, dict[str, Any]], path: Path) -> Path:
         ax.plot(t, [x["train_psnr"] for x in h], ":", color=color, lw=1.2, label=f"{label}: training pixels")
     m = metrics["implicit"]
     d = m["data"]
+    if m.get("interp_heldout_psnr") is not None:
+        ax.axhline(m["interp_heldout_psnr"], color="0.4", ls="--", lw=1,
+                   label=f"bilinear interpolation of the training pixels: held-out {m['interp_heldout_psnr']:.2f} dB")
     ax.set_xlabel("training time (s; evaluation not counted)")
     ax.set_ylabel("PSNR (dB)")
     ax.set_title(f"{Path(d['name']).name} {d['shape'][0]}×{d['shape'][1]}: train on {d['train_points']} pixels "
