@@ -18,10 +18,12 @@ gradient at JIIO's ``x`` (how good the direction JIIO steps along is while ``z``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,15 +77,42 @@ def context(label: str) -> Any:
     return _Null()
 
 
-class _FeasibleInput:
-    """While active, the augmented map evaluates ``G(v)`` at ``v`` with its ``x`` block projected onto the set."""
+@contextlib.contextmanager
+def patched(cls: type, **methods: Any) -> Iterator[dict[str, Any]]:
+    """Replace methods of ``cls`` while the block runs (yields the originals); restores them even on error."""
+    saved = {name: cls.__dict__[name] for name in methods}
+    try:
+        for name, fn in methods.items():
+            setattr(cls, name, fn)
+        yield saved
+    finally:
+        for name, fn in saved.items():
+            setattr(cls, name, fn)
+
+
+class _Patch:
+    """A variant's patch as a context manager: subclasses say which methods of which class to replace."""
+
+    def methods(self) -> tuple[type, dict[str, Any]]:
+        raise NotImplementedError
 
     def __enter__(self) -> None:
+        cls, methods = self.methods()
+        self._ctx = patched(cls, **methods)
+        self._ctx.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._ctx.__exit__(*exc)
+
+
+class _FeasibleInput(_Patch):
+    """While active, the augmented map evaluates ``G(v)`` at ``v`` with its ``x`` block projected onto the set."""
+
+    def methods(self) -> tuple[type, dict[str, Any]]:
         from deq_tasks.jiio import _map
         from deq_tasks.jiio._constraints import project_checked
 
-        self.cls, self.orig = _map.AugmentedMap, _map.AugmentedMap.__call__
-        orig = self.orig
+        orig = _map.AugmentedMap.__call__
 
         def call(G: Any, v: torch.Tensor) -> torch.Tensor:
             if G.problem.project is not None:
@@ -91,13 +120,10 @@ class _FeasibleInput:
                 v = G.stack(zf, muf, project_checked(G.problem.project, x))
             return orig(G, v)
 
-        self.cls.__call__ = call
-
-    def __exit__(self, *exc: Any) -> None:
-        self.cls.__call__ = self.orig
+        return _map.AugmentedMap, {"__call__": call}
 
 
-class _Preconditioned:
+class _Preconditioned(_Patch):
     """While active, the augmented map steps along ``P * d_x`` instead of ``d_x``. ``P = 1 / rms(d_x)`` per sample
     and coordinate, with ``rms`` taken over the map's first ``freeze`` x-evaluations that have a nonzero ``d_x``
     (then frozen, so Anderson sees a stationary map), normalized to mean 1 per sample and clamped to
@@ -107,12 +133,11 @@ class _Preconditioned:
     def __init__(self, clamp: float, freeze: int = 10) -> None:
         self.clamp, self.freeze = clamp, freeze
 
-    def __enter__(self) -> None:
+    def methods(self) -> tuple[type, dict[str, Any]]:
         from deq_tasks.jiio import _map
 
-        self.cls = _map.AugmentedMap
-        self.orig_call, self.orig_pieces = self.cls.__call__, self.cls.pieces
-        orig_call, orig_pieces, clamp, freeze = self.orig_call, self.orig_pieces, self.clamp, self.freeze
+        orig_call, orig_pieces = _map.AugmentedMap.__call__, _map.AugmentedMap.pieces
+        clamp, freeze = self.clamp, self.freeze
 
         def call(G: Any, v: torch.Tensor) -> torch.Tensor:
             G._pc_step = not G.z_only
@@ -136,10 +161,7 @@ class _Preconditioned:
             scale = (scale / scale.mean(1, keepdim=True)).clamp(1 / clamp, clamp)
             return fz, gz, dx * scale, cost
 
-        self.cls.__call__, self.cls.pieces = call, pieces
-
-    def __exit__(self, *exc: Any) -> None:
-        self.cls.__call__, self.cls.pieces = self.orig_call, self.orig_pieces
+        return _map.AugmentedMap, {"__call__": call, "pieces": pieces}
 
 
 def decoder(name: str, path: str, steps: int, seed: int, n_eval: int, cache: Path,
@@ -210,13 +232,9 @@ def trajectory(task: Any, model: Any, y: torch.Tensor, cfg: Any) -> list[dict[st
             store.append((k, v.clone(), gv.clone()))
         orig(rec, k, v, gv, cost, sign)
 
-    _solve.JIIORecorder.record = record
-    try:
-        r = task.radius(model)
-        cfg = cfg.with_budget(100)
-        jiio_latents(model, y, None, cfg, r)
-    finally:
-        _solve.JIIORecorder.record = orig
+    cfg = cfg.with_budget(100)
+    with patched(_solve.JIIORecorder, record=record):
+        jiio_latents(model, y, None, cfg, task.radius(model))
     G = _task_map(task, model, y, cfg)
     rows = []
     for k, v, gv in store:
@@ -288,11 +306,8 @@ def direction(task: Any, model: Any, y: torch.Tensor, cfg: Any, at: tuple[int, .
             seen.append(v.clone())
         return orig(G, v)
 
-    _map.AugmentedMap.__call__ = call
-    try:
+    with patched(_map.AugmentedMap, __call__=call):
         jiio_latents(model, y, None, cfg.with_budget(100), task.radius(model))
-    finally:
-        _map.AugmentedMap.__call__ = orig
     G = _task_map(task, model, y, cfg)
     rows = []
     for k in at:
