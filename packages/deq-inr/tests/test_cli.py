@@ -29,12 +29,15 @@ def fitted(tmp_path_factory):
     out = tmp_path_factory.mktemp("fit")
     res = _run(["fit", "--model", "imfn-gabor", "--image", "camera", "--out", str(out), *TINY])
     assert res.exit_code == 0, res.output
+    assert "(linear interpolation of the training points: " in res.output   # the floor, beside held-out
     return out
 
 
 def test_fit_writes_metrics_pngs_checkpoint(fitted):
     m = json.loads((fitted / "metrics.json").read_text())
-    assert {"psnr", "heldout_psnr", "ms_per_step", "peak_mem_mb", "train_psnr", "history"} <= set(m)
+    assert {"psnr", "heldout_psnr", "ms_per_step", "peak_mem_mb", "train_psnr", "history",
+            "interp_heldout_psnr"} <= set(m)
+    assert 10 < m["interp_heldout_psnr"] < 60          # the bilinear-interpolation floor, on the same pixels
     assert m["model"] == "imfn-gabor" and m["input_scale"] == 4.0 and m["data"]["shape"] == [16, 16]
     for f in ("reconstruction.png", "psnr_curve.png", "model.safetensors"):
         assert (fitted / f).stat().st_size > 1000
