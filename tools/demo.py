@@ -383,7 +383,7 @@ def _inr_section(out: Path, args: Any, inr: dict, numbers: dict) -> list[str]:
     if interp is not None:
         above = [f"{n} {m['heldout_psnr'] - interp:+.2f} dB" for n, m in (("iSIREN", mi), ("SIREN", me))]
         beat = [n for n, m in (("iSIREN", mi), ("SIREN", me)) if m["heldout_psnr"] > interp]
-        verdict = {2: "both beat it", 1: f"only {beat[0] if beat else ''} beats it", 0: "neither beats it"}[len(beat)]
+        verdict = "both beat it" if len(beat) == 2 else f"only {beat[0]} beats it" if beat else "neither beats it"
         lines.append(f"| held-out PSNR of bilinear interpolation of the training pixels (the floor to beat) | "
                      f"{interp:.2f} dB | {interp:.2f} dB | {', '.join(above)} | {verdict} |")
         numbers["inr_interp_heldout_psnr"] = interp

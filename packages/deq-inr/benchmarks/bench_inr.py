@@ -88,6 +88,18 @@ def run(data, label, family, key, steps, seed, emit, *, log_every=None, png=None
     return row
 
 
+def media_rows(kinds, wav=None):
+    """``(label, make_data)`` of the media rows: the audio clip ``wav`` (or the synthesized chirp), the bundled
+    video; only the ``kinds`` asked for."""
+    out = []
+    if "audio" in kinds:
+        out.append((f"audio:{os.path.basename(wav)}", lambda: audio_data(wav, holdout=0.5)) if wav else
+                   ("audio:synth-chirp", lambda: audio_data(seconds=0.5, sample_rate=8000, holdout=0.5)))
+    if "video" in kinds:
+        out.append(("video:skimage-gif", lambda: video_data(holdout=0.125)))
+    return out
+
+
 def backfill_interpolation(rows, size, wav=None):
     """Rows saved before they carried ``interp_heldout_psnr``: compute it for bundled images at crop ``size``
     (the rows do not record it), the synthesized audio, the bundled video and the clip ``wav``; other rows stay
@@ -98,12 +110,9 @@ def backfill_interpolation(rows, size, wav=None):
             continue
         label = r["image"]
         if label not in cache:
-            if label == "audio:synth-chirp":
-                data = audio_data(seconds=0.5, sample_rate=8000, holdout=0.5)
-            elif wav and label == f"audio:{os.path.basename(wav)}":
-                data = audio_data(wav, holdout=0.5)
-            elif label == "video:skimage-gif":
-                data = video_data(holdout=0.125)
+            media = {lab: make for lab, make in media_rows(("audio", "video"), wav)}
+            if label in media:
+                data = media[label]()
             elif ":" not in label and size:
                 data = image_data(label, size=size, holdout=0.25)
             else:
@@ -354,14 +363,8 @@ def main(argv=None) -> int:
         for image in args.long_images:
             block(image_data(image, size=size, holdout=0.25), image, long_steps, "long", seeds[:1])
     if media:
-        if "audio" in args.media_rows and args.audio:
-            block(audio_data(args.audio, holdout=0.5), f"audio:{os.path.basename(args.audio)}", args.media_steps,
-                  "same-steps", seeds)
-        elif "audio" in args.media_rows:
-            block(audio_data(seconds=0.5, sample_rate=8000, holdout=0.5), "audio:synth-chirp", args.media_steps,
-                  "same-steps", seeds)
-        if "video" in args.media_rows:
-            block(video_data(holdout=0.125), "video:skimage-gif", args.media_steps, "same-steps", seeds)
+        for label, make in media_rows(args.media_rows, args.audio):
+            block(make(), label, args.media_steps, "same-steps", seeds)
     total = time.perf_counter() - t0
     imaged = not args.skip_same_steps or long_steps
     what = f"{size}x{size} images, train [::2, ::2], test [1::2, 1::2]" if imaged else "media rows only"

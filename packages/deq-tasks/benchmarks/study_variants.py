@@ -199,13 +199,12 @@ def void_reason(base: dict, cap: int) -> str | None:
     ``compare_latents`` judges it), or ``None``. Caches written before the fraction was kept are judged by the
     mean solve length: within half an iteration of the decoder's ``cap`` (its ``max_steps``) it cannot have
     converged."""
-    from deq_tasks.generative import MIN_CONVERGED
+    from deq_tasks.generative import void_reason as task_void_reason
 
     frac = base.get("converged_fraction")
-    if frac is not None and frac < MIN_CONVERGED:
-        return (f"the decoder's own solve converged in only {frac:.1%} of Adam's forward solves (< "
-                f"{MIN_CONVERGED:.0%}): Adam's gradients are not at equilibria, so this comparison is void")
-    if frac is None and base["forward_steps"] >= cap - 0.5:
+    if frac is not None:
+        return task_void_reason(frac, base["forward_steps"], cap)
+    if base["forward_steps"] >= cap - 0.5:
         return (f"the decoder's own solve takes {base['forward_steps']:.1f} of at most {cap} iterations in Adam's "
                 f"steps (this cache predates the converged fraction): this comparison is void")
     return None

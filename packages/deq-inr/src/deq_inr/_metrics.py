@@ -6,10 +6,11 @@ import math
 import resource
 import sys
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from ._data import CoordData, interpolate_train
 
 __all__ = ["psnr", "interpolation_heldout_psnr", "saved_activation_bytes", "training_memory_mb", "rss_peak_mb"]
 
@@ -37,7 +38,7 @@ def psnr(pred: Tensor, target: Tensor, kind: str = "image") -> float:
     return float("inf") if mse == 0 else -10 * math.log10(mse)
 
 
-def interpolation_heldout_psnr(data: Any) -> float | None:
+def interpolation_heldout_psnr(data: CoordData) -> float | None:
     """Held-out PSNR of linear interpolation of the training samples (:func:`~deq_inr.interpolate_train`), the
     floor a fitted representation should beat; ``None`` without a regular-grid split.
 
@@ -46,8 +47,6 @@ def interpolation_heldout_psnr(data: Any) -> float | None:
         >>> round(interpolation_heldout_psnr(image_data("camera", size=32, holdout=0.25)), 1) > 10
         True
     """
-    from ._data import interpolate_train
-
     pred = interpolate_train(data)
     return None if pred is None else psnr(pred, data.values[data.test_idx], data.kind)
 

@@ -58,7 +58,7 @@ from .models.features import frechet_distance, train_feature_net
 __all__ = [
     "DECODER_JIIO", "DecoderConfig", "GenerativeConfig", "GenerativeTask", "VAE", "adam_latents", "build_decoder",
     "compare_latents", "decoder_gradient", "decoder_problem", "encode", "jiio_latents", "latent_radius",
-    "train_decoder", "train_vae",
+    "train_decoder", "train_vae", "void_reason",
 ]
 
 MODEL_KIND = "mdeq-decoder"
@@ -377,6 +377,23 @@ def _first_reach(trace: Sequence[float], times: Sequence[float], objective: floa
     return (hit[0], times[hit[0]]) if hit else (None, None)
 
 
+def void_reason(converged_fraction: float, forward_steps: float, cap: int) -> str | None:
+    """Why a latent comparison is void, or ``None``: the decoder's own solve converged in fewer than
+    :data:`MIN_CONVERGED` of Adam's forward solves (``forward_steps``: their mean length; ``cap``: the decoder's
+    ``max_steps``), so Adam's gradients and both objectives are not taken at equilibria.
+
+    Example:
+        >>> void_reason(1.0, 8.0, 40) is None, "void" in void_reason(0.9, 39.0, 40)
+        (True, True)
+    """
+    if converged_fraction >= MIN_CONVERGED:
+        return None
+    return (f"the decoder's own solve converged in only {converged_fraction:.1%} of Adam's forward solves "
+            f"(a valid comparison needs {MIN_CONVERGED:.0%}; mean {forward_steps:.1f} steps, cap {cap}): Adam's "
+            "gradients and both objectives are not taken at equilibria, so this comparison is void; retrain with "
+            "the penalty also on the latent sphere (jac_sphere, e.g. 0.5), a stronger jac_reg or a jac_target")
+
+
 def compare_latents(model: MDEQDecoder, target: Tensor, clean: Tensor, mask: Tensor | None, *, jiio: JIIOConfig,
                     budgets: Sequence[int], adam_steps: int = 40, adam_lr: float = 1.0, radius: float | None = None,
                     progress: Progress | None = None) -> dict[str, Any]:
@@ -426,14 +443,8 @@ def compare_latents(model: MDEQDecoder, target: Tensor, clean: Tensor, mask: Ten
     reach = next((row for row in rows if row["objective"] <= adam_final), None)
     main = next(row for row in rows if row["budget"] == jiio.budget)
     images["adam"] = base["image"]
-    warnings = []
-    if base["converged_fraction"] < MIN_CONVERGED:
-        warnings.append(
-            f"the decoder's own solve converged in only {base['converged_fraction']:.1%} of Adam's forward solves "
-            f"(a valid comparison needs {MIN_CONVERGED:.0%}; mean {base['forward_steps']:.1f} steps, cap "
-            f"{model.max_steps}): Adam's gradients and both objectives "
-            "are not taken at equilibria, so this comparison is void; retrain with the penalty also on the latent "
-            "sphere (jac_sphere, e.g. 0.5), a stronger jac_reg or a jac_target")
+    void = void_reason(base["converged_fraction"], base["forward_steps"], model.max_steps)
+    warnings = [] if void is None else [void]
     return {
         "n": len(target),
         "void": bool(warnings),
