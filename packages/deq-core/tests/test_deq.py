@@ -11,6 +11,8 @@ import pickle
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from deq_core import DEQ, FixedPointIteration, ImplicitAdjoint, UnrolledAdjoint
@@ -191,6 +193,26 @@ def test_spectral_norm_holds_after_optimizer_steps_without_reset() -> None:
     remove_norm(layer.lin)
     assert isinstance(layer.lin.weight, nn.Parameter)
     assert float(torch.linalg.matrix_norm(layer.lin.weight.detach(), ord=2)) <= 0.8 * 1.01
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 96), cols=st.integers(1, 96), max_norm=st.floats(0.05, 2.0),
+       scale=st.floats(0.1, 10.0), seed=st.integers(0, 2**16))
+def test_spectral_norm_bound_holds_at_construction_before_any_training_forward(rows, cols, max_norm, scale,
+                                                                               seed) -> None:
+    # regression: 15 random-start power iterations at construction under-estimated sigma when the top singular
+    # values are close, so an eval-mode forward before training used ||W||_2 up to 1.13 x max_norm
+    torch.manual_seed(seed)
+    lin = nn.Linear(cols, rows)
+    with torch.no_grad():
+        lin.weight.mul_(scale)
+    raw = float(torch.linalg.matrix_norm(lin.weight.detach().double(), ord=2))
+    spectral_norm(lin, max_norm=max_norm)
+    lin.eval()
+    lin(torch.zeros(1, cols))
+    used = float(torch.linalg.matrix_norm(lin.weight.detach().double(), ord=2))
+    assert used <= max_norm * (1 + 1e-5)
+    assert used == pytest.approx(min(raw, max_norm), rel=1e-4)   # scaled down only as far as the bound
 
 
 def test_normalized_weight_is_computed_once_per_forward() -> None:

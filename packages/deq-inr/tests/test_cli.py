@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from deq_inr._cli import inr
 
 TINY = ["--steps", "3", "--width", "16", "--size", "16", "--no-progress"]
+TINY_MEDIA = ["--steps", "3", "--width", "16", "--no-progress"]   # --size is for images only
 
 
 def _run(args):
@@ -48,26 +49,72 @@ def test_render_loads_checkpoint(fitted, tmp_path):
     assert res.exit_code == 0, res.output
     import imageio.v3 as iio
 
+    from deq_inr import grid_coords, load_checkpoint
+
     img = iio.imread(tmp_path / "render.png")
     assert img.shape[:2] == (16, 16)
     info = json.loads((tmp_path / "render.json").read_text())
     assert info["model"]["model"] == "imfn-gabor"
+    model, _ = load_checkpoint(fitted / "model.safetensors")   # the pixels are the model's, on the full grid
+    want = ((model.predict(grid_coords((16, 16)))[:, 0].reshape(16, 16).numpy() + 1) / 2).clip(0, 1)
+    got = (img[..., 0] if img.ndim == 3 else img) / 255.0
+    assert np.abs(got - want).max() <= 2 / 255   # 8-bit, through the gray colormap's 256-entry table
+
+
+def test_render_audio_writes_the_models_waveform(tmp_path):
+    from deq_inr import grid_coords, load_checkpoint, read_wav
+
+    res = _run(["fit", "--model", "imfn-fourier", "--audio", "--out", str(tmp_path / "a"), *TINY_MEDIA])
+    assert res.exit_code == 0, res.output
+    res = _run(["render", str(tmp_path / "a" / "model.safetensors"), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    wav, rate = read_wav(str(tmp_path / "r" / "render.wav"))
+    model, cfg = load_checkpoint(tmp_path / "a" / "model.safetensors")
+    want = model.predict(grid_coords(tuple(cfg["data"]["shape"])))[:, 0].clamp(-1, 1).numpy()
+    assert rate == cfg["data"]["sample_rate"] and wav.shape == want.shape
+    assert np.abs(wav - want).max() <= 2 / 32767
+
+
+def test_render_accepts_a_sized_name_of_the_checkpoints_model_and_refuses_another_size(tmp_path):
+    small = ["--steps", "1", "--size", "8", "--no-progress"]
+    assert _run(["fit", "--model", "isiren-1l-512d", "--out", str(tmp_path / "f"), *small]).exit_code == 0
+    ckpt = str(tmp_path / "f" / "model.safetensors")
+    assert _run(["render", ckpt, "--out", str(tmp_path / "r"), "--model", "isiren-1l-512d"]).exit_code == 0
+    assert _run(["render", ckpt, "--out", str(tmp_path / "r"), "--model", "isiren"]).exit_code == 0
+    _one_line_error(_run(["render", ckpt, "--out", str(tmp_path / "r"), "--model", "isiren-1l-256d"]),
+                    "holds model 'isiren 1L-512D', not 'isiren-1l-256d'")
+
+
+def test_render_refuses_checkpoints_without_a_usable_data_description(tmp_path):
+    from deq_core import save
+    from deq_inr import build_model, save_checkpoint
+
+    m = build_model("mfn-fourier", 2, 1, width=8)
+    save_checkpoint(tmp_path / "nodata.safetensors", m)
+    _one_line_error(_run(["render", str(tmp_path / "nodata.safetensors"), "--out", str(tmp_path / "o")]),
+                    "no data description to render on")
+    save_checkpoint(tmp_path / "shape3.safetensors", m, {"kind": "video", "shape": [2, 4, 4]})
+    _one_line_error(_run(["render", str(tmp_path / "shape3.safetensors"), "--out", str(tmp_path / "o")]),
+                    "does not fit a model with 2-D coordinates")
+    save_checkpoint(tmp_path / "kind.safetensors", m, {"kind": "imgae", "shape": [4, 4]})
+    _one_line_error(_run(["render", str(tmp_path / "kind.safetensors"), "--out", str(tmp_path / "o")]),
+                    "data 'imgae' of shape [4, 4]")
+    save(tmp_path / "nomodel.safetensors", m, {"format": "deq-inr/1", "data": {"kind": "image", "shape": [4, 4]}})
+    _one_line_error(_run(["render", str(tmp_path / "nomodel.safetensors"), "--out", str(tmp_path / "o")]),
+                    "has no model description")
 
 
 def test_render_reproduces_fit_prediction(fitted):
-    import torch
-
     from deq_inr import image_data, load_checkpoint, psnr
 
     model, cfg = load_checkpoint(fitted / "model.safetensors")
     d = image_data("camera", size=16)
     assert psnr(model.predict(d.coords), d.values) == pytest.approx(cfg["metrics"]["psnr"], abs=1e-4)
-    assert isinstance(model.predict(d.coords), torch.Tensor)
 
 
 def test_render_wrong_model_and_foreign_checkpoints(fitted, tmp_path):
     _one_line_error(_run(["render", str(fitted / "model.safetensors"), "--out", str(tmp_path), "--model", "isiren"]),
-                    "holds model 'imfn-gabor', not 'isiren'")
+                    "holds model 'imfn-gabor 1L-16D', not 'isiren'")
     import torch
 
     from deq_core import save
@@ -82,10 +129,10 @@ def test_render_wrong_model_and_foreign_checkpoints(fitted, tmp_path):
 
 
 def test_audio_and_video_end_to_end(tmp_path):
-    res = _run(["fit", "--model", "isiren", "--audio", "--out", str(tmp_path / "a"), *TINY])
+    res = _run(["fit", "--model", "isiren", "--audio", "--out", str(tmp_path / "a"), *TINY_MEDIA])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "a" / "reconstruction.wav").exists() and (tmp_path / "a" / "reconstruction.png").exists()
-    res = _run(["fit", "--model", "mfn-fourier", "--video", "--out", str(tmp_path / "v"), *TINY])
+    res = _run(["fit", "--model", "mfn-fourier", "--video", "--out", str(tmp_path / "v"), *TINY_MEDIA])
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "v" / "metrics.json").read_text())
     assert m["data"]["kind"] == "video" and m["heldout_psnr"] is None
@@ -128,11 +175,47 @@ def test_fit_bad_input_one_line(tmp_path, kind, match):
     assert not os.path.exists(tmp_path / "o" / "metrics.json")
 
 
-def test_deq_console_script_has_inr_command(tmp_path):
-    cli_mod = pytest.importorskip("deq_core.cli")
+def test_deq_console_script_has_inr_command(tmp_path, capsys):
+    from deq_core import cli as cli_mod
+
     code = cli_mod.main(["inr", "fit", "--model", "isiren", "--image", "nonexistent-image", "--out", str(tmp_path),
                          *TINY])
-    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("error: image 'nonexistent-image' is neither a file nor a bundled image"), err
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--model", "mfn-fourier", "--solver", "anderson"], "takes no option solver (an explicit model)"),
+    (["--model", "siren", "--neumann-terms", "2"], "takes no option neumann_terms"),
+    (["--model", "mfn-gabor", "--no-amortize"], "takes no option amortize"),
+    (["--model", "isiren", "--no-injection"], "injection=False is for model 'siren' only"),
+    (["--model", "isiren", "--holdout", "0.25", "--no-holdout"], "--holdout P or --no-holdout, not both"),
+    (["--model", "isiren", "--audio", "--size", "32"], "--size is for images"),
+    (["--model", "isiren", "--neumann-terms", "-1"], "--neumann-terms"),
+    (["--model", "isiren", "--seed", "-1"], "--seed"),
+])
+def test_fit_refuses_options_that_would_be_ignored_or_are_bad(tmp_path, args, match):
+    res = _run(["fit", *args, "--out", str(tmp_path / "o"), "--steps", "1", "--width", "8", "--no-progress"])
+    assert res.exit_code != 0 and match in res.output, res.output
+    assert not os.path.exists(tmp_path / "o" / "metrics.json")
+
+
+def test_fit_without_holdout_says_so_and_a_bad_out_fails_before_training(tmp_path):
+    res = _run(["fit", "--model", "mfn-fourier", "--no-holdout", "--out", str(tmp_path / "n"), *TINY])
+    assert res.exit_code == 0 and "held-out n/a (no hold-out)" in res.output, res.output
+    (tmp_path / "afile").write_text("x")
+    seen = []
+    import deq_inr._fit as fit_mod
+
+    real = fit_mod.fit
+    try:
+        fit_mod.fit = lambda *a, **k: seen.append(1) or real(*a, **k)
+        res = _run(["fit", "--model", "mfn-fourier", "--out", str(tmp_path / "afile" / "sub"), *TINY])
+    finally:
+        fit_mod.fit = real
+    _one_line_error(res, "afile")
+    assert seen == []   # it failed before any training
 
 
 def test_sized_model_and_arch(tmp_path):

@@ -126,29 +126,78 @@ def test_fit_improves_psnr_image_audio_video():
     assert r.metrics["solver_steps_per_step_late"] == 1.0 and r.metrics["peak_mem_mb"] > 0
     assert {"psnr", "heldout_psnr", "ms_per_step", "peak_mem_mb"} <= set(r.metrics)
     a = audio_data(seconds=0.02)
-    ra = fit(build_model("isiren", 1, 1, width=16, input_scale=default_input_scale(a)), a, steps=5, progress=False)
+    ra = fit(build_model("isiren", 1, 1, width=16, input_scale=default_input_scale(a)), a, steps=20, lr=1e-2,
+             progress=False, log_every=10)
+    assert ra.history[-1]["psnr"] > ra.history[0]["psnr"]
     v = video_data(frames=4)
-    rv = fit(build_model("mfn-gabor", 3, 3, width=16, input_scale=default_input_scale(v)), v, steps=5,
-             batch_size=256, grad_clip=0.1, progress=False)
-    assert np.isfinite(ra.metrics["psnr"]) and np.isfinite(rv.metrics["psnr"])
+    clipped = []
+    real_clip = torch.nn.utils.clip_grad_value_
+
+    def spy(params, value, *a, **k):
+        clipped.append(value)
+        return real_clip(params, value, *a, **k)
+
+    torch.nn.utils.clip_grad_value_, saved = spy, real_clip
+    try:
+        rv = fit(build_model("mfn-gabor", 3, 3, width=16, input_scale=default_input_scale(v)), v, steps=20, lr=1e-2,
+                 batch_size=256, grad_clip=0.1, progress=False, log_every=10)
+    finally:
+        torch.nn.utils.clip_grad_value_ = saved
+    assert clipped == [0.1] * 20
+    assert rv.history[-1]["psnr"] > rv.history[0]["psnr"]
 
 
-@given(dims=st.lists(st.integers(1, 7), min_size=1, max_size=3), channels=st.integers(1, 3),
-       coef=st.lists(st.floats(-0.05, 0.05), min_size=4, max_size=4))
-def test_interpolation_of_the_training_grid_is_exact_on_affine_signals(dims, channels, coef):
-    """On an affine signal every held-out point (between training points: odd sides) is interpolated exactly,
-    in 1, 2 and 3 dimensions; a swapped axis or a wrong weight breaks it (the coefficients differ per axis)."""
+@pytest.mark.parametrize("make, match", [
+    (lambda: audio_data(seconds=0), "seconds must be a finite number giving at least 2 samples"),
+    (lambda: audio_data(sample_rate=0), "sample_rate must be an int >= 1"),
+    (lambda: audio_data(max_samples=-5), "max_samples must be an int >= 0 or None"),
+    (lambda: video_data(frames=-1), "frames must be an int >= 0 or None"),
+    (lambda: image_data("camera", size=-5), "size must be an int >= 0 or None"),
+    (lambda: image_data("camera", size=2.5), "size must be an int >= 0 or None"),
+    (lambda: image_data("camera", size=8, holdout="0.25"), "hold-out fraction must be a number"),
+    (lambda: grid_coords((0, 3)), "grid shape must be a non-empty tuple of ints >= 1"),
+    (lambda: grid_coords((-1, 3)), "grid shape must be a non-empty tuple of ints >= 1"),
+    (lambda: load_image(123), "image must be a bundled image name or a file path, got 123"),
+    (lambda: load_image("download_all"), "neither a file nor a bundled image"),   # never called: no network
+    (lambda: load_image("data_dir"), "neither a file nor a bundled image"),
+])
+def test_data_constructors_refuse_bad_arguments_by_name(make, match):
+    with pytest.raises(DeqInputError, match=match):
+        make()
+
+
+def test_holdout_accepts_numpy_numbers_and_psnr_refuses_an_unknown_kind():
+    d = image_data("camera", size=8, holdout=np.float32(0.25))
+    assert d.stride == 2
+    with pytest.raises(ValueError, match="psnr kind must be one of 'image', 'audio', 'video', got 'audoi'"):
+        psnr(torch.zeros(3, 1), torch.zeros(3, 1), kind="audoi")
+
+
+@given(sides=st.lists(st.integers(2, 12), min_size=1, max_size=3), stride=st.integers(2, 4),
+       channels=st.integers(1, 3), coef=st.lists(st.floats(-0.05, 0.05), min_size=4, max_size=4))
+def test_interpolation_of_the_training_grid_is_exact_on_affine_signals(sides, stride, channels, coef):
+    """On an affine signal every held-out point between training points is interpolated exactly, in 1, 2 and 3
+    dimensions and for strides 2-4; a point past the last training sample along an axis takes that sample's
+    value (the signal at the clamped coordinate). A swapped axis or a wrong weight breaks it (the coefficients
+    differ per axis)."""
+    from hypothesis import assume
+
     from deq_inr._data import _make
 
-    shape = tuple(2 * k + 1 for k in dims)
+    shape = tuple(sides)
+    assume(all(m > stride // 2 for m in shape))   # otherwise the split is random, not a grid
     idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1).astype(np.float64)
-    base = idx @ np.asarray(coef[:len(shape)]) + coef[3]
-    arr = np.stack([base * (c + 1) / channels for c in range(channels)], axis=-1)
-    data = _make("image", "affine", arr, 0.5 ** len(shape), 0)
-    assert data.stride == 2
+    slope = np.asarray(coef[:len(shape)])
+    arr = np.stack([(idx @ slope + coef[3]) * (c + 1) / channels for c in range(channels)], axis=-1)
+    data = _make("image", "affine", arr, float(stride) ** -len(shape), 0)
+    assert data.stride == stride
     pred = interpolate_train(data)
     assert pred.shape == (len(data.test_idx), channels)
-    assert torch.allclose(pred.double(), data.values[data.test_idx].double(), atol=1e-6)
+    pos = np.stack(np.unravel_index(data.test_idx.numpy(), shape), axis=1).astype(np.float64)
+    last = np.asarray([stride * ((m - 1) // stride) for m in shape], dtype=np.float64)
+    clamped = np.minimum(pos, last)
+    want = np.stack([(clamped @ slope + coef[3]) * (c + 1) / channels for c in range(channels)], axis=-1)
+    assert np.allclose(pred.double().numpy(), want, atol=1e-6)
 
 
 def test_interpolation_reference_is_reported_and_absent_for_random_splits():

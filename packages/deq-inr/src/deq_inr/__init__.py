@@ -9,7 +9,9 @@ from ._build import MODELS, SIZED_MODELS, SIZES, build_model, is_implicit, model
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._data import (
                     BUNDLED_IMAGES,
+                    KINDS,
                     NATURAL_IMAGES,
+                    SKIMAGE_IMAGES,
                     TEXT_IMAGES,
                     CoordData,
                     audio_data,
@@ -32,7 +34,7 @@ from ._plots import plot_psnr_curve, plot_reconstruction
 __version__ = "0.1.0"
 
 __all__ = [
-    "BUNDLED_IMAGES", "MODELS", "SIZED_MODELS", "SIZES", "is_implicit", "parse_arch",
+    "BUNDLED_IMAGES", "KINDS", "SKIMAGE_IMAGES", "MODELS", "SIZED_MODELS", "SIZES", "is_implicit", "parse_arch",
     "NATURAL_IMAGES", "TEXT_IMAGES", "CoordData", "ExplicitINR", "FilterBank", "SCHEDULES",
     "FitResult", "FourierFilter", "GaborFilter", "INRBlock", "ImplicitINR", "Siren", "SineFilter", "audio_data",
     "build_model", "default_input_scale", "evaluate", "fit", "grid_coords", "image_data", "interpolate_train",

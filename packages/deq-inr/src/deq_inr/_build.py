@@ -108,6 +108,9 @@ def build_model(name: str, in_features: int, out_features: int, *, width: int | 
         raise UnknownNameError("model", name, {**MODELS, **SIZED_MODELS})
     name, width, layers = _resolve_size(name, width, layers, arch)
     family, implicit, _ = MODELS[name]
+    if not injection and name != "siren":
+        raise ValueError(f"injection=False is for model 'siren' only (the classic SIREN); model {name!r} "
+                         "always injects its input")
     if implicit:
         try:
             return ImplicitINR(family, in_features, out_features, width=width, layers=layers,
@@ -115,7 +118,11 @@ def build_model(name: str, in_features: int, out_features: int, *, width: int | 
         except TypeError as e:
             raise ValueError(f"bad option for model {name!r}: {e}") from None
     if name == "siren" and not injection:
-        return Siren(in_features, out_features, width=width, layers=layers, **options)
+        try:
+            return Siren(in_features, out_features, width=width, layers=layers, **options)
+        except TypeError as e:
+            raise ValueError(f"bad option for model 'siren' with injection=False (it takes only omega_0): "
+                             f"{e}") from None
     spectral_norm = options.pop("spectral_norm", None)
     if options:
         raise ValueError(f"model {name!r} takes no options {sorted(options)} (only spectral_norm)")
@@ -134,6 +141,12 @@ def model_from_config(config: dict[str, Any]) -> nn.Module:
         >>> m2.deq.solver.name, m2.deq.solver.damping
         ('fixed-point', 0.7)
     """
+    missing = [k for k in ("model", "in_features", "out_features") if not isinstance(config, dict) or k not in config]
+    if missing:
+        from deq_core import DeqInputError
+
+        raise DeqInputError(f"a model config needs 'model', 'in_features' and 'out_features' (as a model's "
+                            f"config() writes them); got {config!r}, without {', '.join(missing)}")
     cfg = dict(config)
     name = cfg.pop("model")
     in_f, out_f = cfg.pop("in_features"), cfg.pop("out_features")

@@ -14,7 +14,7 @@ from deq_core import DeqInputError
 from deq_core import load as _load
 from deq_core import save as _save
 
-from ._build import MODELS, model_from_config
+from ._build import MODELS, SIZED_MODELS, model_from_config
 
 __all__ = ["save_checkpoint", "load_checkpoint", "FORMAT"]
 
@@ -46,15 +46,24 @@ def _plain(v: Any) -> bool:
     return isinstance(v, (int, str, bool, type(None)))
 
 
+def _holds(model_cfg: dict[str, Any], expect: str) -> bool:
+    """Is ``model_cfg`` a config of the model ``expect`` (a plain name, or a sized one: name and size)?"""
+    if expect in SIZED_MODELS:
+        base, layers, width = SIZED_MODELS[expect]
+        return (model_cfg["model"], model_cfg.get("layers"), model_cfg.get("width")) == (base, layers, width)
+    return bool(model_cfg["model"] == expect)
+
+
 def load_checkpoint(path: str | os.PathLike[str], expect_model: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model stored at ``path``; returns ``(model, config)`` (config: ``model``, ``data``, ``metrics``).
 
     Raises:
         FileNotFoundError: no such file.
         DeqInputError: not a readable deq checkpoint, not a deq-inr checkpoint, a checkpoint of another model
-            than ``expect_model``, or weights that do not match the stored architecture.
+            than ``expect_model`` (a sized name such as ``isiren-1l-512d`` also checks the size), or weights
+            that do not match the stored architecture.
     """
-    if expect_model is not None and expect_model not in MODELS:
+    if expect_model is not None and expect_model not in MODELS and expect_model not in SIZED_MODELS:
         from deq_core import registry
 
         if expect_model not in registry.models():
@@ -64,9 +73,15 @@ def load_checkpoint(path: str | os.PathLike[str], expect_model: str | None = Non
         raise DeqInputError(f"{path} is a deq checkpoint but not a deq-inr model checkpoint "
                             f"(format {None if not isinstance(config, dict) else config.get('format')!r}, "
                             f"expected {FORMAT!r})")
-    name = config["model"]["model"]
-    if expect_model is not None and name != expect_model:
-        raise DeqInputError(f"checkpoint {path} holds model {name!r}, not {expect_model!r}")
-    model = model_from_config(config["model"])
+    model_cfg = config.get("model")
+    if not isinstance(model_cfg, dict) or "model" not in model_cfg:
+        raise DeqInputError(f"{path}: the checkpoint's config has no model description (expected a dict with "
+                            f"'model', 'in_features', 'out_features' as save_checkpoint writes; got {model_cfg!r})")
+    if expect_model is not None and not _holds(model_cfg, expect_model):
+        held = model_cfg["model"]
+        if "width" in model_cfg and "layers" in model_cfg:
+            held += f" {model_cfg['layers']}L-{model_cfg['width']}D"
+        raise DeqInputError(f"checkpoint {path} holds model {held!r}, not {expect_model!r}")
+    model = model_from_config(model_cfg)
     _load(path, model)
     return model, config

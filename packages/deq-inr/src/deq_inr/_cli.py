@@ -6,6 +6,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import click
@@ -19,16 +20,20 @@ _INR_CONTRACT = ("an nn.Module with forward(coords, cache_key=None) -> (values, 
                  "predict(coords, chunk=...) and config()")
 
 
-def build_registered_model(name: str, in_features: int, out_features: int, **options: Any) -> Any:
+def build_registered_model(name: str, in_features: int, out_features: int, *, strict: Iterable[str] = (),
+                           **options: Any) -> Any:
     """Build the INR model registered as ``name`` (deq-inr's or a plugin's) through ``deq_core.registry``.
 
     ``options`` (``width``, ``layers``, ``input_scale``, ``injection`` and, for a model tagged ``"implicit"``,
     ``solver``, ``neumann_terms``, ``amortize``, ``reuse_steps``) are passed when the model's factory takes
-    them (all of them to a factory with ``**options``); ``in_features`` / ``out_features`` always.
+    them (all of them to a factory with ``**options``); ``in_features`` / ``out_features`` always. The options
+    named in ``strict`` (those a user gave explicitly) must reach the model: one that would be dropped is an
+    error instead.
 
     Raises:
         UnknownNameError: no such model (lists the known ones; names deq-inr's package when it is missing).
-        DeqConfigError: the model is not tagged ``"inr"``, or did not build an INR.
+        DeqConfigError: the model is not tagged ``"inr"``, did not build an INR, or does not take an option of
+            ``strict``.
     """
     from deq_core import DeqConfigError, registry
     from deq_core.plugins import get_manager
@@ -39,11 +44,18 @@ def build_registered_model(name: str, in_features: int, out_features: int, **opt
         raise DeqConfigError(f"model {name!r} is not an INR model (its record has no 'inr' tag); "
                              f"INR models: {', '.join(inr_names)}")
     implicit = ("solver", "neumann_terms", "amortize", "reuse_steps")
+    kept = dict(options)
     if "implicit" not in entry.tags:
-        options = {k: v for k, v in options.items() if k not in implicit}
+        kept = {k: v for k, v in kept.items() if k not in implicit}
     valid = entry.option_names()
     if valid is not None:
-        options = {k: v for k, v in options.items() if k in valid}
+        kept = {k: v for k, v in kept.items() if k in valid}
+    dropped = [k for k in strict if k in options and k not in kept]
+    if dropped:
+        why = "an explicit model" if "implicit" not in entry.tags else "its factory does not take them"
+        raise DeqConfigError(f"model {name!r} takes no option {', '.join(dropped)} ({why}); "
+                             f"options it takes: {', '.join(sorted(kept)) or 'none'}")
+    options = kept
     model = registry.get_model(name, in_features=in_features, out_features=out_features, **options)
     missing = [a for a in ("predict", "config") if not callable(getattr(model, a, None))]
     if missing or not callable(model):
@@ -57,7 +69,8 @@ def _fail(exc: BaseException) -> click.ClickException:
     return click.ClickException(msg.splitlines()[0] if msg else type(exc).__name__)
 
 
-def _terms(value: str) -> int | None:
+def _terms(ctx: click.Context | None, param: click.Parameter | None, value: str) -> int | None:
+    """``--neumann-terms``: an int >= 0, or 'inf' for the exact gradient (``None``)."""
     if value.lower() in ("inf", "infinity", "exact"):
         return None
     try:
@@ -104,12 +117,12 @@ def inr() -> None:
                    "[1::2, 1::2]). Default 0.25 image, 0.5 audio, none for video.")
 @click.option("--no-holdout", is_flag=True, help="Train on every point (representation).")
 @click.option("--size", type=click.IntRange(min=0), default=128, show_default=True,
-              help="Center-crop and resize images to size x size (0 = as is).")
+              help="Images: center-crop and resize to size x size (0 = as is).")
 @click.option("--input-scale", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Filter frequency scale; default about half the training points per side.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Adam learning rate (default: the model's; isiren 3e-3 x min(1, 256/width), else 1e-3).")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
               help="Seed of the initialization, the held-out split and mini-batches.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Mini-batch size (default full batch).")
 @click.option("--amortize/--no-amortize", default=True, show_default=True,
@@ -118,15 +131,17 @@ def inr() -> None:
               help="Implicit models with --amortize: solver steps per training step from the warm start "
                    "(1 = one f evaluation from the cached point, Implicit^2's amortized step; 0 = the cached "
                    "point itself, its gradient through one f evaluation).")
-@click.option("--neumann-terms", default="1", show_default=True, help="Backward Neumann order T, or 'inf' (exact).")
-@click.option("--solver", default="fixed-point", show_default=True, help="Forward solver (registered name).")
+@click.option("--neumann-terms", default="1", show_default=True, callback=_terms,
+              help="Implicit models: backward Neumann order T, or 'inf' (exact).")
+@click.option("--solver", default="fixed-point", show_default=True,
+              help="Implicit models: forward solver (registered name).")
 @click.option("--no-injection", is_flag=True, help="siren only: classic SIREN (omega_0 = 30) without injection.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: only when stderr is a terminal).")
 def fit_command(model_name: str, image: str | None, audio: str | None, video: str | None, steps: int, out_dir: str,
                 layers: int | None, width: int | None, arch: str | None, holdout: float | None, no_holdout: bool,
                 size: int, input_scale: float | None, lr: float | None, seed: int, batch_size: int | None,
-                amortize: bool, reuse_steps: int, neumann_terms: str, solver: str, no_injection: bool,
+                amortize: bool, reuse_steps: int, neumann_terms: int | None, solver: str, no_injection: bool,
                 progress: bool | None) -> None:
     """Fit the model --model NAME to an image, audio clip or video; write metrics.json, PNGs and model.safetensors
     to --out."""
@@ -137,14 +152,24 @@ def fit_command(model_name: str, image: str | None, audio: str | None, video: st
     from ._fit import fit
     from ._plots import plot_psnr_curve, plot_reconstruction
 
+    ctx = click.get_current_context()
+    given = {p for p in ctx.params if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE}
     if sum(v is not None for v in (image, audio, video)) > 1:
         raise click.UsageError("give only one of --image, --audio, --video")
+    if holdout is not None and no_holdout:
+        raise click.UsageError("give --holdout P or --no-holdout, not both")
+    if "size" in given and image is None and (audio is not None or video is not None):
+        raise click.UsageError("--size is for images; it does not apply to --audio / --video")
     if holdout is not None and not 0 < holdout < 1:
         raise click.ClickException(f"--holdout must be in (0, 1) (e.g. 0.25), got {holdout}")
-    terms = _terms(neumann_terms)
+    terms = neumann_terms
+    strict = [opt for opt, flag in (("solver", "solver"), ("neumann_terms", "neumann_terms"),
+                                    ("amortize", "amortize"), ("reuse_steps", "reuse_steps"),
+                                    ("injection", "no_injection")) if flag in given]
     if progress is None:
         progress = sys.stderr.isatty()
     try:
+        os.makedirs(out_dir, exist_ok=True)   # before training: a bad --out fails now, not after the fit
         torch.manual_seed(seed)
         if audio is not None:
             data = audio_data(None if audio == "synth" else audio, seed=seed,
@@ -160,7 +185,8 @@ def fit_command(model_name: str, image: str | None, audio: str | None, video: st
         model = build_registered_model(model_name, data.in_features, data.channels,
                                        **{k: v for k, v in sizes.items() if v is not None},
                                        input_scale=scale, injection=not no_injection, solver=solver,
-                                       neumann_terms=terms, amortize=amortize, reuse_steps=reuse_steps)
+                                       neumann_terms=terms, amortize=amortize, reuse_steps=reuse_steps,
+                                       strict=strict)
         config = model.config()
         layers, width = config.get("layers", layers), config.get("width", width)
         result = fit(model, data, steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
@@ -169,7 +195,6 @@ def fit_command(model_name: str, image: str | None, audio: str | None, video: st
         raise
     except (ValueError, KeyError, OSError) as e:  # DeqInputError, UnknownNameError, FileNotFoundError, ...
         raise _fail(e) from None
-    os.makedirs(out_dir, exist_ok=True)
     label = f"{model_name} {layers}L-{width}D"
     metrics = {**result.metrics, "model": model_name, "layers": layers, "width": width, "input_scale": scale,
                "lr": result.metrics["lr"], "seed": seed, "data": data.describe(), "config": model.config(),
@@ -187,7 +212,8 @@ def fit_command(model_name: str, image: str | None, audio: str | None, video: st
     m = result.metrics
     interp = m.get("interp_heldout_psnr")
     vs = f" (linear interpolation of the training points: {interp:.2f} dB)" if interp is not None else ""
-    click.echo(f"{label}: psnr {m['psnr']:.2f} dB, held-out {m['heldout_psnr']:.2f} dB{vs}, "
+    held = f"{m['heldout_psnr']:.2f} dB{vs}" if data.holdout is not None else "n/a (no hold-out)"
+    click.echo(f"{label}: psnr {m['psnr']:.2f} dB, held-out {held}, "
                f"train {m['train_psnr']:.2f} dB, {m['ms_per_step']:.1f} ms/step, "
                f"peak mem {m['peak_mem_mb']:.1f} MB -> {out_dir}")
 
@@ -202,13 +228,21 @@ def render_command(checkpoint: str, out_dir: str, expect_model: str | None) -> N
     import torch
 
     from ._checkpoint import load_checkpoint
-    from ._data import grid_coords, write_wav
+    from ._data import KINDS, grid_coords, write_wav
     from ._plots import save_prediction
 
     try:
         model, config = load_checkpoint(checkpoint, expect_model=expect_model)
         desc = config.get("data") or {}
+        if not isinstance(desc, dict) or not {"kind", "shape"} <= desc.keys():
+            raise click.ClickException(f"{checkpoint}: no data description to render on (expected data.kind "
+                                       f"and data.shape, as `deq inr fit` writes them; got {desc!r})")
         shape, kind = tuple(desc["shape"]), desc["kind"]
+        dims = config["model"].get("in_features")
+        if kind not in KINDS or (dims is not None and len(shape) != dims):
+            raise click.ClickException(f"{checkpoint}: data {kind!r} of shape {list(shape)} does not fit a model "
+                                       f"with {dims}-D coordinates (expected kind in {', '.join(KINDS)} and a "
+                                       f"{dims}-D shape)")
         pred = model.predict(grid_coords(shape))
     except click.ClickException:
         raise

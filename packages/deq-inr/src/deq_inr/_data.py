@@ -12,6 +12,7 @@ image: train ``[::2, ::2]``, test ``[1::2, 1::2]``, as in (Implicit)^2); otherwi
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import wave
 from dataclasses import dataclass, field
@@ -24,13 +25,20 @@ from torch import Tensor
 
 from deq_core import DeqInputError
 
-__all__ = ["CoordData", "BUNDLED_IMAGES", "NATURAL_IMAGES", "TEXT_IMAGES", "load_image", "image_data", "audio_data",
+__all__ = ["KINDS", "CoordData", "BUNDLED_IMAGES", "SKIMAGE_IMAGES", "NATURAL_IMAGES", "TEXT_IMAGES", "load_image",
+           "image_data", "audio_data",
            "video_data", "synth_audio", "read_wav", "write_wav", "grid_coords", "default_input_scale", "VIDEO_GIF",
            "interpolate_train"]
 
 NATURAL_IMAGES = ("camera", "astronaut", "coffee", "chelsea", "rocket")
 TEXT_IMAGES = ("text", "page")
 BUNDLED_IMAGES = NATURAL_IMAGES + TEXT_IMAGES
+#: The 2-D images of ``skimage.data`` that :func:`load_image` loads by name (no other callable there is called:
+#: ``download_all`` would go to the network). Those not in the scikit-image wheel need its data cache.
+SKIMAGE_IMAGES = tuple(sorted({*BUNDLED_IMAGES, "brick", "cat", "cell", "checkerboard", "clock", "coins",
+                               "colorwheel", "eagle", "grass", "gravel", "horse", "hubble_deep_field",
+                               "immunohistochemistry", "lily", "logo", "microaneurysms", "moon", "retina",
+                               "shepp_logan_phantom", "skin"}))
 
 
 def _video_gif() -> str:
@@ -40,6 +48,10 @@ def _video_gif() -> str:
 
 
 VIDEO_GIF = "skimage:no_time_for_that_tiny.gif"
+
+
+#: The kinds of signal: ``CoordData.kind`` and :func:`deq_inr.psnr`'s ``kind``.
+KINDS: tuple[str, ...] = ("image", "audio", "video")
 
 
 @dataclass
@@ -119,7 +131,9 @@ def grid_coords(shape: tuple[int, ...]) -> Tensor:
         >>> grid_coords((2, 3)).tolist()
         [[-1.0, -1.0], [-1.0, 0.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 0.0], [1.0, 1.0]]
     """
-    axes = [torch.linspace(-1, 1, n) if n > 1 else torch.zeros(1) for n in shape]
+    if not shape or any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in shape):
+        raise DeqInputError(f"grid shape must be a non-empty tuple of ints >= 1, got {tuple(shape)!r}")
+    axes = [torch.linspace(-1, 1, int(n)) if n > 1 else torch.zeros(1) for n in shape]
     mesh = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (*shape, d)
     return rearrange(mesh, "... d -> (...) d")  # one row per grid point, in the grid's row-major order
 
@@ -156,8 +170,18 @@ def interpolate_train(data: CoordData) -> Tensor | None:
 def _check_holdout(holdout: float | None) -> None:
     if holdout is None:
         return
-    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 < holdout < 1:
+    if isinstance(holdout, bool) or not isinstance(holdout, numbers.Real):
+        raise DeqInputError(f"hold-out fraction must be a number in (0, 1) (e.g. 0.25) or None, got {holdout!r}")
+    if not 0 < holdout < 1:
         raise DeqInputError(f"hold-out fraction must be in (0, 1) (e.g. 0.25), got {holdout!r}")
+
+
+def _check_count(name: str, value: int | None, least: int = 0) -> None:
+    """``value`` is None or an int >= ``least``."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+        raise DeqInputError(f"{name} must be an int >= {least} or None, got {value!r}")
 
 
 def _split(shape: tuple[int, ...], holdout: float | None, seed: int) -> tuple[Tensor, Tensor, int | None]:
@@ -206,12 +230,15 @@ def load_image(name_or_path: str) -> np.ndarray:
     """A bundled scikit-image name (``camera``, ``astronaut``, ``coffee``, ``chelsea``, ``rocket``, ``text``,
     ``page``, ...) or an image file path -> ``(H, W, C)`` float32 in ``[0, 1]`` with ``C`` in ``{1, 3}``.
 
-    RGBA drops alpha. Raises :class:`deq_core.DeqInputError` for an unreadable file, an image smaller than
-    2 x 2, or a channel count other than 1, 3 or 4.
+    RGBA drops alpha. Names are those of :data:`SKIMAGE_IMAGES`. Raises :class:`deq_core.DeqInputError` for an
+    unknown name, an unreadable file, an image smaller than 2 x 2, or a channel count other than 1, 3 or 4.
     """
     import skimage.data
 
-    if not os.path.exists(name_or_path) and name_or_path.isidentifier() and hasattr(skimage.data, name_or_path):
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise DeqInputError(f"image must be a bundled image name or a file path, got {name_or_path!r}")
+    name_or_path = os.fspath(name_or_path)
+    if not os.path.exists(name_or_path) and name_or_path in SKIMAGE_IMAGES:
         try:
             arr = np.asarray(getattr(skimage.data, name_or_path)())
         except Exception as e:  # e.g. a dataset that needs a download
@@ -224,7 +251,8 @@ def load_image(name_or_path: str) -> np.ndarray:
             raise DeqInputError(f"cannot read image {name_or_path!r}: {type(e).__name__}: {e}") from None
     else:
         raise DeqInputError(
-            f"image {name_or_path!r} is neither a file nor a bundled image (bundled: {', '.join(BUNDLED_IMAGES)})"
+            f"image {name_or_path!r} is neither a file nor a bundled image (bundled: {', '.join(BUNDLED_IMAGES)}; "
+            f"scikit-image's others: {', '.join(n for n in SKIMAGE_IMAGES if n not in BUNDLED_IMAGES)})"
         )
     if arr.ndim == 2:
         arr = arr[..., None]
@@ -278,6 +306,7 @@ def image_data(name_or_path: str = "camera", *, size: int | None = 128, holdout:
         ((32, 32), 1, 256, 256)
     """
     _check_holdout(holdout)
+    _check_count("size", size)
     arr = load_image(name_or_path)
     if gray and arr.shape[2] == 3:
         arr = (arr @ np.array([0.2125, 0.7154, 0.0721], dtype=np.float32))[..., None]
@@ -338,7 +367,13 @@ def audio_data(path: str | None = None, *, seconds: float = 0.5, sample_rate: in
     first samples of a long file.
     """
     _check_holdout(holdout)
+    _check_count("max_samples", max_samples)
     if path is None:
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate < 1:
+            raise DeqInputError(f"sample_rate must be an int >= 1 (Hz), got {sample_rate!r}")
+        if not (isinstance(seconds, numbers.Real) and math.isfinite(seconds) and seconds * sample_rate >= 2):
+            raise DeqInputError(f"seconds must be a finite number giving at least 2 samples at {sample_rate} Hz, "
+                                f"got {seconds!r}")
         x, rate, name = synth_audio(seconds, sample_rate, seed), sample_rate, "synth:chirp+harmonics"
     else:
         (x, rate), name = read_wav(path), path
@@ -354,6 +389,7 @@ def video_data(path: str | None = None, *, frames: int | None = None, holdout: f
                seed: int = 0) -> CoordData:
     """A video as ``(t, y, x) -> RGB`` (default: scikit-image's bundled 24-frame 25x14 GIF), read with imageio."""
     _check_holdout(holdout)
+    _check_count("frames", frames)
     src = _video_gif() if path is None else path
     try:
         arr = np.asarray(_imread(src, index=None))

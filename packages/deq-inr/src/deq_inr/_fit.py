@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from deq_core import DeqInputError
+
 from ._data import CoordData
 from ._metrics import interpolation_heldout_psnr, psnr, rss_peak_mb, saved_activation_bytes, training_memory_mb
 
@@ -105,8 +107,13 @@ def fit(model: nn.Module, data: CoordData, *, steps: int = 300, lr: float | None
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     if lr is None:
         lr = float(getattr(model, "default_lr", 1e-3))
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be an int >= 1 or None (full batch), got {batch_size!r}")
+    if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and grad_clip > 0):
+        raise ValueError(f"grad_clip must be a number > 0 or None, got {grad_clip!r}")
+    _check_model_fits_data(model, data)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     torch.manual_seed(seed)
@@ -210,6 +217,15 @@ def fit(model: nn.Module, data: CoordData, *, steps: int = 300, lr: float | None
     metrics["interp_heldout_psnr"] = interpolation_heldout_psnr(data)
     return FitResult(metrics, history, pred, solver_steps)
 
+
+
+def _check_model_fits_data(model: nn.Module, data: CoordData) -> None:
+    """A model whose config() states its coordinate / channel sizes must match the data's."""
+    cfg = model.config() if callable(getattr(model, "config", None)) else {}
+    want = (cfg.get("in_features", data.in_features), cfg.get("out_features", data.channels))
+    if want != (data.in_features, data.channels):
+        raise DeqInputError(f"the model maps {want[0]}-D coordinates to {want[1]} channel(s), but the data "
+                            f"{data.name!r} has {data.in_features}-D coordinates and {data.channels} channel(s)")
 
 
 def _append_step(box: list[Tensor], step: Callable[[], Tensor]) -> None:

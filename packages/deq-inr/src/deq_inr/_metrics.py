@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ._data import CoordData, interpolate_train
+from ._data import KINDS, CoordData, interpolate_train
 
 __all__ = ["psnr", "interpolation_heldout_psnr", "saved_activation_bytes", "training_memory_mb", "rss_peak_mb"]
 
@@ -26,6 +26,8 @@ def psnr(pred: Tensor, target: Tensor, kind: str = "image") -> float:
         >>> round(psnr(torch.zeros(4, 1), torch.full((4, 1), 0.2)), 2)   # 0.1 error on [0, 1] -> 20 dB
         20.0
     """
+    if kind not in KINDS:
+        raise ValueError(f"psnr kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
     if pred.shape != target.shape:
         raise ValueError(f"psnr: prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
     if pred.numel() == 0:

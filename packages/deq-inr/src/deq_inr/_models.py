@@ -42,13 +42,14 @@ def _check_family(family: str) -> None:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
 
-def _check_sizes(in_features: int, out_features: int, width: int, layers: int, input_scale: float) -> None:
+def _check_sizes(in_features: int, out_features: int, width: int, layers: int, input_scale: float,
+                 scale_name: str = "input_scale") -> None:
     for name, v in (("in_features", in_features), ("out_features", out_features), ("width", width),
                     ("layers", layers)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     if not (isinstance(input_scale, (int, float)) and input_scale > 0 and math.isfinite(input_scale)):
-        raise ValueError(f"input_scale must be a finite number > 0, got {input_scale!r}")
+        raise ValueError(f"{scale_name} must be a finite number > 0, got {input_scale!r}")
 
 
 def _plain(v: Any) -> bool:
@@ -274,7 +275,7 @@ class Siren(_INR):
     def __init__(self, in_features: int, out_features: int, *, width: int = 256, layers: int = 1,
                  omega_0: float = 30.0) -> None:
         super().__init__()
-        _check_sizes(in_features, out_features, width, layers, omega_0)
+        _check_sizes(in_features, out_features, width, layers, omega_0, scale_name="omega_0")
         self.omega_0 = omega_0
         self.first = nn.Linear(in_features, width)
         self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(layers))

@@ -100,9 +100,11 @@ def spectral_norm(module: nn.Module, name: str = "weight", *, max_norm: float = 
                   max_power_iterations: int = 100) -> nn.Module:
     """Constrain ``||W||_2 <= max_norm`` (W reshaped to ``(out, -1)``); returns ``module``.
 
-    ``sigma`` comes from power iteration warm-started at the previous vectors: in training mode at least
-    ``n_power_iterations`` per forward, continued (up to ``max_power_iterations``) until the estimate
-    changes by less than ``tol`` relative, so the bound holds while the optimizer moves the weight.
+    At construction the vectors are the exact top singular pair (an SVD; ``init_iterations`` power iterations
+    where the SVD is unavailable), so the bound holds before any training forward. Then ``sigma`` comes from
+    power iteration warm-started at the previous vectors: in training mode at least ``n_power_iterations``
+    per forward, continued (up to ``max_power_iterations``) until the estimate changes by less than ``tol``
+    relative, so the bound holds while the optimizer moves the weight.
 
     Example:
         >>> import torch
@@ -116,12 +118,16 @@ def spectral_norm(module: nn.Module, name: str = "weight", *, max_norm: float = 
         raise DeqConfigError(f"spectral_norm max_norm must be > 0, got {max_norm!r}")
     w = _install(module, name, _SpectralNorm(name, max_norm, n_power_iterations, eps, tol, max_power_iterations))
     mat = w.detach().reshape(w.shape[0], -1)
-    g = torch.Generator().manual_seed(0)
-    u = F.normalize(torch.randn(mat.shape[0], generator=g, dtype=mat.dtype).to(mat.device), dim=0)
-    v = F.normalize(torch.randn(mat.shape[1], generator=g, dtype=mat.dtype).to(mat.device), dim=0)
-    for _ in range(init_iterations):
-        v = F.normalize(mat.t() @ u, dim=0, eps=eps)
-        u = F.normalize(mat @ v, dim=0, eps=eps)
+    try:   # the exact top singular pair: an evaluation before any training forward sees ||W||_2 <= max_norm
+        left, _, right = torch.linalg.svd(mat.double(), full_matrices=False)
+        u, v = left[:, 0].to(mat.dtype), right[0].to(mat.dtype)
+    except (RuntimeError, NotImplementedError):   # no SVD for this device / dtype: power iteration
+        g = torch.Generator().manual_seed(0)
+        u = F.normalize(torch.randn(mat.shape[0], generator=g, dtype=mat.dtype).to(mat.device), dim=0)
+        v = F.normalize(torch.randn(mat.shape[1], generator=g, dtype=mat.dtype).to(mat.device), dim=0)
+        for _ in range(init_iterations):
+            v = F.normalize(mat.t() @ u, dim=0, eps=eps)
+            u = F.normalize(mat @ v, dim=0, eps=eps)
     module.register_buffer(name + "_u", u)
     module.register_buffer(name + "_v", v)
     hook = _SpectralNorm(name, max_norm, n_power_iterations, eps, tol, max_power_iterations)
