@@ -196,16 +196,19 @@ def table(rows):
             return "-"
         return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
 
-    for (fam, var), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], list(VARIANTS).index(kv[0][1]))):
+    order = {v: i for i, v in enumerate(VARIANTS)}   # bench rows ('<key> (bench rows)') after the variants
+    for (fam, var), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], len(order)),
+                                                                 kv[0][1])):
         d_h = [r["heldout_psnr"] - base[k]["heldout_psnr"] for r in rs
                if (k := (fam, r["image"], r["seed"])) in base]
         d_t = [r["train_psnr"] - base[k]["train_psnr"] for r in rs if (k := (fam, r["image"], r["seed"])) in base]
         dh = f"{ms(d_h)}, min {min(d_h):+.2f}" if d_h and var != "base" else "-"
-        it = [r["eval_solve_steps"] for r in rs if r["eval_solve_steps"] is not None]
+        it = [r.get("eval_solve_steps") for r in rs if r.get("eval_solve_steps") is not None]
+        step_ms = [v for r in rs if (v := r.get("ms_per_step_median", r.get("ms_per_step"))) is not None]
         print(f"| {fam} | {var} | {len(rs)} | {ms([r['train_psnr'] for r in rs])} | "
-              f"{ms([r['train_forward_psnr'] for r in rs])} | {ms([r['heldout_psnr'] for r in rs])} | {dh} | "
+              f"{ms([r.get('train_forward_psnr') for r in rs])} | {ms([r['heldout_psnr'] for r in rs])} | {dh} | "
               f"{ms(d_t) if d_t and var != 'base' else '-'} | {ms(it)} | "
-              f"{statistics.median(r['ms_per_step'] for r in rs):.0f} | "
+              f"{f'{statistics.median(step_ms):.0f}' if step_ms else '-'} | "
               f"{ms([r.get('heldout_psnr_tight') for r in rs])} |")
 
 

@@ -87,6 +87,26 @@ def test_ablate_from_jsonl_takes_bench_rows_as_a_variant(tmp_path, capsys):
     assert "| fourier | i1L-512D (bench rows) | page s1 | 23.00 / 21.00 | +2.00 / +1.00 | +0.50 (-0.50) |" in out
 
 
+def test_ablate_table_against_base_takes_bench_rows_too(tmp_path, capsys):
+    # regression: bench rows (variant '<key> (bench rows)') crashed the table's sort, which knew only VARIANTS
+    import json
+
+    spec = importlib.util.spec_from_file_location("ablate_inr", _PATH.with_name("ablate_inr.py"))
+    ablate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablate)
+    base = {"variant": "base", "family": "siren", "image": "camera", "seed": 0, "size": 128, "steps": 2000,
+            "heldout_psnr": 25.0, "train_psnr": 40.0}
+    bench = {"bench": "long", "key": "e4L-256D", "family": "siren", "image": "camera", "seed": 0,
+             "size": "4L-256D", "steps": 2000, "heldout_psnr": 25.5, "train_psnr": 60.0}
+    (tmp_path / "a.jsonl").write_text(json.dumps(base) + "\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps(bench) + "\n")
+    assert ablate.main(["--from-jsonl", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]) == 0
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("| siren |")]
+    assert [ln.split(" | ")[1] for ln in lines] == ["base", "e4L-256D (bench rows)"]
+    assert "+0.50" in lines[1]
+
+
 def test_bench_from_jsonl_prints_tables_and_closes_its_files(bench, tmp_path, capsys):
     import json
 

@@ -193,7 +193,8 @@ def test_exact_adjoint_gradient_matches_dense_reference_float64(family):
     loss = ((y - target) ** 2).sum()
     grads = torch.autograd.grad(loss, list(m.parameters()), allow_unused=True)
     ref = _dense_reference_grads(m, x, target)
-    for (name, _), g, r in zip(m.named_parameters(), grads, ref):
+    assert len(grads) == len(ref) == len(list(m.parameters()))
+    for (name, _), g, r in zip(m.named_parameters(), grads, ref, strict=True):
         assert g is not None and r is not None, name
         torch.testing.assert_close(g, r, rtol=1e-7, atol=1e-9, msg=name)
 
