@@ -201,19 +201,16 @@ def test_fit_refuses_options_that_would_be_ignored_or_are_bad(tmp_path, args, ma
     assert not os.path.exists(tmp_path / "o" / "metrics.json")
 
 
-def test_fit_without_holdout_says_so_and_a_bad_out_fails_before_training(tmp_path):
+def test_fit_without_holdout_says_so_and_a_bad_out_fails_before_training(tmp_path, monkeypatch):
+    import deq_inr._fit as fit_mod
+
     res = _run(["fit", "--model", "mfn-fourier", "--no-holdout", "--out", str(tmp_path / "n"), *TINY])
     assert res.exit_code == 0 and "held-out n/a (no hold-out)" in res.output, res.output
     (tmp_path / "afile").write_text("x")
     seen = []
-    import deq_inr._fit as fit_mod
-
     real = fit_mod.fit
-    try:
-        fit_mod.fit = lambda *a, **k: seen.append(1) or real(*a, **k)
-        res = _run(["fit", "--model", "mfn-fourier", "--out", str(tmp_path / "afile" / "sub"), *TINY])
-    finally:
-        fit_mod.fit = real
+    monkeypatch.setattr(fit_mod, "fit", lambda *a, **k: seen.append(1) or real(*a, **k))
+    res = _run(["fit", "--model", "mfn-fourier", "--out", str(tmp_path / "afile" / "sub"), *TINY])
     _one_line_error(res, "afile")
     assert seen == []   # it failed before any training
 

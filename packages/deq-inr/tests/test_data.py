@@ -116,7 +116,7 @@ def test_psnr_clamps_and_maps_to_unit_range():
     assert psnr(t + 0.1, t, kind="audio") == pytest.approx(20.0)
 
 
-def test_fit_improves_psnr_image_audio_video():
+def test_fit_improves_psnr_image_audio_video(monkeypatch):
     from deq_inr import build_model
 
     d = image_data("camera", size=16)
@@ -137,12 +137,9 @@ def test_fit_improves_psnr_image_audio_video():
         clipped.append(value)
         return real_clip(params, value, *a, **k)
 
-    torch.nn.utils.clip_grad_value_, saved = spy, real_clip
-    try:
-        rv = fit(build_model("mfn-gabor", 3, 3, width=16, input_scale=default_input_scale(v)), v, steps=20, lr=1e-2,
-                 batch_size=256, grad_clip=0.1, progress=False, log_every=10)
-    finally:
-        torch.nn.utils.clip_grad_value_ = saved
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_value_", spy)
+    rv = fit(build_model("mfn-gabor", 3, 3, width=16, input_scale=default_input_scale(v)), v, steps=20, lr=1e-2,
+             batch_size=256, grad_clip=0.1, progress=False, log_every=10)
     assert clipped == [0.1] * 20
     assert rv.history[-1]["psnr"] > rv.history[0]["psnr"]
 

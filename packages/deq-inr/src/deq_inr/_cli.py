@@ -162,10 +162,9 @@ def fit_command(model_name: str, image: str | None, audio: str | None, video: st
         raise click.UsageError("--size is for images; it does not apply to --audio / --video")
     if holdout is not None and not 0 < holdout < 1:
         raise click.ClickException(f"--holdout must be in (0, 1) (e.g. 0.25), got {holdout}")
-    terms = neumann_terms
-    strict = [opt for opt, flag in (("solver", "solver"), ("neumann_terms", "neumann_terms"),
-                                    ("amortize", "amortize"), ("reuse_steps", "reuse_steps"),
-                                    ("injection", "no_injection")) if flag in given]
+    # the model options the user set: they must reach the model (the CLI's --no-injection is its injection=False)
+    strict = [{"no_injection": "injection"}.get(p, p) for p in
+              ("solver", "neumann_terms", "amortize", "reuse_steps", "no_injection") if p in given]
     if progress is None:
         progress = sys.stderr.isatty()
     try:
@@ -185,7 +184,7 @@ def fit_command(model_name: str, image: str | None, audio: str | None, video: st
         model = build_registered_model(model_name, data.in_features, data.channels,
                                        **{k: v for k, v in sizes.items() if v is not None},
                                        input_scale=scale, injection=not no_injection, solver=solver,
-                                       neumann_terms=terms, amortize=amortize, reuse_steps=reuse_steps,
+                                       neumann_terms=neumann_terms, amortize=amortize, reuse_steps=reuse_steps,
                                        strict=strict)
         config = model.config()
         layers, width = config.get("layers", layers), config.get("width", width)

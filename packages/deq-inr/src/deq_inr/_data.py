@@ -176,12 +176,12 @@ def _check_holdout(holdout: float | None) -> None:
         raise DeqInputError(f"hold-out fraction must be in (0, 1) (e.g. 0.25), got {holdout!r}")
 
 
-def _check_count(name: str, value: int | None, least: int = 0) -> None:
-    """``value`` is None or an int >= ``least``."""
-    if value is None:
+def _check_count(name: str, value: int | None, least: int = 0, optional: bool = True) -> None:
+    """``value`` is an int >= ``least`` (or None, when ``optional``)."""
+    if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-        raise DeqInputError(f"{name} must be an int >= {least} or None, got {value!r}")
+        raise DeqInputError(f"{name} must be an int >= {least}{' or None' if optional else ''}, got {value!r}")
 
 
 def _split(shape: tuple[int, ...], holdout: float | None, seed: int) -> tuple[Tensor, Tensor, int | None]:
@@ -369,8 +369,7 @@ def audio_data(path: str | None = None, *, seconds: float = 0.5, sample_rate: in
     _check_holdout(holdout)
     _check_count("max_samples", max_samples)
     if path is None:
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate < 1:
-            raise DeqInputError(f"sample_rate must be an int >= 1 (Hz), got {sample_rate!r}")
+        _check_count("sample_rate", sample_rate, least=1, optional=False)
         if not (isinstance(seconds, numbers.Real) and math.isfinite(seconds) and seconds * sample_rate >= 2):
             raise DeqInputError(f"seconds must be a finite number giving at least 2 samples at {sample_rate} Hz, "
                                 f"got {seconds!r}")

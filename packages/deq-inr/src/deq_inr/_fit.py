@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from deq_core import DeqInputError
 
-from ._data import CoordData
+from ._data import CoordData, _check_count
 from ._metrics import interpolation_heldout_psnr, psnr, rss_peak_mb, saved_activation_bytes, training_memory_mb
 
 __all__ = ["FitResult", "fit", "evaluate", "SCHEDULES", "lr_factor"]
@@ -109,8 +109,7 @@ def fit(model: nn.Module, data: CoordData, *, steps: int = 300, lr: float | None
         lr = float(getattr(model, "default_lr", 1e-3))
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be an int >= 1 or None (full batch), got {batch_size!r}")
+    _check_count("batch_size", batch_size, least=1)   # None: full batch
     if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and grad_clip > 0):
         raise ValueError(f"grad_clip must be a number > 0 or None, got {grad_clip!r}")
     _check_model_fits_data(model, data)
