@@ -179,7 +179,7 @@ def decoder(name: str, path: str, steps: int, seed: int, n_eval: int, cache: Pat
                  + ("" if not jac_sphere else f"_jac_sphere{jac_sphere}") + ".pt")
     if f.exists():
         d = torch.load(f, weights_only=False)
-        model = build_decoder(size=data.size, latent_dim=task.config.latent_dim, seed=seed,
+        model = build_decoder(size=data.size, latent_dim=task.config.latent_size, seed=seed,
                               head_bias=task.config.head_bias)
         model.load_state_dict(d["state"])
         return task, model.eval(), y, d["base"]

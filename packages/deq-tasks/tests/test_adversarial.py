@@ -151,3 +151,59 @@ def test_jio_plain_iteration_attack_stays_in_ball_and_raises_loss(trained) -> No
     clean, _ = adversarial_loss(model, u, torch.zeros_like(u), y)
     adv, _ = adversarial_loss(model, u, delta, y)
     assert bool((adv >= clean - 1e-6).all()), (adv, clean)
+
+
+def test_scoring_and_training_run_the_attack_they_are_given(trained, monkeypatch) -> None:
+    """``robust_accuracy`` and ``train_classifier`` dispatch to PGD / JIO (either could score clean accuracy with
+    every test green)."""
+    import deq_tasks.adversarial as adv
+
+    model, u, y = trained
+    calls: list[str] = []
+    monkeypatch.setattr(adv, "pgd_attack", lambda m, u, y, eps, **kw: calls.append("pgd") or torch.zeros_like(u))
+    monkeypatch.setattr(adv, "jio_attack",
+                        lambda m, u, y, eps, cfg, **kw: calls.append("jio") or (torch.zeros_like(u), None))
+    cfg = AdversarialConfig(batch=4, channels=(4, 6))
+    for attack in ("clean", "pgd", "jio"):
+        calls.clear()
+        adv.robust_accuracy(model, u, y, attack, cfg)
+        assert calls == ([] if attack == "clean" else [attack, attack]), (attack, calls)   # two batches of 4
+    import copy
+
+    for mode in ("pgd", "jio"):
+        calls.clear()
+        adv.train_classifier(copy.deepcopy(model), u, y, mode, cfg, epochs=1)
+        assert calls == [mode, mode], (mode, calls)
+
+
+def test_jio_reports_the_boundary_and_takes_the_tangent_step(trained) -> None:
+    """JIO's projection is the engine's L2 ball, so its boundary statistics and ``tangent_step`` act (a plain
+    lambda projection made them None and a no-op)."""
+    model, u, y = trained
+    cfg = ADVERSARIAL_JIO.replace(budget=8, switch_at=5)
+    delta, res = jio_attack(model, u, y, 1.0, cfg)
+    assert res.stats["boundary"] is not None and 0.0 <= res.stats["boundary"] <= 1.0
+    assert res.stats["boundary"] == float((delta.flatten(1).norm(dim=1) >= 1.0 - 1e-4).float().mean())
+    assert res.stats["boundary"] > 0           # the normalized step at alpha 1 reaches the sphere
+    d_tangent, _ = jio_attack(model, u, y, 1.0, cfg.replace(tangent_step=True))
+    assert float((d_tangent - delta).abs().max()) > 1e-3
+
+
+def test_loss_scale_acts_without_the_normalized_step(trained) -> None:
+    """With the normalized step (the default) the step direction is scale-free; without it ``loss_scale`` scales
+    the input gradient, so the attack changes."""
+    model, u, y = trained
+    cfg = ADVERSARIAL_JIO.replace(budget=3, normalized_step=False, alpha=0.01)
+    d1, _ = jio_attack(model, u, y, 1.0, cfg, loss_scale=1.0)
+    d10, _ = jio_attack(model, u, y, 1.0, cfg, loss_scale=10.0)
+    assert float((d1 - d10).abs().max()) > 1e-4
+
+
+def test_example_grid_draws_a_single_example(tmp_path) -> None:
+    """``--batch 1`` / ``--n-test 1``: the grid of one column used to raise IndexError after all the training."""
+    from deq_tasks.adversarial import _example_grid
+
+    u = torch.rand(1, 1, 28, 28)
+    preds = {k: torch.zeros(1, dtype=torch.long) for k in ("clean", "pgd", "jio")}
+    _example_grid(u, 0.1 * u, -0.1 * u, tmp_path / "one.png", preds)
+    assert (tmp_path / "one.png").stat().st_size > 500

@@ -54,6 +54,9 @@ def test_help_lists_the_config_options_with_help_and_defaults(task: str, capsys)
     (["--jiio-budget", "0"], "budget"),
     (["--jiio-alpha", "nan"], "alpha"),
     (["--seed", "abc"], "integer"),
+    (["--jiio-solver", "andersen"], "andersen"),         # checked before any data is read, for every task
+    (["--jiio-solver-options", "bogus=1"], "bogus"),
+    (["--jiio-x-scale", "inf"], "x_scale"),
 ])
 def test_bad_options_are_one_error_line(task: str, args: list[str], expect: str, tmp_path: Path, capsys) -> None:
     if task == "meta-learning" and args[0] in ("--steps", "--batch", "--epochs"):
@@ -106,6 +109,44 @@ def test_bad_data_paths_are_one_error_line(tmp_path: Path, capsys) -> None:
     assert _cli(["tasks", "run", "adversarial", "--data", str(unlabelled), "--out", str(tmp_path / "o"),
                  "--no-progress"]) == 1
     assert "'y'" in _one_error_line(capsys)
+    assert _cli(["tasks", "run", "meta-learning", "--datasets", str(tmp_path / "missing.npz"), "--out",
+                 str(tmp_path / "m"), "--no-progress"]) == 1
+    line = _one_error_line(capsys)
+    assert "missing.npz" in line and "--data " not in line
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_labelled_npz_larger_than_the_default_split_runs_to_its_first_training_step(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    """2 500 labelled images crashed both labelled tasks with a shape-mismatch traceback before any training."""
+    import deq_tasks.adversarial as adv
+
+    rng = np.random.default_rng(0)
+    big = tmp_path / "big.npz"
+    np.savez(big, x=rng.integers(0, 255, (2500, 10, 10), dtype=np.uint8), y=rng.integers(0, 3, 2500))
+
+    class Reached(Exception):
+        pass
+
+    def stop(model, X, Y, mode, cfg, **kw):
+        assert len(X) + 500 == 2500 and int(Y.max()) == 2      # every image read, split 2 000 / 500
+        raise Reached
+
+    monkeypatch.setattr(adv, "train_classifier", stop)
+    with pytest.raises(Reached):
+        AdversarialTask(data=str(big)).run(tmp_path / "o", progress=False)
+
+
+def test_a_checkpoint_keeps_its_latent_size_and_refuses_another(tmp_path: Path) -> None:
+    from deq_core import DeqInputError
+    from deq_tasks.generative import MODEL_KIND, _decoder_hparams, build_decoder
+
+    model = build_decoder(size=8, latent_dim=16, channels=(4, 8))
+    path = tmp_path / "d.safetensors"
+    GenerativeTask(data="digits").save_checkpoint(path, model, MODEL_KIND, _decoder_hparams(model))
+    assert GenerativeTask(data="digits").load_decoder(path).latent_dim == 16
+    with pytest.raises(DeqInputError, match="16 latent dimensions, --latent-dim is 8"):
+        GenerativeTask(data="digits", latent_dim=8).load_decoder(path)
 
 
 def test_parse_value_types() -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from deq_core import DeqConfigError, DeqInputError
-from deq_tasks.data import load_images, load_labelled
+from deq_tasks.data import load_images, load_labelled, read_labelled
 
 
 def test_digits_default_split_fits_its_1797_images() -> None:
@@ -73,3 +74,34 @@ def test_labelled_npz_pairs_images_with_labels(tmp_path) -> None:
     np.savez(tmp_path / "bad.npz", x=x, y=y[:5])
     with pytest.raises(DeqInputError, match="one integer label per image"):
         load_labelled(str(tmp_path / "bad.npz"), size=12)
+
+
+def test_labelled_npz_of_more_images_than_the_default_train_cap(tmp_path) -> None:
+    """2 500 labelled images used to crash (the pairing went through a 2 000-image split); every image is read."""
+    n = 2500
+    y = np.arange(n) % 5
+    x = np.zeros((n, 8, 8), dtype=np.float32)
+    x[:, 0, 0] = y / 4.0
+    np.savez(tmp_path / "big.npz", x=x, y=y)
+    xtr, ytr, xte, yte, info = load_labelled(str(tmp_path / "big.npz"), size=8)
+    assert (len(xtr), len(xte), info["n_images"]) == (2000, 500, n)    # defaults: test min(1000, n/5), train the rest
+    for xs, ys in ((xtr, ytr), (xte, yte)):
+        assert np.allclose(xs[:, 0, 0, 0].numpy() * 4.0, ys.numpy(), atol=1e-5)
+    xa, ya, _ = read_labelled(str(tmp_path / "big.npz"), size=8)
+    assert len(xa) == n and torch.equal(ya, torch.from_numpy(y))       # file order, unsplit
+    assert np.allclose(xa[:, 0, 0, 0].numpy() * 4.0, y, atol=1e-5)
+
+
+@pytest.mark.parametrize("arr, lo, hi", [
+    (np.array([[[0, 1], [1, 0]]] * 5, dtype=np.int64), 0.0, 1.0),       # 0 / 1 integers: black and white
+    (np.array([[[-128, 127], [0, 5]]] * 5, dtype=np.int8), 0.0, 1.0),   # signed: min-max, inside the range
+    (np.array([[[0, 255], [7, 9]]] * 5, dtype=np.uint8), 0.0, 1.0),
+    (np.array([[[0, 128], [7, 9]]] * 5, dtype=np.uint8), 0.0, 128 / 255),
+    (np.array([[[0, 60000], [7, 9]]] * 5, dtype=np.uint16), 0.0, 60000 / 65535),
+    (np.array([[[True, False], [True, True]]] * 5), 0.0, 1.0),
+])
+def test_integer_images_map_into_the_unit_range(tmp_path, arr, lo, hi) -> None:
+    np.save(tmp_path / "a.npy", arr)
+    d = load_images(str(tmp_path / "a.npy"), size=8, n_test=1)
+    v = (torch.cat([d.train_x, d.test_x]) + 1) / 2
+    assert abs(float(v.min()) - lo) < 1e-6 and abs(float(v.max()) - hi) < 1e-6, d.preprocessing["values"]

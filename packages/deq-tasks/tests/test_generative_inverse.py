@@ -303,3 +303,65 @@ def test_jac_sphere_adds_the_penalty_at_latents_on_the_sphere(digits) -> None:
     assert pen.requires_grad and float(pen.detach()) > 0
     with pytest.raises(DeqConfigError, match="jac_sphere must be a finite number >= 0"):
         GenerativeConfig(jac_sphere=-0.5)
+
+
+def test_decoder_problem_scores_only_the_visible_pixels(model, digits) -> None:
+    """Inpainting: the objective ignores the target in the hidden pixels (an ignored mask passed every test)."""
+    y = digits.test_x[:4]
+    mask = (torch.rand(y.shape, generator=torch.Generator().manual_seed(0)) > 0.5).to(y.dtype)
+    x = torch.randn(4, model.latent_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        z, _ = model.deq(x)
+        visible = decoder_problem(model, y, mask).objective(z, x)
+        other = torch.where(mask > 0, y, -y)           # the hidden pixels changed
+        torch.testing.assert_close(decoder_problem(model, other, mask).objective(z, x), visible)
+        full = decoder_problem(model, y).objective(z, x)
+        hidden = decoder_problem(model, y, 1 - mask).objective(z, x)
+    torch.testing.assert_close(visible + hidden, full)
+    assert bool((hidden > 0).all())
+
+
+def test_encode_reconstructs_at_the_equilibrium_of_its_latents(model, digits) -> None:
+    """After 3 JIIO iterations its z is far from an equilibrium: the reconstruction is the decoder re-solved at
+    x*, not the head of JIIO's last z."""
+    from deq_tasks.generative import encode
+
+    y = digits.test_x[:4]
+    cfg = DECODER_JIIO.replace(budget=3, warmup=0)
+    xs, recs = encode(model, y, cfg)
+    with torch.no_grad():
+        cold, _ = model(xs)
+        raw = model.head(jiio_latents(model, y, None, cfg).z)
+    gap = float((raw - cold).abs().max())
+    assert gap > 0.05, gap
+    assert float((recs - cold).abs().max()) < 0.05 * gap
+
+
+def test_inverse_trains_on_corrupted_images_and_scores_against_the_clean_ones(tmp_path, monkeypatch) -> None:
+    """The training gradient sees the task's corruption (random mask, about p hidden) and every PSNR is taken
+    against the clean held-out images (either could be dropped with every test green)."""
+    import deq_tasks.generative as gen
+    import deq_tasks.inverse as inv
+
+    seen, scored = [], []
+    real_grad, real_psnr = gen.decoder_gradient, inv.psnr
+
+    def grad_spy(model, y, obs, mask, config, **kw):
+        seen.append((y.clone(), obs.clone(), None if mask is None else mask.clone()))
+        return real_grad(model, y, obs, mask, config, **kw)
+
+    def psnr_spy(a, b):
+        scored.append(b.clone())
+        return real_psnr(a, b)
+
+    monkeypatch.setattr(gen, "decoder_gradient", grad_spy)
+    monkeypatch.setattr(inv, "psnr", psnr_spy)
+    task = InverseTask(data="digits", n_train=64, n_test=16, n_eval=8, latent_dim=8, batch=16, train_budget=3,
+                       jiio_budget=4, eval_budgets=(4,), adam_steps=2, steps=2, mask="random", p=0.5)
+    task.run(tmp_path, progress=False)
+    assert json.loads((tmp_path / "metrics.json").read_text())["config"]["mask"] == "random"
+    assert len(seen) == 2
+    for _y, _obs, mask in seen:
+        assert mask is not None and 0.3 < float(1 - mask.mean()) < 0.7, "the random mask hides about p"
+    clean = load_digits("digits", n_train=64, n_test=16, seed=0).test_x[:8]
+    assert len(scored) == 5 and all(torch.equal(b, clean) for b in scored)

@@ -295,3 +295,128 @@ def test_tangent_step_keeps_the_boundary_optimum_and_leaves_interior_steps() -> 
     torch.testing.assert_close(out[0], step[0])                                   # interior: as is
     torch.testing.assert_close(out[1], torch.tensor([0.0, 1, 0, 0, 0], dtype=D))  # boundary, outward: tangent only
     torch.testing.assert_close(out[2], step[2])                                   # boundary, inward: as is
+
+
+def _dense_problem(seed: int = 0, n: int = 5, k: int = 3, B: int = 3):
+    """A nonlinear layer and objective with per-sample dense Jacobians: ``(f, obj, z, mu, x, pieces)`` where
+    ``pieces(z, mu, x)`` gives ``f(z, x)``, ``(df/dz)^T mu + grad_z l`` and ``d_x = (df/dx)^T mu + grad_x l``."""
+    g = torch.Generator().manual_seed(seed)
+    W = 0.4 * torch.randn(n, n, generator=g, dtype=D) / n ** 0.5
+    U = torch.randn(k, n, generator=g, dtype=D)
+    y = torch.randn(B, n, generator=g, dtype=D)
+
+    def f(z, x):
+        return torch.tanh(z @ W + x @ U)
+
+    def obj(z, x):
+        return ((z - y) ** 2).sum(1) + (x ** 4).sum(1)
+
+    def pieces(z, mu, x):
+        fz, adj, dx = [], [], []
+        for b in range(B):
+            xb, zb = x[b:b + 1], z[b:b + 1]
+            Jz = torch.autograd.functional.jacobian(lambda zz, xb=xb: f(zz[None], xb)[0], z[b])
+            Jx = torch.autograd.functional.jacobian(lambda xx, zb=zb: f(zb, xx[None])[0], x[b])
+            fz.append(f(zb, xb)[0])
+            adj.append(Jz.T @ mu[b] + 2 * (z[b] - y[b]))
+            dx.append(Jx.T @ mu[b] + 4 * x[b] ** 3)
+        return torch.stack(fz), torch.stack(adj), torch.stack(dx)
+
+    z, mu, x = (torch.randn(B, n, generator=g, dtype=D), torch.randn(B, n, generator=g, dtype=D),
+                torch.randn(B, k, generator=g, dtype=D))
+    return f, obj, z, mu, x, pieces
+
+
+def test_kkt_residuals_are_the_norms_of_the_three_equations() -> None:
+    """Every KKT check elsewhere is an upper bound, which residuals of zero would pass."""
+    f, obj, z, mu, x, pieces = _dense_problem(1)
+    fz, adj, dx = pieces(z, mu, x)
+    G = augmented_map(JIIOProblem(f, obj), JIIOConfig(alpha=0.07), z, x)
+    kkt, objective = G.kkt(G.stack(z, mu, x))
+    torch.testing.assert_close(kkt["z"], (fz - z).norm(dim=1))
+    torch.testing.assert_close(kkt["mu"], (adj - mu).norm(dim=1))
+    torch.testing.assert_close(kkt["x"], dx.norm(dim=1))
+    torch.testing.assert_close(objective, obj(z, x))
+    # with a constraint: the projected-gradient residual (x - Proj(x - alpha d_x)) / alpha
+    P = box(-0.3, 0.3)
+    x_in = P(x)
+    Gp = augmented_map(JIIOProblem(f, obj, project=P), JIIOConfig(alpha=0.07), z, x_in)
+    _, _, dx_in = pieces(z, mu, x_in)
+    kkt_p, _ = Gp.kkt(Gp.stack(z, mu, x_in))
+    torch.testing.assert_close(kkt_p["x"], ((x_in - P(x_in - 0.07 * dx_in)) / 0.07).norm(dim=1))
+
+
+@pytest.mark.parametrize("variant", ["normalized", "x_scale", "max_step", "tangent"])
+def test_augmented_map_options_with_dense_jacobians(variant: str) -> None:
+    """The map's options act on its x-update as documented (each was removable with every test green)."""
+    f, obj, z, mu, x, pieces = _dense_problem(2)
+    fz, adj, dx = pieces(z, mu, x)
+    alpha = 0.07
+    project = None
+    if variant == "normalized":
+        cfg = JIIOConfig(alpha=alpha, normalized_step=True)
+        expect = x - alpha * dx / dx.norm(dim=1, keepdim=True)
+    elif variant == "x_scale":
+        cfg = JIIOConfig(alpha=alpha, x_scale=2.5)
+        expect = x - alpha * dx
+    elif variant == "max_step":
+        cap = 0.5 * float((alpha * dx).norm(dim=1).min())
+        cfg = JIIOConfig(alpha=alpha, max_step=cap)
+        expect = x - cap * dx / dx.norm(dim=1, keepdim=True)
+    else:   # every x on the sphere of radius r; samples whose step points outward move along the sphere
+        r = 1.0
+        x = r * x / x.norm(dim=1, keepdim=True)
+        c = 10.0 * x * torch.tensor([[1.0], [-1.0], [1.0]], dtype=D)    # a linear term in x: outward for sample 1
+        base = obj
+
+        def obj(z, x):   # noqa: F811  (the x**4 term replaced by <c, x>)
+            return base(z, x) - (x ** 4).sum(1) + (c * x).sum(1)
+
+        fz, adj, dx = pieces(z, mu, x)
+        dx = dx - 4 * x ** 3 + c
+        project = l2_ball(r)
+        cfg = JIIOConfig(alpha=alpha, tangent_step=True)
+        step = alpha * dx
+        outward = -(step * x).sum(1, keepdim=True) / r
+        assert bool((outward > 0).any() and (outward < 0).any()), "the example needs outward and inward steps"
+        tangent = torch.where(outward > 0, step + outward * x / r, step)
+        expect = project(x - tangent)
+    G = augmented_map(JIIOProblem(f, obj, project=project), cfg.replace(beta_z=1.0, beta_mu=1.0), z, x)
+    v = G.stack(z, mu, x)
+    if variant == "x_scale":
+        torch.testing.assert_close(v[:, 2 * z.shape[1]:], x / 2.5)     # the stacked state holds x / x_scale
+    zn, mun, xn = G.split(G(v))
+    torch.testing.assert_close(zn, fz)
+    torch.testing.assert_close(mun, adj)
+    torch.testing.assert_close(xn, expect)
+
+
+def test_best_iterate_rule_of_the_release() -> None:
+    """The recorder's rule, on made-up residuals: forced for 10 iterations after the warm-up, then a lower
+    residual, or a lower cost with a residual under 1.3 x the best one."""
+    from deq_tasks.jiio import JIIORecorder
+
+    rec = JIIORecorder(JIIOConfig(budget=30, warmup=3))
+    gv = torch.ones(1, 1, dtype=D)
+
+    def v(rel: float) -> torch.Tensor:    # rel = ||G(v) - v|| / ||G(v)|| with G(v) = 1
+        return torch.tensor([[1.0 - rel]], dtype=D)
+
+    rec.start(v(0.5), gv, torch.tensor([5.0], dtype=D), 1.0)
+    chosen = []
+    for k, (rel, cost) in enumerate([(0.5, 5.0)] * 12 + [(0.6, 9.0), (0.6, 1.0), (0.79, 0.5), (0.7, 0.9),
+                                                          (0.1, 100.0)], start=1):
+        rec.record(k, v(rel), gv, torch.tensor([cost], dtype=D), 1.0)
+        chosen.append(int(rec.best_k))
+    assert chosen[:12] == list(range(1, 13))     # k - warmup < 10: every iterate is taken
+    assert chosen[12:] == [12, 14, 14, 16, 17]   # worse; lower cost within 1.3x; outside 1.3x; within; lower rel
+
+
+def test_the_step_size_drops_at_the_switch_iteration() -> None:
+    prob, _, (z_star, _, x_star) = _toy(2)
+    res = jiio_solve(prob, torch.zeros_like(z_star), torch.zeros_like(x_star),
+                     JIIOConfig(budget=12, alpha=0.3, alpha_final=0.05, switch_at=8, solver="fixed-point"))
+    assert res.stats["alpha"] == 0.05
+    early = jiio_solve(prob, torch.zeros_like(z_star), torch.zeros_like(x_star),
+                       JIIOConfig(budget=7, alpha=0.3, alpha_final=0.05, switch_at=8, solver="fixed-point"))
+    assert early.stats["alpha"] == 0.3

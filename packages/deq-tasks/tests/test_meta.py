@@ -204,15 +204,54 @@ def test_dataset_defaults_fill_only_unset_fields():
 
 
 def test_few_shot_on_a_labelled_npz(tmp_path):
+    """The episodes come from the user's .npz (each class's images carry their class in their value), its first
+    three classes meta-train, the other three meta-test, and labels stay consistent within an episode."""
     import numpy as np
 
     from deq_tasks.meta import FewShotImages, _few_shot
 
     rng = np.random.default_rng(0)
     path = tmp_path / "xy.npz"
-    np.savez(path, x=rng.random((60, 10, 10)), y=np.repeat(np.arange(6), 10))
+    y = rng.permutation(np.repeat(np.arange(6), 10))
+    np.savez(path, x=np.repeat(((y + 1) / 10.0)[:, None, None], 10, 1).repeat(10, 2), y=y)
     fs = _few_shot(MetaConfig(datasets=(str(path),), n_way=3), str(path))
-    xs, ys, xq, yq = fs.episodes(2, torch.Generator().manual_seed(0), split="test")
-    assert tuple(xs.shape) == (2, 3, 196) and tuple(yq.shape) == (2, 15)
+    for split, values in (("train", {0.1, 0.2, 0.3}), ("test", {0.4, 0.5, 0.6})):
+        xs, ys, xq, yq = fs.episodes(2, torch.Generator().manual_seed(0), split=split)
+        assert tuple(xs.shape) == (2, 3, 196) and tuple(yq.shape) == (2, 15)
+        for x in (xs, xq):
+            assert torch.allclose(x, x[..., :1].expand_as(x), atol=1e-6)      # constant images: from the .npz
+            seen = {round(float(v), 4) for v in x[..., 0].flatten()}
+            assert seen == values, (split, seen)
+        for e in range(2):     # one label per class value, the same in support and query
+            pairs = {(round(float(v), 4), int(c)) for v, c in zip(torch.cat([xs[e, :, 0], xq[e, :, 0]]),
+                                                                   torch.cat([ys[e], yq[e]]))}
+            assert len(pairs) == 3 and len({c for _, c in pairs}) == 3
     with pytest.raises(DeqInputError, match="n_way"):
         FewShotImages(torch.rand(20, 1, 14, 14), torch.arange(20) % 4, n_way=3)
+
+
+def test_sinusoid_plot_of_a_single_task(tmp_path):
+    """``--eval-tasks 1``: the one-panel figure used to raise TypeError after all the training."""
+    from deq_tasks.meta import _plot_sinusoids
+
+    cfg = MetaConfig(datasets=("sinusoid",), hidden=16, context_dim=8, adam_steps=2,
+                     jiio=META_JIIO.replace(budget=4, switch_at=2)).for_dataset("sinusoid")
+    batch = sinusoid_tasks(1, torch.Generator().manual_seed(0))
+    _plot_sinusoids(_model(), batch, cfg, tmp_path / "one.png")
+    assert (tmp_path / "one.png").stat().st_size > 500
+
+
+def test_meta_train_scores_the_query_at_the_adapted_context(monkeypatch):
+    """The meta-gradient is the query loss at JIIO's ``v*`` (at ``v = 0`` it trained with every test green)."""
+    import deq_tasks.meta as meta
+
+    model = _model()
+    v_star = torch.full((2, model.context_dim), 0.3)
+    monkeypatch.setattr(meta, "adapt_jiio", lambda m, xs, ys, cfg: (v_star, None))
+    seen = []
+    forward = ContextDEQ.forward
+    monkeypatch.setattr(ContextDEQ, "forward", lambda self, x, v, unroll=None: seen.append(v) or
+                        forward(self, x, v, unroll))
+    cfg = MetaConfig(datasets=("sinusoid",), hidden=16, context_dim=8, meta_steps=2, tasks_per_batch=2)
+    losses = meta.meta_train(model, lambda n, g: sinusoid_tasks(n, g), cfg)
+    assert len(losses) == 2 and len(seen) == 2 and all(v is v_star for v in seen)

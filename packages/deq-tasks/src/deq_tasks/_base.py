@@ -303,7 +303,9 @@ def _apply(config: Any, options: Mapping[str, Any], task: str, valid: Sequence[s
                 break
     for name, changes in nested.items():
         sub = top.get(name, getattr(config, name))
-        top[name] = dataclasses.replace(sub, **changes)
+        # a nested config's own replace() keeps its settings consistent (JIIOConfig: warm-up within a new budget)
+        top[name] = sub.replace(**changes) if callable(getattr(sub, "replace", None)) else \
+            dataclasses.replace(sub, **changes)
     try:
         return dataclasses.replace(config, **top)
     except TypeError as exc:   # a wrong type deep inside a validator

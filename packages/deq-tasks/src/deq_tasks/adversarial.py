@@ -45,7 +45,7 @@ from deq_core import DeqConfigError, DeqInputError, registry
 
 from ._base import Progress, TaskBase, check_int, check_number, help_field, save_curves, write_metrics
 from .data import load_labelled
-from .jiio import JIIOConfig, JIIOProblem, jiio_solve
+from .jiio import JIIOConfig, JIIOProblem, jiio_solve, l2_ball
 from .models.classifier import MDEQClassifier
 
 __all__ = [
@@ -73,7 +73,8 @@ class AdversarialConfig:
                                     "(resized to 28x28 gray)")
     eps: float = help_field(1.0, "L2 radius of the threat model on [0, 1] pixels")
     jiio: JIIOConfig = help_field(help="JIO, the attack", factory=lambda: ADVERSARIAL_JIO)
-    loss_scale: float = help_field(10.0, "JIO's inner loss is -loss_scale * CE (the paper's 10)")
+    loss_scale: float = help_field(10.0, "JIO's inner loss is -loss_scale * CE (the paper's 10; no effect on x with "
+                                         "the normalized step, the default)")
     eval_budgets: tuple[int, ...] = help_field((10, 20, 40), "JIO budgets timed against PGD on one test batch")
     pgd_steps: int = help_field(20, "PGD baseline: steps")
     pgd_lr: float = help_field(0.2, "PGD baseline: L2-normalized step length")
@@ -113,7 +114,7 @@ class AdversarialConfig:
             raise DeqConfigError(f"AdversarialConfig.eval_budgets must be integers >= 1, got {self.eval_budgets!r}")
         object.__setattr__(self, "eval_budgets", budgets)
         registry.get_solver(self.solver)
-        self.jiio.make_solver()   # an unknown solver name fails here
+        self.jiio.make_solver()   # an unknown solver name or option fails here, before any data is read
 
 
 def check_eps(eps: float) -> None:
@@ -129,9 +130,7 @@ def project_l2(delta: Tensor, eps: float) -> Tensor:
         DeqConfigError: ``eps <= 0``.
     """
     check_eps(eps)
-    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-    scale = (eps / norms).clamp(max=1.0)
-    return delta * scale.view(-1, *([1] * (delta.dim() - 1)))
+    return l2_ball(eps)(delta)
 
 
 def _check_batch(model: MDEQClassifier, u: Tensor, y: Tensor) -> None:
@@ -177,7 +176,7 @@ def jio_attack(model: MDEQClassifier, u: Tensor, y: Tensor, eps: float = 1.0, co
     def objective(z: Tensor, delta: Tensor) -> Tensor:  # maximized: the engine descends -loss_scale * CE
         return loss_scale * F.cross_entropy(model.logits(z), y, reduction="none")
 
-    problem = JIIOProblem(f=f, objective=objective, project=lambda d: project_l2(d, eps), maximize=True)
+    problem = JIIOProblem(f=f, objective=objective, project=l2_ball(eps), maximize=True)
     was_training = model.training
     model.eval()
     try:
@@ -369,7 +368,7 @@ def _example_grid(u: Tensor, d_pgd: Tensor, d_jio: Tensor, path: Path, preds: di
 
     n = min(8, len(u))
     rows = [("clean", u), ("PGD-20", u + d_pgd), ("JIO", u + d_jio), ("JIO delta", d_jio)]
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.45 * len(rows)))
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.45 * len(rows)), squeeze=False)
     for r, (name, imgs) in enumerate(rows):
         for c in range(n):
             ax = axes[r, c]
@@ -445,6 +444,9 @@ class AdversarialTask(TaskBase):
                                                 progress=bar)
                 seconds[mode] = time.perf_counter() - t
                 models[mode] = m
+            for name, m in models.items():   # saved before the evaluation: a failure there loses no training
+                self.save_checkpoint(out / f"classifier_{name}.safetensors", m, MODEL_KIND,
+                                     {**m.hparams, "num_classes": n_classes}, trained_with=name)
             table: dict[str, dict[str, float]] = {}
             for name, m in models.items():
                 table[name] = {}
@@ -466,9 +468,6 @@ class AdversarialTask(TaskBase):
             bar.update()
         finally:
             bar.close()
-        for name, m in models.items():
-            self.save_checkpoint(out / f"classifier_{name}.safetensors", m, MODEL_KIND,
-                                 {**m.hparams, "num_classes": n_classes}, trained_with=name)
         if curves:
             save_curves(out / "training.png", {f"{k} training loss": v for k, v in curves.items()}, xlabel="batch")
         metrics = {

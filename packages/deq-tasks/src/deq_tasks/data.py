@@ -26,7 +26,8 @@ from torch import Tensor
 
 from deq_core import DeqConfigError, DeqInputError
 
-__all__ = ["DigitData", "ImageData", "load_digits", "load_images", "load_labelled", "mnist_path", "psnr"]
+__all__ = ["DigitData", "ImageData", "load_digits", "load_images", "load_labelled", "mnist_path", "psnr",
+           "read_labelled"]
 
 DATASETS = ("mnist", "digits")
 
@@ -184,10 +185,11 @@ def load_images(spec: str, *, size: int | None = None, n_train: int | None = Non
     A folder: every image file in it (sorted; PNG, JPEG, ...). One image file: cut into non-overlapping
     ``S x S`` patches (``S = size`` or 16). ``.npy``: an array ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)``
     (``C`` in 1, 3, 4), or one ``(H, W)`` image (cut into patches); ``.npz``: its ``x`` or ``images`` array (or its
-    only one). Colour becomes gray (mean of the channels). Values: ``uint8`` / 16-bit integers are divided by their
-    maximum; floats already in [0, 1] or [-1, 1] are kept; anything else is min-max scaled over the whole set; then
-    mapped to [-1, 1]. Each image is resized (area interpolation) so its longer side is ``S`` and padded (edge
-    replication) to ``S x S``. ``S = size`` if given (a multiple of 4, >= 8, as the decoder needs), else the
+    only one). Colour becomes gray (mean of the channels). Values: ``uint8`` / ``uint16`` are divided by 255 (by
+    65 535 when a value exceeds 255), booleans read as 0 / 1; other numbers (floats, other integer types) already
+    in [0, 1] or [-1, 1] are kept, anything else is min-max scaled over the whole set; then mapped to [-1, 1]. Each
+    image is resized (area interpolation) so its longer side is ``S`` and padded (edge replication) to ``S x S``.
+    ``S = size`` if given (a multiple of 4, >= 8, as the decoder needs), else the
     images' longer side rounded up to a multiple of 4, capped at 32.
 
     Raises:
@@ -216,7 +218,18 @@ def load_images(spec: str, *, size: int | None = None, n_train: int | None = Non
         info.update(decoder_size=target, resized=target < native, padded=target > native)
         info.update(n_train=len(train), n_test=len(test))
         return ImageData(spec, train, test, info, d.train_y, d.test_y)
-    images, info = _read_images(Path(spec), size)
+    x, info = _read_fitted(Path(spec), size)
+    n = len(x)
+    ntr, nte = split_sizes(n, n_train, n_test, name=str(spec))
+    perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
+    x = x[perm]
+    info.update(n_train=ntr, n_test=nte)
+    return ImageData(str(spec), x[:ntr].contiguous(), x[n - nte:].contiguous(), info)
+
+
+def _read_fitted(path: Path, size: int | None) -> tuple[Tensor, dict]:
+    """Every image at ``path`` in file order, ``(N, 1, S, S)`` in [-1, 1], resized and padded; and the record."""
+    images, info = _read_images(path, size)
     target = size if size is not None else min(MAX_SIDE, _round4(max(max(im.shape) for im in images)))
     out, resized, padded = [], False, False
     for im in images:
@@ -229,13 +242,8 @@ def load_images(spec: str, *, size: int | None = None, n_train: int | None = Non
             resized = True
         out.append(_pad(t, target))
         padded = padded or tuple(t.shape[-2:]) != (target, target)
-    x = torch.cat(out) * 2.0 - 1.0
-    n = len(x)
-    ntr, nte = split_sizes(n, n_train, n_test, name=str(spec))
-    perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
-    x = x[perm]
-    info.update(decoder_size=target, resized=resized, padded=padded, n_train=ntr, n_test=nte)
-    return ImageData(str(spec), x[:ntr].contiguous(), x[n - nte:].contiguous(), info)
+    info.update(decoder_size=target, resized=resized, padded=padded)
+    return torch.cat(out) * 2.0 - 1.0, info
 
 
 def _round4(side: int) -> int:
@@ -355,10 +363,11 @@ def _gray(a: np.ndarray) -> np.ndarray:
 def _to_unit(images: list[np.ndarray]) -> tuple[list[np.ndarray], str]:
     """Map a list of gray images to [0, 1] with one rule for the whole set; returns the rule in words."""
     dtypes = {a.dtype for a in images}
-    if all(np.issubdtype(d, np.integer) or d == np.bool_ for d in dtypes):
-        top = 1 if all(d == np.bool_ for d in dtypes) else 255 if all(d == np.uint8 for d in dtypes) \
-            else max(255, max(int(a.max()) for a in images))
-        top = 65535 if top > 255 and all(d == np.uint16 for d in dtypes) else top
+    if dtypes <= {np.dtype(np.bool_)}:
+        return [a.astype(np.float32) for a in images], "booleans as 0 / 1"
+    if dtypes <= {np.dtype(np.uint8), np.dtype(np.uint16)}:
+        # 8-bit range unless a 16-bit image uses more of it; other integer types are read like floats below
+        top = 65535 if max(int(a.max()) for a in images) > 255 else 255
         return [a.astype(np.float32) / top for a in images], f"integers / {top}"
     lo = min(float(np.min(a)) for a in images)
     hi = max(float(np.max(a)) for a in images)
@@ -412,26 +421,37 @@ def load_labelled(spec: str, *, size: int, n_train: int | None = None, n_test: i
         fit = (lambda t: t) if size == 28 else (lambda t: _fit(t, size))
         info = {"source": "built-in mnist", "n_images": n, "decoder_size": size, "n_classes": 10}
         return (fit(d.train_x) + 1) / 2, d.train_y, (fit(d.test_x) + 1) / 2, d.test_y, info
+    x, yt, pre = read_labelled(spec, size=size)
+    n = len(x)
+    ntr, nte = split_sizes(n, n_train, n_test, name=spec, max_train=4000, max_test=1000)
+    perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
+    x, yt = x[perm], yt[perm]
+    info = {**pre, "n_train": ntr, "n_test": nte}
+    return x[:ntr], yt[:ntr], x[n - nte:], yt[n - nte:], info
+
+
+def read_labelled(spec: str, *, size: int) -> tuple[Tensor, Tensor, dict]:
+    """Every image of a labelled ``.npz`` (arrays ``x`` and ``y``), in file order, unsplit.
+
+    Returns:
+        ``(x, y, preprocessing)``: images ``(N, 1, size, size)`` in **[0, 1]** (read as in :func:`load_images`),
+        labels ``(N,)`` int64 renumbered ``0..C-1``; ``preprocessing`` adds ``n_classes`` and the first 20
+        ``labels`` as read.
+
+    Raises:
+        DeqInputError: not a ``.npz``, no ``y``, labels that do not match the images.
+    """
     path = Path(spec)
     if path.suffix.lower() != ".npz" or not path.is_file():
-        raise DeqInputError(f"--data {spec!r}: expected 'mnist' or a labelled .npz file with arrays 'x' (images) "
-                            "and 'y' (labels)")
+        raise DeqInputError(f"{spec!r}: expected 'mnist' or a labelled .npz file with arrays 'x' (images) and "
+                            "'y' (labels)")
     y_raw = _read_array(path, "y")
-    x_data = load_images(str(path), size=size, n_train=None, n_test=1, seed=0)   # preprocessing only
-    n = x_data.preprocessing["n_images"]
+    x, pre = _read_fitted(path, size)
+    n = len(x)
     if y_raw.ndim != 1 or len(y_raw) != n or not np.issubdtype(y_raw.dtype, np.integer):
         raise DeqInputError(f"{path}: 'y' must hold one integer label per image ({n}), got {y_raw.dtype} "
                             f"{y_raw.shape}")
-    # load_images shuffled with seed 0: undo it to pair images with labels, then split with ``seed``
-    perm0 = np.random.default_rng(0).permutation(n)
-    x = torch.empty(n, 1, size, size)
-    x[torch.from_numpy(perm0[:n - 1])] = x_data.train_x
-    x[torch.from_numpy(perm0[n - 1:])] = x_data.test_x
     classes, y = np.unique(y_raw, return_inverse=True)
-    ntr, nte = split_sizes(n, n_train, n_test, name=str(path), max_train=4000, max_test=1000)
-    perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
-    x, yt = (x + 1) / 2, torch.from_numpy(y.astype(np.int64))
-    x, yt = x[perm], yt[perm]
-    info = {**x_data.preprocessing, "n_train": ntr, "n_test": nte, "n_classes": len(classes),
-            "labels": [int(c) if np.issubdtype(classes.dtype, np.integer) else str(c) for c in classes[:20]]}
-    return x[:ntr], yt[:ntr], x[n - nte:], yt[n - nte:], info
+    pre.update(n_classes=len(classes),
+               labels=[int(c) if np.issubdtype(classes.dtype, np.integer) else str(c) for c in classes[:20]])
+    return (x + 1) / 2, torch.from_numpy(y.astype(np.int64)), pre

@@ -62,6 +62,7 @@ __all__ = [
 ]
 
 MODEL_KIND = "mdeq-decoder"
+DEFAULT_LATENT_DIM = 32
 
 DECODER_JIIO = JIIOConfig(budget=60, alpha=0.1, alpha_final=0.1 / 3, beta_z=1.0, beta_mu=0.6, solver="anderson",
                           solver_options={"m": 30}, warmup=5, x_scale="alpha")
@@ -81,8 +82,8 @@ def latent_radius(model: MDEQDecoder) -> float:
     return math.sqrt(model.latent_dim)
 
 
-def build_decoder(size: int = 28, latent_dim: int = 32, channels: tuple[int, int] = (8, 16), *, gain: float = 3.0,
-                  seed: int = 0, head_bias: float | None = None, **kw: Any) -> MDEQDecoder:
+def build_decoder(size: int = 28, latent_dim: int = DEFAULT_LATENT_DIM, channels: tuple[int, int] = (8, 16), *,
+                  gain: float = 3.0, seed: int = 0, head_bias: float | None = None, **kw: Any) -> MDEQDecoder:
     """The task's decoder: :class:`MDEQDecoder` with an Anderson (m = 5) plain-DEQ solver.
 
     ``gain`` 3 (not the layer's default 4): trained at gain 4 the layer is not a contraction at its equilibrium
@@ -488,7 +489,8 @@ class DecoderConfig:
     n_train: int | None = help_field(None, "training images (none: min(2000, all but the test set))")
     n_test: int | None = help_field(None, "held-out images (none: min(200, a fifth))")
     n_eval: int = help_field(64, "held-out images on which JIIO and Adam are compared")
-    latent_dim: int = help_field(32, "latent size L (latents live in the ball of radius sqrt(L))")
+    latent_dim: int | None = help_field(None, "latent size L (latents live in the ball of radius sqrt(L)); none: 32, "
+                                              "or a checkpoint's")
     steps: int = help_field(200, "training steps")
     epochs: float | None = help_field(None, "training epochs (overrides steps)")
     batch: int = help_field(32, "training batch size")
@@ -507,11 +509,16 @@ class DecoderConfig:
     latent_ball: bool = help_field(True, "latents constrained to the ball of radius sqrt(L) (training, JIIO, Adam)")
     seed: int = help_field(0, "random seed")
 
+    @property
+    def latent_size(self) -> int:
+        """``latent_dim``, or its default (32) when none was given."""
+        return DEFAULT_LATENT_DIM if self.latent_dim is None else self.latent_dim
+
     def __post_init__(self) -> None:
-        for name, low in (("n_eval", 1), ("latent_dim", 1), ("steps", 1), ("batch", 1), ("train_budget", 1),
+        for name, low in (("n_eval", 1), ("steps", 1), ("batch", 1), ("train_budget", 1),
                           ("adam_steps", 1)):
             check_int(self, name, getattr(self, name), low)
-        for name in ("n_train", "n_test"):
+        for name in ("n_train", "n_test", "latent_dim"):
             check_int(self, name, getattr(self, name), 1, optional=True)
         check_int(self, "image_size", self.image_size, 8, optional=True)
         if self.image_size is not None and self.image_size % 4:
@@ -525,6 +532,7 @@ class DecoderConfig:
         check_number(self, "head_bias", self.head_bias, low=-math.inf, optional=True)
         if not isinstance(self.jiio, JIIOConfig):
             raise DeqConfigError(f"{type(self).__name__}.jiio must be a JIIOConfig, got {type(self.jiio).__name__}")
+        self.jiio.make_solver()   # an unknown solver name or option fails here, before any data is read
         budgets = (self.eval_budgets,) if isinstance(self.eval_budgets, int) else self.eval_budgets
         if not budgets or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in budgets):
             raise DeqConfigError(f"{type(self).__name__}.eval_budgets must be integers >= 1, got {self.eval_budgets!r}")
@@ -548,6 +556,10 @@ class _DecoderTask(TaskBase):
         size = self.config.image_size
         if size is not None and size != hp["size"]:
             raise DeqInputError(f"checkpoint {str(path)!r} decodes {hp['size']}px images, --image-size is {size}")
+        latent = self.config.latent_dim
+        if latent is not None and latent != hp["latent_dim"]:
+            raise DeqInputError(f"checkpoint {str(path)!r} has {hp['latent_dim']} latent dimensions, --latent-dim is "
+                                f"{latent}")
         model = build_decoder(size=hp["size"], latent_dim=hp["latent_dim"], channels=tuple(hp["channels"]),
                               gain=hp["gain"], expansion=hp["expansion"])
         return self.load_state(model, state, path).eval()
@@ -565,7 +577,7 @@ class _DecoderTask(TaskBase):
 
     def train(self, data: ImageData, bar: Progress, *, corrupt: Any = None) -> tuple[MDEQDecoder, dict[str, Any]]:
         c = self.config
-        model = build_decoder(size=data.size, latent_dim=c.latent_dim, seed=c.seed, head_bias=c.head_bias)
+        model = build_decoder(size=data.size, latent_dim=c.latent_size, seed=c.seed, head_bias=c.head_bias)
         steps = self.train_steps(data)
         bar.stage("train decoder")
         t = time.perf_counter()

@@ -51,7 +51,7 @@ from torch import Tensor
 from deq_core import DeqConfigError, DeqInputError, registry
 
 from ._base import Progress, TaskBase, check_int, check_number, help_field, save_curves, write_metrics
-from .data import load_labelled
+from .data import load_labelled, read_labelled
 from .jiio import JIIOConfig, JIIOProblem, jiio_solve
 from .models.meta_net import ContextDEQ
 
@@ -137,6 +137,10 @@ class MetaConfig:
             check_int(self, name, getattr(self, name), 1, optional=True)
         if not isinstance(self.jiio, JIIOConfig):
             raise DeqConfigError(f"MetaConfig.jiio must be a JIIOConfig, got {type(self.jiio).__name__}")
+        self.jiio.make_solver()   # an unknown solver name or option fails here, before any data is read
+        missing = [d for d in ds if d not in ("sinusoid", "mnist") and not Path(d).is_file()]
+        if missing:
+            raise DeqInputError(f"datasets: no such labelled .npz file {missing[0]!r}")
         if "mnist" in ds and self.n_way > 5:
             raise DeqConfigError(f"n_way must be <= 5 (5 meta-train and 5 meta-test digit classes), got {self.n_way}")
         registry.get_solver(self.solver)
@@ -398,9 +402,8 @@ def build_meta_model(cfg: MetaConfig, dataset: str) -> ContextDEQ:
 def _few_shot(cfg: MetaConfig, dataset: str) -> FewShotImages:
     if dataset == "mnist":
         return MnistFewShot(cfg.n_way, cfg.k_shot, cfg.q_per_class)
-    Xtr, Ytr, Xte, Yte, _ = load_labelled(dataset, size=28, n_test=1, seed=0)
-    return FewShotImages(torch.cat([Xtr, Xte]), torch.cat([Ytr, Yte]), cfg.n_way, cfg.k_shot, cfg.q_per_class,
-                         dataset)
+    x, y, _ = read_labelled(dataset, size=28)
+    return FewShotImages(x, y, cfg.n_way, cfg.k_shot, cfg.q_per_class, dataset)
 
 
 def _sampler(cfg: MetaConfig, dataset: str, split: str, few: FewShotImages | None = None) -> Sampler:
@@ -499,7 +502,8 @@ def _plot_sinusoids(model: ContextDEQ, batch: tuple[Tensor, Tensor, Tensor, Tens
     with torch.no_grad():
         pj, pa = model(grid, v_j), model(grid, v_a)
         p0 = model(grid, torch.zeros_like(v_j))
-    fig, axes = plt.subplots(1, len(xs), figsize=(3.2 * len(xs), 2.8), sharey=True)
+    fig, axes = plt.subplots(1, len(xs), figsize=(3.2 * len(xs), 2.8), sharey=True, squeeze=False)
+    axes = axes[0]
     for i, ax in enumerate(axes):
         gx = grid[i, :, 0].numpy()
         ax.scatter(xs[i, :, 0].numpy(), ys[i, :, 0].numpy(), c="k", s=14, label="support", zorder=3)
@@ -569,10 +573,10 @@ class MetaLearningTask(TaskBase):
                     res["final_train_query_loss"] = float(sum(curves[ds][-10:]) / len(curves[ds][-10:]))
                 metrics["results"][ds] = res
                 bar.update()
-                if ds == "sinusoid":
-                    _plot_sinusoids(model, batch, cfg, out / "sinusoid_fits.png")
                 self.save_checkpoint(out / f"meta_{Path(ds).stem}.safetensors", model, MODEL_KIND, model.hparams,
                                      dataset=ds)
+                if ds == "sinusoid":
+                    _plot_sinusoids(model, batch, cfg, out / "sinusoid_fits.png")
                 bar.update()
         finally:
             bar.close()

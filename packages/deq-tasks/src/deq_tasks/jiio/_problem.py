@@ -102,7 +102,8 @@ class JIIOConfig:
     record_trace: bool = _help("record per-iteration residuals, objectives and times", True)
     x_scale: float | str | None = _help("the stacked state holds x / x_scale ('alpha' = alpha; none = 1)", None)
     max_step: float | None = _help("cap on the L2 length of each x step (none = no cap)", None)
-    warmup: int = _help("first iterations that move z only (counted in budget)", 0)
+    warmup: int = _help("first iterations that move z only (counted in budget; a new budget alone caps it at "
+                        "budget // 4)", 0)
     tangent_step: bool = _help("on an L2-ball boundary, step along the sphere (drop the outward radial part)", False)
 
     def __post_init__(self) -> None:
@@ -132,15 +133,16 @@ class JIIOConfig:
         if self.solver_options is not None and not isinstance(self.solver_options, Mapping):
             raise DeqConfigError(f"JIIOConfig.solver_options must be a mapping or None, got {self.solver_options!r}")
         xs = self.x_scale
-        if not (xs is None or xs == "alpha" or (isinstance(xs, (int, float)) and not isinstance(xs, bool) and xs > 0)):
-            raise DeqConfigError(f"JIIOConfig.x_scale must be None, 'alpha' or a number > 0, got {xs!r}")
+        if not (xs is None or xs == "alpha" or (isinstance(xs, (int, float)) and not isinstance(xs, bool) and xs > 0
+                                                and math.isfinite(xs))):
+            raise DeqConfigError(f"JIIOConfig.x_scale must be None, 'alpha' or a finite number > 0, got {xs!r}")
         ms = self.max_step
         if ms is not None and (isinstance(ms, bool) or not isinstance(ms, (int, float)) or not (ms > 0)
                                or not math.isfinite(ms)):
             raise DeqConfigError(f"JIIOConfig.max_step must be None or a finite number > 0, got {ms!r}")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or not 0 <= self.warmup < self.budget:
-            raise DeqConfigError(f"JIIOConfig.warmup must be an int in [0, budget), got {self.warmup!r} "
-                                 f"(budget {self.budget})")
+            raise DeqConfigError(f"JIIOConfig.warmup (iterations that move z only) must be an int in [0, budget), got "
+                                 f"warmup {self.warmup!r} with budget {self.budget}: lower warmup or raise budget")
         if self.solver_options and not isinstance(self.solver, str):
             raise DeqConfigError("JIIOConfig.solver_options are only accepted with a solver name")
 
@@ -171,6 +173,10 @@ class JIIOConfig:
         return dataclasses.replace(self, budget=budget, warmup=min(self.warmup, budget // 4))
 
     def replace(self, **changes: Any) -> JIIOConfig:
+        """These settings with ``changes``; a new ``budget`` without a ``warmup`` caps the warm-up at
+        ``budget // 4``, as :meth:`with_budget` does."""
+        if "budget" in changes and "warmup" not in changes and isinstance(changes["budget"], int):
+            changes["warmup"] = min(self.warmup, max(changes["budget"], 0) // 4)
         return dataclasses.replace(self, **changes)
 
 
