@@ -206,3 +206,54 @@ def test_a_start_at_residual_zero_is_not_divergence_under_a_custom_terminate() -
         out = run_loop(Never(), f, z, f(z), LoopControl(1e-12, 0.0, 20, divergence=divergence))
         assert out.status.tolist() == [Result.MAX_STEPS.code, Result.MAX_STEPS.code], divergence
         assert torch.allclose(out.z, torch.full((2, 2), 2.0, dtype=torch.float64), atol=1e-5)
+
+
+@pytest.mark.parametrize("adjoint", ["implicit", "neumann", "phantom"])
+@pytest.mark.parametrize("reuse_steps", [0, 1, 3])
+def test_amortized_masked_step_gives_the_gradient_of_the_healthy_rows(adjoint: str, reuse_steps: int) -> None:
+    """A warm-started (``reuse_steps``) call with one nan sample: the parameter gradient is the one of the batch
+    without it (it was nan: the adjoint was attached to every row and only blanked after), and the Jacobian
+    penalty is finite."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    x_bad = x.clone()
+    x_bad[1, 0] = float("nan")
+    keep = torch.tensor([0, 2, 3])
+    grads = []
+    for inputs, warm in ((x_bad, x), (x[keep], x[keep])):
+        layer = Layer()
+        deq = DEQ(layer, adjoint=adjoint, atol=1e-12, rtol=1e-10, max_steps=200, reuse=True,
+                  reuse_steps=reuse_steps, on_failure="mask", jac_reg_probes=1)
+        deq(warm, cache_key="train")                      # the cache holds the clean batch's fixed points
+        z, info = deq(inputs, cache_key="train")
+        assert info.warm and info.jac_loss is not None and bool(torch.isfinite(info.jac_loss))
+        (z[~info.failed].square().sum()).backward()
+        grads.append([p.grad.clone() for p in layer.parameters()])
+    assert info.failed.tolist() == [False, False, False]
+    for a, b in zip(*grads):
+        assert bool(torch.isfinite(a).all())
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-7)
+
+
+def test_mask_mode_refuses_adjoints_it_cannot_attach() -> None:
+    """Unrolled backpropagates through the forward iterations (it used to come back detached: no gradient at
+    all); adjoints that need the forward solver's state cannot have it per row or on an amortized call."""
+    from deq_core import AbstractAdjoint
+
+    class NeedsState(AbstractAdjoint):
+        name = "needs-state"
+        needs_forward_state = True
+
+        def attach(self, f, z_star, *, solver, control, init=None, forward=None):
+            return z_star
+
+    with pytest.raises(DeqConfigError, match="UnrolledAdjoint"):
+        DEQ(Layer(), adjoint="unrolled", on_failure="mask")
+    deq = DEQ(Layer(), adjoint="unrolled")
+    with pytest.raises(DeqConfigError, match="UnrolledAdjoint"):
+        deq(torch.zeros(2, 6, dtype=torch.float64), options={"on_failure": "mask"})
+    with pytest.raises(DeqConfigError, match="forward solver's final state"):
+        DEQ(Layer(), adjoint=NeedsState(), on_failure="mask")
+    with pytest.raises(DeqConfigError, match="reuse_steps"):
+        DEQ(Layer(), adjoint=NeedsState(), reuse=True, reuse_steps=1)
+    DEQ(Layer(), adjoint=NeedsState(), reuse=True)               # warm start + full solve: the state exists

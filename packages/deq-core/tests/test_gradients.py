@@ -21,6 +21,8 @@ from torch import Tensor, nn
 
 from deq_core import (
     DEQ,
+    DeqInputError,
+    DeqSolveError,
     FixedPointIteration,
     ImplicitAdjoint,
     NeumannAdjoint,
@@ -236,3 +238,54 @@ def test_deq_gradients_match_references(p: Problem, mode: str, adjoint: str) -> 
     leaves = (deq.f.W, deq.f.U, deq.f.c, x)
     got = torch.autograd.grad((z * p.w).sum(), leaves)
     _close(got, refs[adjoint](), 1e-6 if adjoint == "implicit" else 1e-8)
+
+
+def _slow_linear(seed: int = 0, B: int = 3, n: int = 5):
+    """``f(z) = z A^T + x`` with ``||A||_2 = 0.9`` (a slow backward iteration) and its exact ``dL/dx = u*`` for
+    ``L = <w, z*>``: ``u* = w (I - A)^{-1}``."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(n, n, generator=g, dtype=torch.float64)
+    A = 0.9 * A / torch.linalg.matrix_norm(A, ord=2)
+    x = torch.randn(B, n, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(B, n, generator=g, dtype=torch.float64)
+    u_star = w @ torch.linalg.inv(torch.eye(n, dtype=torch.float64) - A)
+    return (lambda z: z @ A.T + x), x, w, u_star
+
+
+def _implicit_grad(adjoint: ImplicitAdjoint, **kw) -> Tensor:
+    f, x, w, _ = _slow_linear()
+    sol = fixed_point(f, torch.zeros_like(w), solver=FixedPointIteration(), adjoint=adjoint, atol=1e-13,
+                      rtol=1e-12, max_steps=2000, **kw)
+    (g,) = torch.autograd.grad((sol.value * w).sum(), x)
+    return g
+
+
+def test_implicit_adjoint_options_act_on_the_backward_solve() -> None:
+    """Each of ImplicitAdjoint's options could be ignored with every other test green."""
+    u_star = _slow_linear()[3]
+
+    def err(adjoint: ImplicitAdjoint, **kw) -> float:
+        return float((_implicit_grad(adjoint, **kw) - u_star).norm() / u_star.norm())
+
+    assert err(ImplicitAdjoint()) < 1e-9                              # the forward's tolerances: exact
+    assert err(ImplicitAdjoint(max_steps=3)) > 1e-2                   # its own budget
+    assert 1e-4 < err(ImplicitAdjoint(rtol=0.1, atol=0.0)) < 0.5      # its own tolerances
+    assert err(ImplicitAdjoint(atol=1e3, rtol=0.0)) > 1e-2
+    with pytest.raises(DeqSolveError, match="implicit backward solve"):
+        err(ImplicitAdjoint(max_steps=2, throw=True))
+    # its own solver: damping changes where 3 steps get to
+    damped = err(ImplicitAdjoint("fixed-point", damping=0.5, max_steps=3))
+    assert abs(damped - err(ImplicitAdjoint(max_steps=3))) > 1e-3
+    # the warm start: from u* itself one step is exact; from v it is not
+    f, x, w, u = _slow_linear()
+    assert err(ImplicitAdjoint(max_steps=1), adjoint_init=u) < 1e-12
+    assert err(ImplicitAdjoint(max_steps=1)) > 1e-2
+
+
+def test_adjoint_init_must_have_the_layout_of_z0() -> None:
+    """A warm start of another shape used to be reshaped silently (6 x 4 into 4 x 6) or fail with a raw error."""
+    f, x, w, u = _slow_linear(B=4, n=6)
+    for bad, what in ((torch.zeros(6, 4, dtype=torch.float64), "shape"), ((u,), "structure"),
+                      (u.float(), "dtype")):
+        with pytest.raises(DeqInputError, match=what):
+            fixed_point(f, torch.zeros_like(w), adjoint="implicit", adjoint_init=bad)

@@ -42,7 +42,10 @@ class AbstractAdjoint(abc.ABC):
     """
 
     name: ClassVar[str] = "abstract"
+    #: backpropagates through the forward iterations (the solve runs with a graph)
     needs_forward_graph: ClassVar[bool] = False
+    #: ``attach`` needs the forward solver's final state (``forward=``), e.g. SHINE's quasi-Newton matrix
+    needs_forward_state: ClassVar[bool] = False
     exact: ClassVar[bool] = False
 
     def reference(self, J: Tensor, v: Tensor) -> Tensor:

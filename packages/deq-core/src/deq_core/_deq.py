@@ -172,6 +172,7 @@ class DEQ(nn.Module):
         self.diagnostics = diagnostics
         self._f_compiled: Any = None
         _check_on_failure(on_failure)
+        _check_adjoint_fits(self.adjoint, mask=on_failure == "mask", amortized=reuse and reuse_steps is not None)
         self.atol, self.rtol, self.max_steps = atol, rtol, max_steps
         self.eval_max_steps = max_steps if eval_max_steps is None else eval_max_steps
         self.reuse, self.reuse_steps, self.strict = reuse, reuse_steps, strict
@@ -245,11 +246,13 @@ class DEQ(nn.Module):
                                opts.get("check_every", self.check_every), opts.get("divergence", 1e6), owner="DEQ",
                                sync_ranks=self.sync_ranks)
         mask = opts.get("on_failure", self.on_failure) == "mask"
+        if mask and self.on_failure != "mask":
+            _check_adjoint_fits(self.adjoint, mask=True, amortized=False)
         throw_budget = self.strict and not amortized
         if amortized and not getattr(self.adjoint, "needs_forward_graph", False):
             with frozen_weights(self.f):
                 value, result, stats = self._amortized(x, z0, control, mask)
-                jac_loss = self._jac_loss(x, value)
+                jac_loss = self._jac_loss(x, value, stats.failed if mask else None)
             self._cache[cache_key] = _detach(value)
             return value, DEQInfo(result, stats, True, jac_loss)
         with frozen_weights(self.f):
@@ -415,8 +418,23 @@ class DEQ(nn.Module):
         if result in (Result.NONFINITE, Result.DIVERGED):
             if not mask:
                 raise DeqSolveError(failure_message(result, stats), Solution(layout.unpack(value), result, stats))
-            value = torch.where(stats.failed[:, None], z, value)  # failed rows: detached, their last finite point
+            value = self._amortized_healthy(x, layer, layout, z, fz, stats.failed, inner)
         return layout.unpack(value), result, stats
+
+    def _amortized_healthy(self, x: Any, layer: Any, layout: StateLayout, z: Tensor, fz: Tensor, failed: Tensor,
+                           inner: LoopControl) -> Tensor:
+        """``on_failure="mask"`` on an amortized call: failed rows are their last point, detached; the adjoint is
+        attached again on the healthy rows alone (a VJP through a failed row's non-finite ``f``, even with a zero
+        cotangent, would make every parameter gradient nan)."""
+        healthy = (~failed).nonzero().flatten()
+        if self.adjoint is None or not torch.is_grad_enabled() or healthy.numel() == 0:
+            return torch.where(failed[:, None], z, fz if self.reuse_steps >= 1 else z)
+        x_sub = _rows(x, healthy, layout.batch)
+        g_sub = flat_map(lambda t: layer(t, x_sub), layout.with_batch(healthy.numel()), check=False)
+        attached = self.adjoint.attach(g_sub, z[healthy], solver=self.solver, control=inner)
+        if self.reuse_steps >= 1:
+            attached = attached + (fz[healthy] - attached.detach())   # numerically f(z), gradient path unchanged
+        return z.index_put((healthy,), attached)
 
     def _layer(self) -> Any:
         """``f``, or its compiled version with ``compile_f``."""
@@ -471,6 +489,24 @@ class _Recorder:
 def _check_on_failure(value: object) -> None:
     if value not in _ON_FAILURE:
         raise DeqConfigError(f"DEQ.on_failure must be one of {', '.join(map(repr, _ON_FAILURE))}, got {value!r}")
+
+
+def _check_adjoint_fits(adjoint: AbstractAdjoint | None, *, mask: bool, amortized: bool) -> None:
+    """Refuse adjoints that cannot work in a mode: under ``on_failure="mask"`` the adjoint is attached after the
+    solve on the healthy rows only, so it can neither backpropagate through the forward iterations nor reuse the
+    solver's state; an amortized call (``reuse_steps``) has no forward solve state either."""
+    if adjoint is None:
+        return
+    name = type(adjoint).__name__
+    if mask and adjoint.needs_forward_graph:
+        raise DeqConfigError(f"DEQ(on_failure='mask') cannot train through {name}, which backpropagates through the "
+                             "forward iterations (a failed sample's nan would reach every gradient); use "
+                             "on_failure='raise' or an adjoint that attaches after the solve (implicit, neumann, "
+                             "phantom)")
+    if adjoint.needs_forward_state and (mask or amortized):
+        mode = "on_failure='mask'" if mask else "reuse_steps (the amortized forward runs no full solve)"
+        raise DeqConfigError(f"{name} needs the forward solver's final state, which {mode} does not keep; use "
+                             "an adjoint that needs only z* (implicit, neumann, phantom)")
 
 
 def _rows(x: Any, index: Tensor, batch: int) -> Any:

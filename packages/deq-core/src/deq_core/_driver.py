@@ -47,6 +47,8 @@ def solve(f: Callable[[State], State], z0: State, solver: Any, adjoint: Any, con
     layout = StateLayout.of(z0, "z0")
     z = layout.pack(z0)
     _check_finite(z, "z0", layout)
+    if adjoint_init is not None:
+        layout.check(adjoint_init, "adjoint_init")   # a warm start of another shape would be silently reshaped
     if layout.batch == 0:
         return _empty_solution(z0, z, solver)
     g = flat_map(f, layout)

@@ -174,6 +174,7 @@ class ReversibleAdjoint(AbstractAdjoint):
     """
 
     name: ClassVar[str] = "reversible"
+    needs_forward_state: ClassVar[bool] = True
     exact: ClassVar[bool] = True  # the finite iteration's gradient; at a converged forward solve it is the
     # implicit one, (I - J^T)^{-1} v, to the forward tolerance (what check_adjoint holds it to)
     max_error: float | None = 1e12

@@ -56,6 +56,7 @@ class ShineAdjoint(AbstractAdjoint):
     """
 
     name: ClassVar[str] = "shine"
+    needs_forward_state: ClassVar[bool] = True
     refine: int = 0
 
     def __post_init__(self) -> None:
