@@ -10,7 +10,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deq_core import DEQ, DeqConfigError, DeqInputError, DeqSolveError, Result, UnknownNameError, fixed_point, save
+from deq_core import (
+    DEQ,
+    AbstractFixedPointSolver,
+    DeqConfigError,
+    DeqInputError,
+    DeqSolveError,
+    Result,
+    UnknownNameError,
+    fixed_point,
+    save,
+)
 from deq_core.testing import no_fixed_point_maps
 
 
@@ -257,3 +267,49 @@ def test_mask_mode_refuses_adjoints_it_cannot_attach() -> None:
     with pytest.raises(DeqConfigError, match="reuse_steps"):
         DEQ(Layer(), adjoint=NeedsState(), reuse=True, reuse_steps=1)
     DEQ(Layer(), adjoint=NeedsState(), reuse=True)               # warm start + full solve: the state exists
+
+
+class _Extrapolate(AbstractFixedPointSolver):
+    """``z <- z + gain (f(z) - z)`` (gain 1000: an extrapolation that overshoots)."""
+
+    name = "extrapolate"
+
+    def init(self, f, z, fz):
+        return None
+
+    def step(self, f, z, fz, state):
+        z = z + 1000.0 * (fz - z)
+        return z, f(z), state
+
+
+class _Scale(_Extrapolate):
+    """``z <- 1000 f(z)``."""
+
+    name = "scale"
+
+    def step(self, f, z, fz, state):
+        z = 1000.0 * fz
+        return z, f(z), state
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_each_divergence_guard_on_its_own(every: int) -> None:
+    """The residual limit and the ||f(z)|| run-away limit each stop a solve the other cannot see (each could be
+    removed with every other test green)."""
+    z0 = torch.zeros(2, 3, dtype=torch.float64)
+    # bounded f (tanh), exploding residual: only the residual limit sees it
+    sol = fixed_point(lambda z: torch.tanh(z - 2.0), z0, solver=_Extrapolate(), throw=False, adjoint=None,
+                      max_steps=20, check_every=every)
+    assert sol.result is Result.DIVERGED and bool(sol.stats.failed.all()), sol.stats.status.tolist()
+    assert float(sol.stats.residual.max()) < 1e3            # the best finite iterate, not the run-away one
+    # constant residual, ||f(z)|| running away: only the ||f(z)|| limit sees it
+    c = torch.ones(2, 3, dtype=torch.float64)
+    sol = fixed_point(lambda z: z + c, z0, solver=_Scale(), throw=False, adjoint=None, atol=1e-12, rtol=0.0,
+                      max_steps=20, check_every=every)
+    assert sol.result is Result.DIVERGED, sol.stats.status.tolist()
+    # and fixed_point's divergence= is that factor
+    late = fixed_point(lambda z: torch.tanh(z - 2.0), z0, solver=_Extrapolate(), throw=False, adjoint=None,
+                       max_steps=20, divergence=1e12)
+    early = fixed_point(lambda z: torch.tanh(z - 2.0), z0, solver=_Extrapolate(), throw=False, adjoint=None,
+                        max_steps=20, divergence=10.0)
+    assert int(early.stats.steps.max()) < int(late.stats.steps.max())

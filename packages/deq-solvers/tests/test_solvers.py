@@ -279,3 +279,55 @@ def test_anderson_adaptive_switch_rebuilds_the_history_of_plain_steps(beta):
     for i, fzi in enumerate(seen):
         assert torch.allclose(st.F[:, i], fzi, rtol=0, atol=1e-13)
     assert torch.allclose(st.H, st.G @ st.G.mT, rtol=1e-12, atol=0)
+
+
+# ------------------------------------------------------------------ Picard's options (none was tested before)
+def _picard_steps(solver, f, z, n, state_edit=None):
+    fz = f(z)
+    state = solver.init(f, z, fz)
+    if state_edit is not None:
+        state_edit(state)
+    for _ in range(n):
+        z, fz, state = solver.step(f, z, fz, state)
+    return z, state
+
+
+def test_picard_damping_is_the_krasnoselskii_mann_step() -> None:
+    from deq_solvers import Picard
+
+    g = torch.Generator().manual_seed(0)
+    W = 0.5 * torch.randn(4, 4, generator=g, dtype=torch.float64) / 2
+
+    def f(z):
+        return torch.tanh(z @ W.T + 1.0)
+
+    z0 = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    z1, _ = _picard_steps(Picard(damping=0.3), f, z0, 1)
+    torch.testing.assert_close(z1, z0 + 0.3 * (f(z0) - z0))
+
+
+def test_picard_adaptive_damping_backtracks_to_convergence_and_recovers() -> None:
+    from deq_core import Result, fixed_point
+    from deq_solvers import Picard
+
+    def f(z):                     # undamped: z <- -1.5 z + 1 diverges; any damping below 0.8 contracts
+        return -1.5 * z + 1.0
+
+    z0 = torch.zeros(2, 3, dtype=torch.float64)
+    plain = fixed_point(f, z0, solver=Picard(), max_steps=60, throw=False)
+    assert plain.result is not Result.CONVERGED
+    sol = fixed_point(f, z0, solver=Picard(adaptive=True), rtol=1e-8, max_steps=300, throw=False)
+    assert sol.result is Result.CONVERGED and sol.stats.solver["backtracks"] > 0
+    torch.testing.assert_close(sol.value, torch.full_like(z0, 0.4), atol=1e-6, rtol=0)
+    # min_damping is the floor: on a map no damping rescues, the residual grows every step
+    _, st = _picard_steps(Picard(adaptive=True, min_damping=0.2), lambda z: 2.0 * z + 1.0, z0, 12)
+    assert torch.equal(st["d"], torch.full_like(st["d"], 0.2)) and int(st["backtracks"].min()) >= 11
+    # recover: a shrinking residual multiplies the damping by it, up to damping
+    def low(st):
+        st["d"].fill_(0.1)
+        st["res"].fill_(float("inf"))
+
+    _, st = _picard_steps(Picard(damping=0.9, adaptive=True, recover=1.5), lambda z: 0.5 * z + 1.0, z0, 1, low)
+    torch.testing.assert_close(st["d"], torch.full_like(st["d"], 0.15))
+    _, st = _picard_steps(Picard(damping=0.9, adaptive=True, recover=1.5), lambda z: 0.5 * z + 1.0, z0, 12, low)
+    torch.testing.assert_close(st["d"], torch.full_like(st["d"], 0.9))
