@@ -166,7 +166,8 @@ class _Zigzag(AbstractFixedPointSolver):
         return z_next, f(z_next), state + 1
 
 
-def test_best_iterate_is_returned_when_residuals_go_up() -> None:
+@pytest.mark.parametrize("every", [1, 3])   # the host path and the device path (check_every > 1)
+def test_best_iterate_is_returned_when_residuals_go_up(every: int) -> None:
     c = _affine(seed=6, rho=0.5)
     seen: list[torch.Tensor] = []
 
@@ -174,7 +175,8 @@ def test_best_iterate_is_returned_when_residuals_go_up() -> None:
         seen.append(z.clone())
         return c.f(z)
 
-    sol = fixed_point(f, c.z0, solver=_Zigzag(), atol=1e-30, rtol=0.0, max_steps=7, throw=False, adjoint=None)
+    sol = fixed_point(f, c.z0, solver=_Zigzag(), atol=1e-30, rtol=0.0, max_steps=7, throw=False, adjoint=None,
+                      check_every=every)
     res = torch.stack([c.residual(z) for z in seen])  # (8, B): z0 and the 7 iterates
     best = res.argmin(dim=0)
     for i in range(4):

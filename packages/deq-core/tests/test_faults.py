@@ -313,3 +313,43 @@ def test_each_divergence_guard_on_its_own(every: int) -> None:
     early = fixed_point(lambda z: torch.tanh(z - 2.0), z0, solver=_Extrapolate(), throw=False, adjoint=None,
                         max_steps=20, divergence=10.0)
     assert int(early.stats.steps.max()) < int(late.stats.steps.max())
+
+
+def test_failed_samples_report_the_residual_of_the_iterate_they_return() -> None:
+    """A sample that diverges comes back at its best finite iterate; its reported residual is that iterate's."""
+    z0 = torch.zeros(2, 3, dtype=torch.float64)
+    f = lambda z: torch.tanh(z - 2.0)   # noqa: E731
+    sol = fixed_point(f, z0, solver=_Extrapolate(), throw=False, adjoint=None, max_steps=20)
+    assert sol.result is Result.DIVERGED
+    torch.testing.assert_close(sol.stats.residual, (f(sol.value) - sol.value).norm(dim=1))
+
+
+def test_per_call_on_failure_strict_and_check_every_act() -> None:
+    x = torch.randn(3, 6, dtype=torch.float64)
+    x_bad = x.clone()
+    x_bad[1, 0] = float("nan")
+    deq = DEQ(Layer(), rtol=1e-10, max_steps=100)
+    with pytest.raises(DeqInputError):
+        deq(x_bad)
+    _, info = deq(x_bad, options={"on_failure": "mask"})        # per call, the constructor's "raise" aside
+    assert info.failed.tolist() == [False, True, False]
+    # strict: a masked batch whose healthy samples run out of budget still raises
+    with pytest.raises(DeqSolveError):
+        DEQ(Layer(), rtol=1e-12, max_steps=2, strict=True, on_failure="mask")(x_bad)
+    # per-call check_every: the device path runs whole blocks of steps before it looks
+    _, every1 = deq(x, options={"check_every": 1})
+    _, every7 = deq(x, options={"check_every": 7})
+    assert int(every7.stats.nfev) > int(every1.stats.nfev)
+
+
+def test_failed_samples_are_not_cached() -> None:
+    from deq_core import FixedPointCache
+
+    x = torch.randn(3, 6, dtype=torch.float64)
+    x_bad = x.clone()
+    x_bad[1, 0] = float("nan")
+    deq = DEQ(Layer(), rtol=1e-10, max_steps=100, on_failure="mask", cache=FixedPointCache(3))
+    idx = torch.arange(3)
+    deq(x_bad, index=idx)
+    _, hits = deq.cache.get(idx, torch.zeros(3, 6, dtype=torch.float64))
+    assert hits.tolist() == [True, False, True]
