@@ -331,3 +331,16 @@ def test_picard_adaptive_damping_backtracks_to_convergence_and_recovers() -> Non
     torch.testing.assert_close(st["d"], torch.full_like(st["d"], 0.15))
     _, st = _picard_steps(Picard(damping=0.9, adaptive=True, recover=1.5), lambda z: 0.5 * z + 1.0, z0, 12, low)
     torch.testing.assert_close(st["d"], torch.full_like(st["d"], 0.9))
+
+
+def test_anderson_history_and_solve_dtypes_are_what_they_say() -> None:
+    """``history_dtype`` and ``solve_dtype`` could be ignored with every test green."""
+    def f(z):
+        return 0.5 * z + 1
+
+    half = torch.zeros(2, 3, dtype=torch.float16)
+    assert Anderson(adaptive=False).init(f, half, f(half)).G.dtype == torch.float32        # auto: float32 for half
+    z = torch.zeros(2, 3)
+    st = Anderson(adaptive=False, history_dtype="float64", solve_dtype="float32").init(f, z, f(z))
+    assert (st.G.dtype, st.F.dtype, st.H.dtype) == (torch.float64, torch.float64, torch.float32)
+    assert Anderson(adaptive=False).init(f, z, f(z)).H.dtype == torch.float64               # the default solve
