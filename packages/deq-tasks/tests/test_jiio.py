@@ -100,9 +100,10 @@ def test_plain_damped_iteration_also_reaches_the_kkt_point() -> None:
     torch.testing.assert_close(res.mu, mu_star, atol=1e-9, rtol=1e-9)
 
 
-def test_augmented_map_is_the_papers_update_with_dense_jacobians() -> None:
-    g = torch.Generator().manual_seed(0)
-    n, k, B = 5, 3, 2
+def _dense_problem(seed: int = 0, n: int = 5, k: int = 3, B: int = 3):
+    """A nonlinear layer and objective with per-sample dense Jacobians: ``(f, obj, z, mu, x, pieces)`` where
+    ``pieces(z, mu, x)`` gives ``f(z, x)``, ``(df/dz)^T mu + grad_z l`` and ``d_x = (df/dx)^T mu + grad_x l``."""
+    g = torch.Generator().manual_seed(seed)
     W = 0.4 * torch.randn(n, n, generator=g, dtype=D) / n ** 0.5
     U = torch.randn(k, n, generator=g, dtype=D)
     y = torch.randn(B, n, generator=g, dtype=D)
@@ -113,21 +114,32 @@ def test_augmented_map_is_the_papers_update_with_dense_jacobians() -> None:
     def obj(z, x):
         return ((z - y) ** 2).sum(1) + (x ** 4).sum(1)
 
-    cfg = JIIOConfig(alpha=0.07, beta_z=0.8, beta_mu=0.6, solver="fixed-point")
+    def pieces(z, mu, x):
+        fz, adj, dx = [], [], []
+        for b in range(B):
+            xb, zb = x[b:b + 1], z[b:b + 1]
+            Jz = torch.autograd.functional.jacobian(lambda zz, xb=xb: f(zz[None], xb)[0], z[b])
+            Jx = torch.autograd.functional.jacobian(lambda xx, zb=zb: f(zb, xx[None])[0], x[b])
+            fz.append(f(zb, xb)[0])
+            adj.append(Jz.T @ mu[b] + 2 * (z[b] - y[b]))
+            dx.append(Jx.T @ mu[b] + 4 * x[b] ** 3)
+        return torch.stack(fz), torch.stack(adj), torch.stack(dx)
+
     z, mu, x = (torch.randn(B, n, generator=g, dtype=D), torch.randn(B, n, generator=g, dtype=D),
                 torch.randn(B, k, generator=g, dtype=D))
+    return f, obj, z, mu, x, pieces
+
+
+def test_augmented_map_is_the_papers_update_with_dense_jacobians() -> None:
+    f, obj, z, mu, x, pieces = _dense_problem(0, B=2)
+    n = z.shape[1]
+    cfg = JIIOConfig(alpha=0.07, beta_z=0.8, beta_mu=0.6, solver="fixed-point")
     G = augmented_map(JIIOProblem(f, obj), cfg, z, x)
     out = G(torch.cat([z, mu, x], 1))
-    for b in range(B):
-        xb, zb = x[b:b + 1], z[b:b + 1]
-        Jz = torch.autograd.functional.jacobian(lambda zz, xb=xb: f(zz[None], xb)[0], z[b])
-        Jx = torch.autograd.functional.jacobian(lambda xx, zb=zb: f(zb, xx[None])[0], x[b])
-        gz = 2 * (z[b] - y[b])
-        gx = 4 * x[b] ** 3
-        fz = f(z[b:b + 1], x[b:b + 1])[0]
-        torch.testing.assert_close(out[b, :n], z[b] + 0.8 * (fz - z[b]))
-        torch.testing.assert_close(out[b, n:2 * n], mu[b] + 0.6 * (Jz.T @ mu[b] + gz - mu[b]))
-        torch.testing.assert_close(out[b, 2 * n:], x[b] - 0.07 * (Jx.T @ mu[b] + gx))
+    fz, adj, dx = pieces(z, mu, x)
+    torch.testing.assert_close(out[:, :n], z + 0.8 * (fz - z))
+    torch.testing.assert_close(out[:, n:2 * n], mu + 0.6 * (adj - mu))
+    torch.testing.assert_close(out[:, 2 * n:], x - 0.07 * dx)
 
 
 def test_tuple_states_and_box_constraint() -> None:
@@ -295,36 +307,6 @@ def test_tangent_step_keeps_the_boundary_optimum_and_leaves_interior_steps() -> 
     torch.testing.assert_close(out[0], step[0])                                   # interior: as is
     torch.testing.assert_close(out[1], torch.tensor([0.0, 1, 0, 0, 0], dtype=D))  # boundary, outward: tangent only
     torch.testing.assert_close(out[2], step[2])                                   # boundary, inward: as is
-
-
-def _dense_problem(seed: int = 0, n: int = 5, k: int = 3, B: int = 3):
-    """A nonlinear layer and objective with per-sample dense Jacobians: ``(f, obj, z, mu, x, pieces)`` where
-    ``pieces(z, mu, x)`` gives ``f(z, x)``, ``(df/dz)^T mu + grad_z l`` and ``d_x = (df/dx)^T mu + grad_x l``."""
-    g = torch.Generator().manual_seed(seed)
-    W = 0.4 * torch.randn(n, n, generator=g, dtype=D) / n ** 0.5
-    U = torch.randn(k, n, generator=g, dtype=D)
-    y = torch.randn(B, n, generator=g, dtype=D)
-
-    def f(z, x):
-        return torch.tanh(z @ W + x @ U)
-
-    def obj(z, x):
-        return ((z - y) ** 2).sum(1) + (x ** 4).sum(1)
-
-    def pieces(z, mu, x):
-        fz, adj, dx = [], [], []
-        for b in range(B):
-            xb, zb = x[b:b + 1], z[b:b + 1]
-            Jz = torch.autograd.functional.jacobian(lambda zz, xb=xb: f(zz[None], xb)[0], z[b])
-            Jx = torch.autograd.functional.jacobian(lambda xx, zb=zb: f(zb, xx[None])[0], x[b])
-            fz.append(f(zb, xb)[0])
-            adj.append(Jz.T @ mu[b] + 2 * (z[b] - y[b]))
-            dx.append(Jx.T @ mu[b] + 4 * x[b] ** 3)
-        return torch.stack(fz), torch.stack(adj), torch.stack(dx)
-
-    z, mu, x = (torch.randn(B, n, generator=g, dtype=D), torch.randn(B, n, generator=g, dtype=D),
-                torch.randn(B, k, generator=g, dtype=D))
-    return f, obj, z, mu, x, pieces
 
 
 def test_kkt_residuals_are_the_norms_of_the_three_equations() -> None:

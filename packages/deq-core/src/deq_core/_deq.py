@@ -418,23 +418,13 @@ class DEQ(nn.Module):
         if result in (Result.NONFINITE, Result.DIVERGED):
             if not mask:
                 raise DeqSolveError(failure_message(result, stats), Solution(layout.unpack(value), result, stats))
-            value = self._amortized_healthy(x, layer, layout, z, fz, stats.failed, inner)
+            # failed rows: their last point, detached; the adjoint attached again on the healthy rows alone (a VJP
+            # through a failed row's non-finite f, even with a zero cotangent, would make every gradient nan)
+            failed = stats.failed
+            value = layout.pack(self._attach_healthy(x, layout.unpack(z), failed, inner))
+            if k >= 1:
+                value = torch.where(failed[:, None], value, value + (fz - value.detach()))
         return layout.unpack(value), result, stats
-
-    def _amortized_healthy(self, x: Any, layer: Any, layout: StateLayout, z: Tensor, fz: Tensor, failed: Tensor,
-                           inner: LoopControl) -> Tensor:
-        """``on_failure="mask"`` on an amortized call: failed rows are their last point, detached; the adjoint is
-        attached again on the healthy rows alone (a VJP through a failed row's non-finite ``f``, even with a zero
-        cotangent, would make every parameter gradient nan)."""
-        healthy = (~failed).nonzero().flatten()
-        if self.adjoint is None or not torch.is_grad_enabled() or healthy.numel() == 0:
-            return torch.where(failed[:, None], z, fz if self.reuse_steps >= 1 else z)
-        x_sub = _rows(x, healthy, layout.batch)
-        g_sub = flat_map(lambda t: layer(t, x_sub), layout.with_batch(healthy.numel()), check=False)
-        attached = self.adjoint.attach(g_sub, z[healthy], solver=self.solver, control=inner)
-        if self.reuse_steps >= 1:
-            attached = attached + (fz[healthy] - attached.detach())   # numerically f(z), gradient path unchanged
-        return z.index_put((healthy,), attached)
 
     def _layer(self) -> Any:
         """``f``, or its compiled version with ``compile_f``."""
