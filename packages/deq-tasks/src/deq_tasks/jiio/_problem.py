@@ -170,7 +170,7 @@ class JIIOConfig:
 
     def with_budget(self, budget: int) -> JIIOConfig:
         """The same settings at another budget (``warmup`` capped at ``budget // 4``)."""
-        return dataclasses.replace(self, budget=budget, warmup=min(self.warmup, budget // 4))
+        return self.replace(budget=budget)
 
     def replace(self, **changes: Any) -> JIIOConfig:
         """These settings with ``changes``; a new ``budget`` without a ``warmup`` caps the warm-up at
