@@ -15,7 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from deq_core import DEQ, FixedPointIteration, ImplicitAdjoint, UnrolledAdjoint
+from deq_core import (
+    DEQ,
+    FixedPointIteration,
+    ImplicitAdjoint,
+    NeumannAdjoint,
+    PhantomAdjoint,
+    UnrolledAdjoint,
+    resolve_adjoint,
+)
 from deq_core.nn import remove_norm, spectral_norm, weight_norm
 
 pytestmark = pytest.mark.usefixtures("core_registry")
@@ -160,6 +168,19 @@ def test_config_is_json() -> None:
     cfg = _normalized_deq().config()
     assert json.loads(json.dumps(cfg)) == cfg
     assert cfg["solver"] == "fixed-point" and cfg["solver_options"] == {"damping": 0.9} and cfg["adjoint"] == "implicit"
+    assert cfg["adjoint_options"] == {"solver": None, "atol": None, "rtol": 1e-8, "max_steps": None, "throw": False}
+
+
+@pytest.mark.parametrize("adjoint", [ImplicitAdjoint("fixed-point", damping=0.5, max_steps=7), NeumannAdjoint(terms=3),
+                                     PhantomAdjoint(steps=2, damping=0.5), UnrolledAdjoint(), None], ids=repr)
+def test_config_records_the_adjoints_options_and_they_rebuild_it(adjoint) -> None:
+    """DEQ.config() used to name the adjoint without its options: a checkpoint lost e.g. its Neumann order."""
+    cfg = DEQ(Layer(), adjoint=adjoint).config()
+    assert json.loads(json.dumps(cfg)) == cfg
+    if adjoint is None:
+        assert cfg["adjoint"] is None and cfg["adjoint_options"] == {}
+        return
+    assert resolve_adjoint(cfg["adjoint"], **cfg["adjoint_options"]) == adjoint
 
 
 # --- normalization -------------------------------------------------------------------------------------------------

@@ -143,6 +143,8 @@ def test_unknown_option_is_an_error() -> None:
         (lambda: PhantomAdjoint(steps=2, damping=2.0), "damping"),
         (lambda: DEQ(nn.Identity(), jac_reg_probes=-1), "jac_reg_probes"),
         (lambda: DEQ(nn.Identity(), reuse_steps=-1), "reuse_steps"),
+        (lambda: DEQ(nn.Identity(), reuse="no"), r"DEQ.reuse must be a bool, got 'no'"),
+        (lambda: DEQ(nn.Identity(), strict=1), r"DEQ.strict must be a bool, got 1"),
     ],
 )
 def test_invalid_hyperparameters_fail_at_construction(make, match: str) -> None:
@@ -164,6 +166,8 @@ def test_invalid_hyperparameters_fail_at_construction(make, match: str) -> None:
         ({"max_steps": 2.5}, "max_steps must be an int"),
         ({"check_every": 0}, "check_every must be an int >= 1"),
         ({"divergence": 1.0}, "divergence must be > 1"),
+        ({"record_trace": "no"}, r"fixed_point.record_trace must be a bool, got 'no'"),
+        ({"throw": 0}, r"fixed_point.throw must be a bool, got 0"),
     ],
 )
 def test_bad_tolerances(kw: dict, match: str) -> None:

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from deq_core import (
     DeqConfigError,
+    DeqError,
     DeqSolveError,
     ImplicitAdjoint,
     PhantomAdjoint,
@@ -195,6 +196,26 @@ def test_reversible_adjoint_refuses_other_solvers_and_second_order():
         torch.autograd.grad(sol.value.sum(), net.x, create_graph=True)
 
 
+def test_reversible_finds_the_returned_step_of_a_best_iterate():
+    """``returned_steps``: a sample frozen at its convergence step is found there; one the driver returned at an
+    earlier best iterate (its residual matches an earlier step) is found at the latest step with that residual;
+    a residual the solver never recorded is an error, not a guess."""
+    from deq_solvers._reversible import _ReversibleState
+
+    z = torch.zeros(3, 2, dtype=F64)
+    state = _ReversibleState(0.5, z, z + torch.tensor([[4.0], [4.0], [4.0]], dtype=F64))
+    for r in ([2.0, 3.0, 2.0], [1.0, 5.0, 2.0], [0.5, 5.0, 1.0]):   # residuals of steps 1..3
+        state.residuals.append(torch.tensor(r, dtype=F64))
+    state.steps = 3
+    steps = torch.tensor([3, 3, 3])
+    # sample 0 converged at step 3; sample 1's best was step 1 (3.0); sample 2's residual 2.0 is at steps 1 and 2
+    residual = torch.tensor([0.5, 3.0, 2.0], dtype=F64)
+    assert state.returned_steps(residual, steps).tolist() == [3, 1, 2]
+    assert state.returned_steps(torch.tensor([2.0, 5.0, 1.0], dtype=F64), torch.tensor([1, 2, 3])).tolist() == [1, 2, 3]
+    with pytest.raises(DeqError, match=r"samples \[1\] were returned at no step"):
+        state.returned_steps(torch.tensor([0.5, 7.0, 1.0], dtype=F64), steps)
+
+
 @pytest.mark.parametrize("bad", [0.0, 1.0, 2.0, -0.5, True, "0.5"])
 def test_reversible_damping_validated(bad):
     with pytest.raises(DeqConfigError, match="damping"):
@@ -239,6 +260,9 @@ def test_shine_estimate_is_minus_the_broyden_inverse_transposed():
     s = captured["state"]
     v = torch.randn(2, 5, dtype=F64)
     n = s.n
+    all_live = inverse_transpose(s, v)
+    s.live[0, 1] = 0.0   # a skipped or restarted term (live = 0) must drop out of the estimate
+    assert n >= 3 and not torch.allclose(inverse_transpose(s, v)[0], all_live[0])
     for i in range(2):  # dense B = -I + sum_k live_k u_k v_k^T
         Bi = -torch.eye(5, dtype=F64) + (s.U[i, :n].T * s.live[i, :n]) @ s.V[i, :n]
         assert torch.allclose(inverse_transpose(s, v)[i], -Bi.T @ v[i], atol=1e-12)

@@ -344,3 +344,163 @@ def test_anderson_history_and_solve_dtypes_are_what_they_say() -> None:
     st = Anderson(adaptive=False, history_dtype="float64", solve_dtype="float32").init(f, z, f(z))
     assert (st.G.dtype, st.F.dtype, st.H.dtype) == (torch.float64, torch.float64, torch.float32)
     assert Anderson(adaptive=False).init(f, z, f(z)).H.dtype == torch.float64               # the default solve
+
+
+# --- Anderson's options against a dense reference ---------------------------------------------------------------
+
+
+def anderson_reference(f, z0: torch.Tensor, steps: int, *, m: int, damping: float, ridge: float, max_alpha: float,
+                       restart_growth: float, adaptive: bool, switch_ratio: float):
+    """Dense float64 Anderson, one sample at a time, written from the ``Anderson`` docstring.
+
+    Returns the iterates ``z_1 .. z_steps`` ``(steps, B, N)`` and the number of plain (adaptive) steps.
+    Each sample keeps the entries since its last restart, the newest ``m`` of them; adaptive mode takes plain
+    damped steps until some sample's residual contracts by less than ``switch_ratio``, then mixes for good."""
+    z, zs = z0.clone(), []
+    hist: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(z0.shape[0])]
+    prev_res, plain, mixing = None, 0, not adaptive or m == 1
+    for k in range(steps):
+        fz = f(z)
+        g = fz - z
+        res = g.norm(dim=1)
+        if not mixing and prev_res is not None and bool((res > switch_ratio * prev_res).any()):
+            mixing = True
+        nxt = torch.empty_like(z)
+        for i in range(z.shape[0]):
+            hist[i] = (hist[i] + [(fz[i], g[i])])[-m:]
+            if not mixing or m == 1:
+                nxt[i] = z[i] + damping * g[i]
+                continue
+            if k > 0 and len(hist[i]) > 1 and float(g[i].norm()) > restart_growth * float(prev_res[i]):
+                hist[i] = hist[i][-1:]
+            F = torch.stack([e[0] for e in hist[i]])
+            G = torch.stack([e[1] for e in hist[i]])
+            H = G @ G.T
+            A = H + ridge * H.diagonal().max() * torch.eye(len(G), dtype=H.dtype)
+            y = torch.linalg.solve(A, torch.ones(len(G), dtype=H.dtype))
+            alpha = y / y.sum()
+            if not float(alpha.abs().sum()) <= max_alpha:
+                hist[i], alpha = hist[i][-1:], torch.ones(1, dtype=H.dtype)
+                F, G = F[-1:], G[-1:]
+            nxt[i] = alpha @ F - (1.0 - damping) * (alpha @ G)
+        plain += not mixing
+        prev_res, z = res, nxt
+        zs.append(z)
+    return torch.stack(zs), plain
+
+
+def anderson_iterates(solver: Anderson, f, z0: torch.Tensor, steps: int):
+    """The solver's own iterates ``z_1 .. z_steps``, stepped directly (no convergence test, no best iterate)."""
+    z, fz = z0, f(z0)
+    state = solver.init(f, z, fz)
+    zs = []
+    for _ in range(steps):
+        z, fz, state = solver.step(f, z, fz, state)
+        zs.append(z)
+    return torch.stack(zs), solver.stats(state)
+
+
+def _far_affine(seed: int):
+    """``f(z) = z A^T + b`` with ``A = I/2 + S`` (``S``: ones on the superdiagonal): spectral radius 1/2 but
+    ``||A|| ~ 1.5``, so residuals grow on some steps (the growth restart and the adaptive switch fire); started
+    ~30 away, so residuals are of size ~100 and the ridge's scale matters."""
+    g = torch.Generator().manual_seed(seed)
+    A = 0.5 * torch.eye(10, dtype=torch.float64) + torch.diag(torch.ones(9, dtype=torch.float64), 1)
+    b = torch.randn(3, 10, generator=g, dtype=torch.float64)
+    z0 = 30.0 * torch.randn(3, 10, generator=g, dtype=torch.float64)
+    return (lambda z: z @ A.T + b), z0
+
+
+ANDERSON_CASES = [
+    dict(m=3, damping=1.0, ridge=1e-7, max_alpha=1e3, restart_growth=float("inf"), adaptive=False),
+    dict(m=3, damping=0.6, ridge=1e-7, max_alpha=1e3, restart_growth=float("inf"), adaptive=False),
+    dict(m=4, damping=0.8, ridge=1e-2, max_alpha=1e3, restart_growth=float("inf"), adaptive=False),
+    dict(m=3, damping=0.7, ridge=1e-7, max_alpha=1e3, restart_growth=1.0 + 1e-9, adaptive=False),
+    dict(m=3, damping=1.0, ridge=1e-7, max_alpha=1.5, restart_growth=float("inf"), adaptive=False),
+    dict(m=4, damping=0.7, ridge=1e-7, max_alpha=1e3, restart_growth=4.0, adaptive=True, switch_ratio=0.5),
+    dict(m=4, damping=0.7, ridge=1e-7, max_alpha=1e3, restart_growth=4.0, adaptive=True, switch_ratio=0.95),
+    dict(m=4, damping=1.0, ridge=1e-7, max_alpha=1e3, restart_growth=4.0, adaptive=True, switch_ratio=1.0),
+]
+
+
+@pytest.mark.parametrize("opts", ANDERSON_CASES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_anderson_iterates_match_the_dense_reference(opts, seed):
+    """Every option acts as documented: the mix with damping, the scaled ridge, both restarts, the adaptive switch.
+    (Before this test, dropping the damping term of the mix, or ignoring switch_ratio, left every test passing.)"""
+    f, z0 = _far_affine(seed)
+    opts = {"switch_ratio": 0.5, **opts}
+    got, stats = anderson_iterates(Anderson(**opts), f, z0, 12)
+    want, plain = anderson_reference(f, z0, 12, **opts)
+    assert torch.allclose(got, want, rtol=1e-9, atol=1e-9 * float(want.abs().max())), \
+        float((got - want).abs().max())
+    assert stats["picard_steps"] == plain
+    if opts["restart_growth"] < 2 or opts["max_alpha"] < 2:
+        assert stats["restarts"] > 0   # the case exercises the restart it is named for
+
+
+def test_anderson_options_change_the_iterates():
+    """The reference test above is only as good as the cases being distinct: each option moves the iterates."""
+    f, z0 = _far_affine(0)
+    base = dict(m=3, damping=1.0, ridge=1e-7, max_alpha=1e3, restart_growth=float("inf"), adaptive=False)
+    ref, _ = anderson_iterates(Anderson(**base), f, z0, 12)
+    for change in ({"damping": 0.6}, {"ridge": 1e-2}, {"restart_growth": 1.0 + 1e-9}, {"max_alpha": 1.5},
+                   {"adaptive": True, "switch_ratio": 0.95}):
+        other, _ = anderson_iterates(Anderson(**{**base, **change}), f, z0, 12)
+        assert not torch.allclose(other, ref, rtol=1e-6), change
+
+
+# --- Broyden's restart and line-search budget -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("growth", [1.0 + 1e-9, 1.5])
+def test_broyden_restart_takes_a_plain_step_exactly_where_the_residual_grew(growth):
+    """``restart_growth``: a sample whose residual exceeds ``growth`` times its residual at the last restart (or
+    at the start) drops its history, so its next step is the plain fixed-point step ``z + g = f(z)``; with the
+    default growth limit the same run never restarts."""
+    f, z0 = _far_affine(0)
+    solver = Broyden(restart_growth=growth)
+    z, fz = z0, f(z0)
+    state = solver.init(f, z, fz)
+    ref = (fz - z).norm(dim=1)   # the residual a restart is measured against
+    before, plain_steps = state.restarts.clone(), 0
+    for k in range(15):
+        g = (fz - z).norm(dim=1)
+        expected = (g > growth * ref) if k else torch.zeros_like(g, dtype=torch.bool)
+        ref = torch.where(expected, g, ref)
+        z_next, fz_next, state = solver.step(f, z, fz, state)
+        restarted = state.restarts > before
+        before = state.restarts.clone()
+        assert torch.equal(restarted, expected), (k, restarted, expected)
+        if bool(restarted.any()):
+            assert torch.allclose(z_next[restarted], fz[restarted], rtol=1e-12, atol=1e-12)
+            plain_steps += int(restarted.sum())
+        for i in (~restarted).nonzero().flatten().tolist() if k else []:  # k = 0: no history, plain for all
+            assert not torch.allclose(z_next[i], fz[i], rtol=1e-6), (k, i)   # the others: quasi-Newton steps
+        z, fz = z_next, fz_next
+    assert plain_steps > 0 and solver.stats(state)["restarts"] == plain_steps
+    sol = solve(f, z0, solver=Broyden(), max_steps=15, throw=False)
+    assert sol.stats.solver["restarts"] == 0
+
+
+@pytest.mark.parametrize("ls_steps", [1, 2, 3, 6])
+def test_broyden_line_search_spends_at_most_ls_steps_extra_evaluations(ls_steps):
+    """An expansive map whose fourth step backtracks until the budget ends: each step evaluates ``f`` at most
+    ``1 + ls_steps`` times, and ``backtracks`` counts the extra evaluations of every sample."""
+    calls = [0]
+
+    def f(z):
+        calls[0] += 1
+        return -5.0 * z + 1.0
+
+    solver = Broyden(line_search=True, ls_steps=ls_steps)
+    z = torch.zeros(2, 3, dtype=torch.float64)
+    fz = f(z)
+    state = solver.init(f, z, fz)
+    per_step = []
+    for _ in range(4):
+        calls[0] = 0
+        z, fz, state = solver.step(f, z, fz, state)
+        per_step.append(calls[0])
+    assert max(per_step) == 1 + ls_steps, per_step
+    assert solver.stats(state)["backtracks"] == 2 * sum(n - 1 for n in per_step)   # two identical samples

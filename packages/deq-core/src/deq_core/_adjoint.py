@@ -15,6 +15,7 @@ gradients reach everything ``f`` closes over (parameters and inputs) in train an
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -74,6 +75,20 @@ class AbstractAdjoint(abc.ABC):
                 "reference(J, v) with the u it back-propagates (see AbstractAdjoint)")
         eye = torch.eye(J.shape[-1], dtype=J.dtype, device=J.device).expand_as(J)
         return torch.linalg.solve(eye - J.transpose(-1, -2), v.unsqueeze(-1)).squeeze(-1)
+
+    def options(self) -> dict[str, Any]:
+        """Hyperparameters as a plain dict (for configs and checkpoints): the dataclass fields, if any.
+
+        ``type(adjoint)(**adjoint.options())`` rebuilds an equal adjoint.
+
+        Example:
+            >>> from deq_core import NeumannAdjoint
+            >>> NeumannAdjoint(terms=4).options()
+            {'terms': 4}
+        """
+        if dataclasses.is_dataclass(self):
+            return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {}
 
     @abc.abstractmethod
     def attach(self, f: FlatMap, z_star: Tensor, *, solver: AbstractFixedPointSolver, control: LoopControl,
@@ -205,6 +220,19 @@ class ImplicitAdjoint(AbstractAdjoint):
         check_tolerances(1.0 if atol is None else atol, 1.0 if rtol is None else rtol,
                          1 if max_steps is None else max_steps, "ImplicitAdjoint")
         self.solver, self.atol, self.rtol, self.max_steps, self.throw = solver, atol, rtol, max_steps, throw
+
+    def options(self) -> dict[str, Any]:
+        """As :meth:`AbstractAdjoint.options`; a backward solver comes as its name plus its own options.
+
+        Example:
+            >>> from deq_core import ImplicitAdjoint
+            >>> ImplicitAdjoint("picard", damping=0.5, rtol=1e-6).options()
+            {'solver': 'picard', 'atol': None, 'rtol': 1e-06, 'max_steps': None, 'throw': False, 'damping': 0.5}
+        """
+        solver = self.solver
+        head = {"solver": None if solver is None else solver.name, "atol": self.atol, "rtol": self.rtol,
+                "max_steps": self.max_steps, "throw": self.throw}
+        return head if solver is None else {**head, **solver.options()}
 
     def __repr__(self) -> str:
         return (f"ImplicitAdjoint(solver={self.solver!r}, atol={self.atol}, rtol={self.rtol}, "

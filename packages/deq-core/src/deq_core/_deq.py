@@ -23,7 +23,7 @@ from ._resolve import resolve_adjoint, resolve_solver
 from ._solution import Result, Solution, SolveStats
 from ._solver import AbstractFixedPointSolver
 from ._state import State, StateLayout, flat_map
-from ._validate import check_int
+from ._validate import check_bool, check_int
 from .nn._norm import frozen_weights
 
 __all__ = ["CALL_OPTIONS", "DEQ", "DEQInfo"]
@@ -175,6 +175,8 @@ class DEQ(nn.Module):
         _check_adjoint_fits(self.adjoint, mask=on_failure == "mask", amortized=reuse and reuse_steps is not None)
         self.atol, self.rtol, self.max_steps = atol, rtol, max_steps
         self.eval_max_steps = max_steps if eval_max_steps is None else eval_max_steps
+        check_bool("DEQ", "reuse", reuse)
+        check_bool("DEQ", "strict", strict)
         self.reuse, self.reuse_steps, self.strict = reuse, reuse_steps, strict
         self.jac_reg_probes, self.check_every, self.on_failure = jac_reg_probes, check_every, on_failure
         self.sync_ranks = sync_ranks
@@ -187,7 +189,9 @@ class DEQ(nn.Module):
         """The hyperparameters as JSON-friendly values (stored in checkpoints)."""
         return {
             "solver": self.solver.name, "solver_options": {k: _plain(v) for k, v in self.solver.options().items()},
-            "adjoint": None if self.adjoint is None else self.adjoint.name, "atol": self.atol, "rtol": self.rtol,
+            "adjoint": None if self.adjoint is None else self.adjoint.name,
+            "adjoint_options": {k: _plain(v) for k, v in (self.adjoint.options() if self.adjoint else {}).items()},
+            "atol": self.atol, "rtol": self.rtol,
             "max_steps": self.max_steps, "eval_max_steps": self.eval_max_steps, "reuse": self.reuse,
             "reuse_steps": self.reuse_steps, "jac_reg_probes": self.jac_reg_probes, "on_failure": self.on_failure,
             "sync_ranks": self.sync_ranks,

@@ -31,7 +31,8 @@ def make_control(atol: float, rtol: float, max_steps: int, check_every: int = 1,
 
         raise DeqConfigError(f"{owner}: divergence must be > 1, got {divergence!r}")
     check_bool(owner, "sync_ranks", sync_ranks)
-    return LoopControl(float(atol), float(rtol), max_steps, check_every, float(divergence), bool(record_trace),
+    check_bool(owner, "record_trace", record_trace)
+    return LoopControl(float(atol), float(rtol), max_steps, check_every, float(divergence), record_trace,
                        sync_ranks, group)
 
 

@@ -9,6 +9,7 @@ from ._driver import make_control, solve
 from ._resolve import resolve_adjoint, resolve_solver
 from ._solution import Solution
 from ._state import State
+from ._validate import check_bool
 
 __all__ = ["DEFAULT_SOLVER", "fixed_point"]
 
@@ -86,6 +87,7 @@ def fixed_point(
     """
     solver_obj = resolve_solver(solver)
     adjoint_obj = resolve_adjoint(adjoint)
+    check_bool("fixed_point", "throw", throw)
     control = make_control(atol, rtol, max_steps, check_every, divergence, record_trace, sync_ranks=sync_ranks,
                            group=group)
     return solve(f, z0, solver_obj, adjoint_obj, control, throw=throw, adjoint_init=adjoint_init)
