@@ -57,6 +57,7 @@ IMAGE_MODELS = tuple(k for k in MODELS if "1024D" not in k)
 COMPARISONS = (("i1L-256D", "e4L-256D"), ("i1L-256D", "e4L-256D-sn"), ("i1L-512D", "e4L-256D"),
                ("i1L-512D", "e4L-256D-sn"), ("i1L-256D", "e1L-256D"), ("i1L-512D", "e1L-512D"),
                ("i1L-1024D", "e1L-1024D"), ("i1L-1024D", "e4L-1024D"))
+PNG_ERROR_MAX = 0.5   # |error| colour scale of every reconstruction PNG (pixel values lie in [0, 1])
 EQUAL_TIME = (("i1L-256D", "e4L-256D"), ("i1L-256D", "e4L-256D-sn"))
 
 
@@ -84,7 +85,7 @@ def run(data, label, family, key, steps, seed, emit, *, log_every=None, png=None
         os.makedirs(png, exist_ok=True)
         plot_reconstruction(os.path.join(png, f"{label}_{family}_{key}_s{seed}.png"), data, res.prediction,
                             f"{name} {key[1:]} on {label} (seed {seed}): held-out {m['heldout_psnr']:.2f} dB, "
-                            f"train {m['train_psnr']:.2f} dB")
+                            f"train {m['train_psnr']:.2f} dB", error_max=PNG_ERROR_MAX)
     return row
 
 
@@ -314,7 +315,8 @@ def main(argv=None) -> int:
     ap.add_argument("--audio", default=None, metavar="WAV",
                     help="the audio row's clip: a PCM WAV file (default: the synthesized chirp + harmonics)")
     ap.add_argument("--skip-same-steps", action="store_true", help="only the long run / media rows")
-    ap.add_argument("--png", default=None, help="write reconstruction PNGs (seed 0) into this folder")
+    ap.add_argument("--png", default=None, help="write reconstruction PNGs (first --seeds entry) into this folder; "
+                    f"the error panel's scale ends at {PNG_ERROR_MAX} for every model, so they compare by eye")
     ap.add_argument("--jsonl", default=None, help="also append the JSON lines to this file")
     ap.add_argument("--from-jsonl", nargs="+", default=None, help="only print the tables from saved JSON lines")
     args = ap.parse_args(argv)

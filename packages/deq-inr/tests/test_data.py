@@ -16,6 +16,7 @@ from deq_inr import (
     interpolate_train,
     interpolation_heldout_psnr,
     load_image,
+    plot_reconstruction,
     psnr,
     read_wav,
     video_data,
@@ -207,3 +208,33 @@ def test_interpolation_reference_is_reported_and_absent_for_random_splits():
     assert res.metrics["interp_heldout_psnr"] == pytest.approx(value)
     rand = image_data("camera", size=32, holdout=0.3)        # not a regular sub-grid: no interpolation
     assert rand.stride is None and interpolate_train(rand) is None and interpolation_heldout_psnr(rand) is None
+
+
+@pytest.mark.parametrize("error_max", [None, 0.5])
+def test_reconstruction_error_scale_is_fixed_on_request(tmp_path, monkeypatch, error_max):
+    """``error_max`` sets the error panel's colour scale (an arrow on the bar when errors exceed it); ``None``
+    scales each plot to its own largest error, so a 0.1-error and a 0.3-error model used to look the same."""
+    import matplotlib.axes
+    import matplotlib.figure
+
+    data = image_data("camera", size=16)
+    pred = (data.values + 0.3).clamp(-1, 1)
+    pred[0] = torch.where(data.values[0] < 0, 1.0, -1.0)   # one error beyond the fixed scale
+    top = float(np.abs(data.as_array(pred) - data.as_array(data.values)).max())
+    assert top > 0.5
+    seen = {}
+    real_imshow, real_colorbar = matplotlib.axes.Axes.imshow, matplotlib.figure.Figure.colorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow",
+                        lambda self, X, **kw: seen.setdefault("vmax", []).append(kw.get("vmax")) or
+                        real_imshow(self, X, **kw))
+    monkeypatch.setattr(matplotlib.figure.Figure, "colorbar",
+                        lambda self, im, **kw: seen.update(extend=kw.get("extend")) or real_colorbar(self, im, **kw))
+    path = plot_reconstruction(tmp_path / "r.png", data, pred, "t", error_max=error_max)
+    assert (tmp_path / "r.png").stat().st_size > 0 and path.endswith("r.png")
+    assert seen["vmax"][:2] == [1, 1]   # ground truth and reconstruction on the pixel range
+    if error_max is None:
+        assert seen["vmax"][2] == pytest.approx(top, rel=1e-6) and seen["extend"] == "neither"
+    else:
+        assert seen["vmax"][2] == 0.5 and seen["extend"] == "max"
+    with pytest.raises(ValueError, match="error_max must be a finite number > 0 or None, got 0"):
+        plot_reconstruction(tmp_path / "bad.png", data, pred, error_max=0)

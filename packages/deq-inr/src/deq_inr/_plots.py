@@ -20,9 +20,16 @@ def _plt():
     return plt
 
 
-def plot_reconstruction(path: str | os.PathLike[str], data: Any, pred: Any, title: str = "") -> str:
+def plot_reconstruction(path: str | os.PathLike[str], data: Any, pred: Any, title: str = "",
+                        error_max: float | None = None) -> str:
     """Ground truth | reconstruction | absolute error. Images: one row; video: first, middle, last frame;
-    audio: waveform, reconstruction and error (full clip and a zoom)."""
+    audio: waveform, reconstruction and error (full clip and a zoom).
+
+    ``error_max``: the top of the image / video error colour scale (larger errors show at its colour; the colour
+    bar is drawn with an arrow). ``None``: each plot's own largest error, which makes two models' plots of the
+    same data look alike whatever their errors; pass one value to compare them by eye."""
+    if error_max is not None and not (isinstance(error_max, (int, float)) and 0 < error_max < float("inf")):
+        raise ValueError(f"plot_reconstruction: error_max must be a finite number > 0 or None, got {error_max!r}")
     plt = _plt()
     gt, rec = data.as_array(data.values), data.as_array(pred)
     if data.kind == "audio":
@@ -46,8 +53,10 @@ def plot_reconstruction(path: str | os.PathLike[str], data: Any, pred: Any, titl
             cmap = "gray" if g.ndim == 2 else None
             axes[r, 0].imshow(g, cmap=cmap, vmin=0, vmax=1)
             axes[r, 1].imshow(p, cmap=cmap, vmin=0, vmax=1)
-            im = axes[r, 2].imshow(err, cmap="inferno", vmin=0, vmax=max(float(err.max()), 1e-6))
-            fig.colorbar(im, ax=axes[r, 2], fraction=0.046)
+            top = max(float(err.max()), 1e-6) if error_max is None else float(error_max)
+            im = axes[r, 2].imshow(err, cmap="inferno", vmin=0, vmax=top)
+            fig.colorbar(im, ax=axes[r, 2], fraction=0.046,
+                         extend="max" if error_max is not None and float(err.max()) > top else "neither")
             for c, lab in enumerate(("ground truth", "reconstruction", "|error|")):
                 axes[r, c].set_title(lab if f is None else f"{lab} (frame {f})")
                 axes[r, c].axis("off")
