@@ -226,8 +226,8 @@ class ImplicitAdjoint(AbstractAdjoint):
 
         Example:
             >>> from deq_core import ImplicitAdjoint
-            >>> ImplicitAdjoint("picard", damping=0.5, rtol=1e-6).options()
-            {'solver': 'picard', 'atol': None, 'rtol': 1e-06, 'max_steps': None, 'throw': False, 'damping': 0.5}
+            >>> ImplicitAdjoint("fixed-point", damping=0.5, rtol=1e-6).options()
+            {'solver': 'fixed-point', 'atol': None, 'rtol': 1e-06, 'max_steps': None, 'throw': False, 'damping': 0.5}
         """
         solver = self.solver
         head = {"solver": None if solver is None else solver.name, "atol": self.atol, "rtol": self.rtol,
