@@ -93,18 +93,33 @@ def _support_loss(net, xs, ys, v, reg):
 
 
 def test_jiio_adaptation_lowers_support_loss_and_reports_kkt():
-    net = _model()
+    # float64: at float32 this 40-iteration Anderson run amplified rounding until the result depended on the CPU
+    # (one sample's reported objective was 0.69 off the re-solved one on one machine and within 0.05 on another)
+    net = _model(torch.float64)
     xs, ys, _, _ = sinusoid_tasks(6, torch.Generator().manual_seed(3))
+    xs, ys = xs.double(), ys.double()
     cfg = MetaConfig(hidden=16, context_dim=8, jiio=META_JIIO.replace(budget=40, switch_at=25, alpha=2.0,
                                                                       alpha_final=0.5))
-    v0 = torch.zeros(6, 8)
+    v0 = torch.zeros(6, 8, dtype=torch.float64)
     v, res = adapt_jiio(net, xs, ys, cfg)
     before, after = _support_loss(net, xs, ys, v0, cfg.context_reg), _support_loss(net, xs, ys, v, cfg.context_reg)
     assert bool((after < before).all()), (before, after)
     assert float(after.mean()) < 0.85 * float(before.mean())
     assert set(res.kkt) == {"z", "mu", "x"} and res.kkt["x"].shape == (6,)
-    # the objective JIIO reports agrees with the re-solved one (its z is close to an equilibrium)
-    torch.testing.assert_close(res.objective, after, rtol=0.05, atol=0.05)
+
+    # the objective JIIO reports is the objective at an equilibrium next to its z, nearer the more it iterates.
+    # The re-solve starts from JIIO's z: with the FiLM context this layer is not a contraction for every v, and
+    # from zero the solver can land on another equilibrium (it does for one of these tasks at budget 150).
+    def gap(res, v):
+        with torch.no_grad():
+            z, info = net.deq((net.inject(xs), v), z0=res.z)
+            assert bool(info.stats.converged.all())
+            return (res.objective - inner_objective(net.predict(z), ys, v, cfg.context_reg)).abs()
+
+    v_long, res_long = adapt_jiio(net, xs, ys, cfg, budget=150)
+    assert float(res_long.kkt["z"].max()) < 0.5 * float(res.kkt["z"].max())
+    assert float(gap(res_long, v_long).max()) < 0.5 * float(gap(res, v).max())
+    torch.testing.assert_close(gap(res_long, v_long), torch.zeros(6, dtype=torch.float64), rtol=0, atol=0.03)
 
 
 def test_adam_and_maml_baselines_lower_support_loss():
