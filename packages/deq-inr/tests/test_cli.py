@@ -194,6 +194,7 @@ def test_deq_console_script_has_inr_command(tmp_path, capsys):
     (["--model", "isiren", "--audio", "--size", "32"], "--size is for images"),
     (["--model", "isiren", "--neumann-terms", "-1"], "--neumann-terms"),
     (["--model", "isiren", "--seed", "-1"], "--seed"),
+    (["--model", "isiren", "--image", "camera", "--audio"], "give only one of --image, --audio, --video"),
 ])
 def test_fit_refuses_options_that_would_be_ignored_or_are_bad(tmp_path, args, match):
     res = _run(["fit", *args, "--out", str(tmp_path / "o"), "--steps", "1", "--width", "8", "--no-progress"])
@@ -225,3 +226,32 @@ def test_sized_model_and_arch(tmp_path):
     assert res.exit_code == 0 and json.loads((tmp_path / "a" / "metrics.json").read_text())["width"] == 512
     _one_line_error(_run(["fit", "--model", "siren", "--arch", "4L-256D", "--width", "16", "--out",
                           str(tmp_path / "b"), *small]), "contradicts")
+
+
+def test_fit_options_reach_the_model_and_the_training(tmp_path, monkeypatch):
+    import deq_inr._fit as fit_mod
+
+    seen = {}
+    real = fit_mod.fit
+    monkeypatch.setattr(fit_mod, "fit", lambda *a, **k: seen.update(k) or real(*a, **k))
+    out = tmp_path / "o"
+    res = _run(["fit", "--model", "isiren", "--out", str(out), *TINY, "--lr", "0.01", "--input-scale", "3",
+                "--reuse-steps", "0", "--neumann-terms", "inf", "--batch-size", "20", "--seed", "3"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["lr"] == 0.01 and m["seed"] == 3 and seen["batch_size"] == 20 and seen["seed"] == 3
+    cfg = m["config"]
+    assert cfg["input_scale"] == 3.0 and cfg["reuse_steps"] == 0 and cfg["neumann_terms"] is None
+
+
+def test_render_audio_keeps_the_clips_sample_rate(tmp_path):
+    from deq_inr import read_wav, synth_audio, write_wav
+
+    clip = str(tmp_path / "c.wav")
+    write_wav(clip, synth_audio(seconds=0.02, sample_rate=16000), 16000)
+    res = _run(["fit", "--model", "imfn-fourier", "--audio", clip, "--out", str(tmp_path / "a"), *TINY_MEDIA])
+    assert res.exit_code == 0, res.output
+    res = _run(["render", str(tmp_path / "a" / "model.safetensors"), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    wav, rate = read_wav(str(tmp_path / "r" / "render.wav"))
+    assert rate == 16000 and wav.shape == (320,)

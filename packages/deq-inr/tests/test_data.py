@@ -1,5 +1,7 @@
 """Datasets: grids, splits, loading, and bad input."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -238,3 +240,48 @@ def test_reconstruction_error_scale_is_fixed_on_request(tmp_path, monkeypatch, e
         assert seen["vmax"][2] == 0.5 and seen["extend"] == "max"
     with pytest.raises(ValueError, match="error_max must be a finite number > 0 or None, got 0"):
         plot_reconstruction(tmp_path / "bad.png", data, pred, error_max=0)
+
+
+@pytest.mark.parametrize("wide", [True, False])
+def test_center_crop_keeps_the_middle_square(tmp_path, wide):
+    ramp = (np.arange(8) * 30).astype(np.uint8)
+    arr = np.tile(ramp, (4, 1)) if wide else np.tile(ramp[:, None], (1, 4))   # 4 x 8 or 8 x 4
+    d = image_data(_png(tmp_path / "r.png", arr), size=4, holdout=None)
+    got = d.as_array(d.values) * 255
+    want = np.tile(ramp[2:6], (4, 1)) if wide else np.tile(ramp[2:6, None], (1, 4))
+    np.testing.assert_allclose(got, want, atol=0.5)
+
+
+def test_gray_uses_luminance_weights(tmp_path):
+    arr = np.zeros((4, 4, 3), np.uint8)
+    arr[..., 0], arr[..., 1], arr[..., 2] = 200, 100, 50
+    d = image_data(_png(tmp_path / "c.png", arr), size=None, holdout=None, gray=True)
+    want = (0.2125 * 200 + 0.7154 * 100 + 0.0721 * 50) / 255
+    np.testing.assert_allclose(d.as_array(d.values), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("width, frames, want", [
+    (1, np.array([192, 64, 255, 128], np.uint8), [0.0, (127 / 128) / 2]),       # unsigned, offset 128
+    (2, np.array([16384, 3277, -32768, 0], "<i2"), [(0.5 + 0.1) / 2, -0.5]),
+    (4, np.array([2**30, -(2**29), 0, 2**31 - 1], "<i4"), [0.125, 0.5]),
+])
+def test_read_wav_sample_widths_and_stereo_average(tmp_path, width, frames, want):
+    import wave
+
+    p = str(tmp_path / "s.wav")
+    with wave.open(p, "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(width)
+        w.setframerate(16000)
+        w.writeframes(frames.tobytes())
+    x, rate = read_wav(p)
+    assert rate == 16000
+    np.testing.assert_allclose(x, want, atol=1e-4)
+
+
+def test_random_split_follows_the_seed_and_its_points_per_side():
+    a, b, a2 = (image_data("camera", size=12, holdout=0.3, seed=s) for s in (0, 1, 0))
+    assert not torch.equal(a.train_idx, b.train_idx) and torch.equal(a.train_idx, a2.train_idx)
+    d = image_data("camera", size=16, holdout=0.3)
+    assert d.train_points_per_side() == pytest.approx(16 * math.sqrt(len(d.train_idx) / 256))
+    assert default_input_scale(d) == pytest.approx(d.train_points_per_side() / 2)

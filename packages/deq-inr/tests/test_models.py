@@ -387,3 +387,97 @@ def test_fit_refuses_a_model_whose_sizes_do_not_match_the_data():
         fit(build_model("siren", 1, 1, width=8), d, steps=1, progress=False)
     with pytest.raises(DeqInputError, match="to 3 channel"):
         fit(build_model("isiren", 2, 3, width=8), d, steps=1, progress=False)
+
+
+def test_neumann_terms_reach_the_adjoint():
+    assert build_model("isiren", 2, 1, width=8, neumann_terms=5).deq.adjoint.terms == 5
+    assert build_model("imfn-gabor", 2, 1, width=8).deq.adjoint.terms == 1   # the papers' T = 1
+    assert isinstance(build_model("isiren", 2, 1, width=8, neumann_terms=None).deq.adjoint, ImplicitAdjoint)
+
+
+def test_gabor_init_scales_rows_by_sqrt_gamma_and_uses_alpha_6_for_injection():
+    torch.manual_seed(0)
+    g = GaborFilter(2, 4096, input_scale=1.0, k=1, alpha=3.0)
+    w = g.linear.weight.detach() / g.gamma.detach().sqrt()[:, None]
+    bound = 1 / math.sqrt(2) / math.sqrt(2)   # U(+-1/sqrt(d_in)) x input_scale / sqrt(k + 1), before x sqrt(gamma)
+    assert float(w.abs().max()) <= bound + 1e-5 and float(w.abs().max()) > 0.95 * bound
+    # gamma ~ Gamma(alpha / (k + 1), 1): the injection filter has alpha 6 (mean 3), a layer filter alpha 3 (1.5)
+    m = ExplicitINR("gabor", 2, 1, width=4096, layers=1, input_scale=1.0)
+    assert abs(float(m.filters.injection.gamma.detach().mean()) - 3.0) < 0.15
+    assert abs(float(m.filters.filters[0].gamma.detach().mean()) - 1.5) < 0.1
+
+
+def test_classic_siren_hidden_and_readout_init_are_divided_by_omega_0():
+    torch.manual_seed(0)
+    m = Siren(2, 1, width=64, layers=2)
+    bound = math.sqrt(6 / 64) / 30
+    for lin in m.hidden:   # 4 096 draws each: the largest is within 10 % of the bound
+        assert 0.9 * bound < float(lin.weight.detach().abs().max()) <= bound + 1e-7
+    assert float(m.readout.weight.detach().abs().max()) <= bound + 1e-7
+
+
+def test_fit_solves_each_mini_batch_and_amortizes_only_the_full_batch():
+    from deq_inr import fit, image_data
+
+    d = image_data("camera", size=8)
+    keys = []
+    m = build_model("isiren", 2, 1, width=8)
+    m.register_forward_pre_hook(lambda mod, args, kw: keys.append(kw.get("cache_key")) if mod.training else None,
+                                with_kwargs=True)
+    r = fit(m, d, steps=3, batch_size=8, progress=False, measure_memory=False)
+    assert keys == [None, None, None]
+    assert min(r.solver_steps) > 1   # a fresh batch is solved, not warm-started from another batch's fixed point
+    keys.clear()
+    r = fit(m, d, steps=3, progress=False, measure_memory=False)
+    assert keys == ["train"] * 3 and r.solver_steps[1:] == [1, 1]
+
+
+def test_fit_stops_at_the_time_budget():
+    from deq_inr import fit, image_data
+
+    r = fit(build_model("siren", 2, 1, width=8), image_data("camera", size=8), steps=50, time_budget=0.0,
+            progress=False, measure_memory=False)
+    assert r.metrics["steps"] == 1 and r.history[-1]["step"] == 1
+
+
+def test_saved_activation_bytes_and_training_memory():
+    from deq_inr import image_data
+    from deq_inr._metrics import saved_activation_bytes, training_memory_mb
+
+    x = torch.randn(10, 4, requires_grad=True)
+    w = torch.randn(4, 3, requires_grad=True)
+    # mm saves x and w, sin saves mm's (10, 3) output: (40 + 12 + 30) float32
+    assert saved_activation_bytes(lambda: torch.sin(x @ w).sum().backward()) == 82 * 4
+    xs, ys = image_data("camera", size=16).train()
+
+    def step_bytes(model):
+        def step():
+            y, _ = model(xs, cache_key="train")
+            ((y - ys) ** 2).mean().backward()
+
+        step()   # the first step solves from zeros; measure a later one
+        return saved_activation_bytes(step)
+
+    # the implicit step saves one block application, however many solver iterations ran without grad
+    implicit = {step_bytes(build_model("isiren", 2, 1, width=32, **kw))
+                for kw in ({"reuse_steps": 1}, {"reuse_steps": 5}, {"amortize": False})}
+    assert len(implicit) == 1
+    assert implicit.pop() < 0.5 * step_bytes(build_model("siren", 2, 1, width=32, layers=4))
+    m = build_model("isiren", 2, 1, width=8)
+    pbytes = sum(p.numel() * 4 for p in m.parameters())
+    bbytes = sum(b.numel() * 4 for b in m.buffers())
+    assert bbytes > 0 and training_memory_mb(m, 1000) == (4 * pbytes + bbytes + 1000) / 2**20
+
+
+def test_predict_in_chunks_equals_one_pass_and_classic_siren_checkpoint_keeps_omega_0(tmp_path):
+    from deq_inr import load_checkpoint, save_checkpoint
+
+    x = _coords(n=23)
+    for m in (build_model("isiren", 2, 1, width=8), build_model("siren", 2, 1, width=8, layers=2)):
+        # (each chunk of the implicit model is solved on its own, to the solver's tolerance)
+        torch.testing.assert_close(m.predict(x, chunk=5), m.predict(x), rtol=1e-3, atol=1e-3)
+    m = build_model("siren", 2, 1, width=8, injection=False, omega_0=12.0)
+    save_checkpoint(tmp_path / "s.safetensors", m, {"kind": "image", "shape": [4, 4]})
+    m2, _ = load_checkpoint(tmp_path / "s.safetensors")
+    assert isinstance(m2, Siren) and m2.omega_0 == 12.0
+    torch.testing.assert_close(m2.predict(x), m.predict(x))
