@@ -93,8 +93,11 @@ def _support_loss(net, xs, ys, v, reg):
 
 
 def test_jiio_adaptation_lowers_support_loss_and_reports_kkt():
-    # float64: at float32 this 40-iteration Anderson run amplified rounding until the result depended on the CPU
-    # (one sample's reported objective was 0.69 off the re-solved one on one machine and within 0.05 on another)
+    # float64: at float32 this Anderson run amplified rounding until the result depended on the CPU (one sample's
+    # reported objective was 0.69 off the re-solved one on an AVX-512 machine and within 0.05 on another). In
+    # float64 budget 40 prints the same figures under every instruction set tried (ATEN_CPU_CAPABILITY default /
+    # avx2 / avx512 with MKL and oneDNN alike); past ~100 iterations the trajectory is chaotic, so no exact
+    # figure is asserted there.
     net = _model(torch.float64)
     xs, ys, _, _ = sinusoid_tasks(6, torch.Generator().manual_seed(3))
     xs, ys = xs.double(), ys.double()
@@ -107,19 +110,21 @@ def test_jiio_adaptation_lowers_support_loss_and_reports_kkt():
     assert float(after.mean()) < 0.85 * float(before.mean())
     assert set(res.kkt) == {"z", "mu", "x"} and res.kkt["x"].shape == (6,)
 
-    # the objective JIIO reports is the objective at an equilibrium next to its z, nearer the more it iterates.
-    # The re-solve starts from JIIO's z: with the FiLM context this layer is not a contraction for every v, and
-    # from zero the solver can land on another equilibrium (it does for one of these tasks at budget 150).
-    def gap(res, v):
+    # the objective JIIO reports is the objective at an equilibrium next to its z, and nearer the more it
+    # iterates. The re-solve starts from JIIO's z: with the FiLM context this layer is not a contraction for
+    # every v, and from zero the solver can land on another equilibrium (it did for one of these tasks).
+    def resolved(res, v):
         with torch.no_grad():
             z, info = net.deq((net.inject(xs), v), z0=res.z)
             assert bool(info.stats.converged.all())
-            return (res.objective - inner_objective(net.predict(z), ys, v, cfg.context_reg)).abs()
+            return inner_objective(net.predict(z), ys, v, cfg.context_reg)
 
-    v_long, res_long = adapt_jiio(net, xs, ys, cfg, budget=150)
+    torch.testing.assert_close(res.objective, resolved(res, v), rtol=0.05, atol=0.05)
+    v_long, res_long = adapt_jiio(net, xs, ys, cfg, budget=100)
+    gap, gap_long = ((r.objective - resolved(r, w)).abs() for r, w in ((res, v), (res_long, v_long)))
+    # measured over six instruction-set settings: KKT z 0.51-0.64 (1.98 at 40), gap 0.011-0.040 (0.135 at 40)
     assert float(res_long.kkt["z"].max()) < 0.5 * float(res.kkt["z"].max())
-    assert float(gap(res_long, v_long).max()) < 0.5 * float(gap(res, v).max())
-    torch.testing.assert_close(gap(res_long, v_long), torch.zeros(6, dtype=torch.float64), rtol=0, atol=0.03)
+    assert float(gap_long.max()) < 0.5 * float(gap.max()) and float(gap_long.max()) < 0.06
 
 
 def test_adam_and_maml_baselines_lower_support_loss():
