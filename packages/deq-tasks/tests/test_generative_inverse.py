@@ -368,23 +368,24 @@ def test_inverse_trains_on_corrupted_images_and_scores_against_the_clean_ones(tm
     assert len(scored) == 5 and all(torch.equal(b, clean) for b in scored)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_decoder_backward_is_warm_started_from_the_rescaled_mu_star(digits, monkeypatch, seed) -> None:
+def test_decoder_backward_is_warm_started_from_the_rescaled_mu_star(digits, monkeypatch) -> None:
     """The DEQ backward of a decoder step starts at ``mu* / y.numel()`` (JIIO's adjoint, rescaled from the inner
     sum-of-squares to the outer mean): with a short backward budget that lands nearer the converged gradient than
     a start at ``v`` does. Dropping the warm start passed every test before this one.
 
-    At a JIIO budget of 100 the warm gradient's error was 0.31-0.65 of the cold one's on these three seeds; at a
-    budget of 40 the warm start was worse on seed 2 (mu* / y.numel() at cosine 0.49 to the converged adjoint)."""
+    float64 and five decoders, because the ratio of one decoder depends on the CPU's rounding: at a JIIO budget
+    of 100, warm error / cold error per seed 0-4 was 0.28-0.75 (mean 0.41-0.50) in float64 under
+    ATEN_CPU_CAPABILITY avx512, avx2 and default (MKL and oneDNN alike); in float32 0.24-0.90 (one seed's 0.65 on
+    one CPU was 0.83 on another). At a budget of 40 the warm start was worse on seed 2 (mu* / y.numel() at
+    cosine 0.49 to the converged adjoint)."""
     import deq_tasks.generative as gen
 
-    dec = build_decoder(size=8, latent_dim=8, channels=(4, 8), seed=seed, head_bias=-1.5)
-    y = digits.train_x[:8]
+    real = gen.equilibrium_with_grad
+    y = digits.train_x[:8].double()
     cfg = DECODER_JIIO.with_budget(100)
-    state = {k: v.clone() for k, v in dec.state_dict().items()}
-    real, seen = gen.equilibrium_with_grad, {}
+    seen = {}
 
-    def grads(backward_steps: int, warm: bool) -> torch.Tensor:
+    def grads(dec, state, backward_steps: int, warm: bool) -> torch.Tensor:
         dec.load_state_dict(state)
         dec.zero_grad()
         dec.backward_steps = backward_steps
@@ -398,8 +399,12 @@ def test_decoder_backward_is_warm_started_from_the_rescaled_mu_star(digits, monk
         seen["mu"] = res.mu
         return torch.cat([p.grad.flatten() for p in dec.layer.parameters() if p.grad is not None])
 
-    exact = grads(300, warm=True)
-    assert all(torch.allclose(i, m / y.numel()) for i, m in zip(seen["init"], seen["mu"]))
-    warm, cold = grads(2, warm=True), grads(2, warm=False)
-    err_warm, err_cold = float((warm - exact).norm()), float((cold - exact).norm())
-    assert err_warm < 0.8 * err_cold, (err_warm, err_cold)
+    ratios = []
+    for seed in range(5):
+        dec = build_decoder(size=8, latent_dim=8, channels=(4, 8), seed=seed, head_bias=-1.5).double()
+        state = {k: v.clone() for k, v in dec.state_dict().items()}
+        exact = grads(dec, state, 300, warm=True)
+        assert all(torch.allclose(i, m / y.numel()) for i, m in zip(seen["init"], seen["mu"]))
+        warm, cold = grads(dec, state, 2, warm=True), grads(dec, state, 2, warm=False)
+        ratios.append(float((warm - exact).norm()) / float((cold - exact).norm()))
+    assert max(ratios) < 0.9 and sum(ratios) / len(ratios) < 0.65, ratios
