@@ -41,15 +41,23 @@ def test_converges_to_reference(solver, kind):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("solver", [Anderson(), Broyden()], ids=repr)
 def test_accelerates_slow_contraction(solver, dtype):
-    """Slow symmetric contraction (eigenvalues up to 0.95): far fewer evaluations than plain iteration."""
-    f, z_star, _, _ = affine(3, B=3, N=40, rho=0.95, sym=True, dtype=dtype)
-    rtol = 1e-10 if dtype == torch.float64 else 1e-5
-    z0 = torch.zeros(3, 40, dtype=dtype)
-    plain = solve(f, z0, solver=Picard(), atol=0.0, rtol=rtol, max_steps=2000)
-    fast = solve(f, z0, solver=solver, atol=0.0, rtol=rtol, max_steps=2000)
-    assert fast.result is Result.CONVERGED
-    factor = 3 if dtype == torch.float64 else 1.5   # float32: rounding limits the quasi-Newton model
-    assert fast.stats.nfev * factor < plain.stats.nfev, (fast.stats.nfev, plain.stats.nfev)
+    """Slow symmetric contraction (eigenvalues up to 0.95): far fewer evaluations than plain iteration.
+
+    Summed over three problems: Broyden's count on one problem moves with the CPU's rounding (its restarts), in
+    float64 from 110 to 133 evaluations between ATEN_CPU_CAPABILITY avx512 and default (plain: 386). Totals
+    measured under avx512 / avx2 / default: Broyden 307-337 (float64) and 194-222 (float32), Anderson 272-273
+    and 101-102, against plain iteration's 1 138 and 465."""
+    plain_n = fast_n = 0
+    for seed in (3, 4, 5):
+        f, z_star, _, _ = affine(seed, B=3, N=40, rho=0.95, sym=True, dtype=dtype)
+        rtol = 1e-10 if dtype == torch.float64 else 1e-5
+        z0 = torch.zeros(3, 40, dtype=dtype)
+        plain = solve(f, z0, solver=Picard(), atol=0.0, rtol=rtol, max_steps=2000)
+        fast = solve(f, z0, solver=solver, atol=0.0, rtol=rtol, max_steps=2000)
+        assert fast.result is Result.CONVERGED
+        plain_n, fast_n = plain_n + plain.stats.nfev, fast_n + fast.stats.nfev
+    factor = 2.5 if dtype == torch.float64 else 1.5   # float32: rounding limits the quasi-Newton model
+    assert fast_n * factor < plain_n, (fast_n, plain_n)
 
 
 def test_anderson_scaled_ridge_does_not_stall():
