@@ -1,4 +1,4 @@
-"""Extract the ```python blocks of the docs (shared by the doc tests)."""
+"""Extract the ```python blocks of the docs and the READMEs (shared by the doc tests)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ _SKIP_COMMENT = re.compile(r"<!--\s*skip(?::\s*(?P<reason>[\w-]+))?\s*-->\s*$")
 
 @dataclass(frozen=True)
 class Block:
-    page: str  # path relative to docs/
+    page: str  # path relative to the repository
     line: int  # 1-based line of the opening fence
     code: str
     skip: str | None  # None = run; otherwise the reason ("" when none was given)
@@ -28,12 +28,21 @@ class Block:
 
 
 def pages() -> list[Path]:
-    return sorted(DOCS.rglob("*.md"))
+    """docs/**/*.md and the READMEs a user reads first (the project's, each package's and each example's)."""
+    root = DOCS.parent
+    readmes = [root / "README.md", *sorted(root.glob("packages/*/README.md")),
+               *sorted(root.glob("examples/*/README.md"))]
+    return sorted(DOCS.rglob("*.md")) + [p for p in readmes if p.is_file()]
+
+
+def rel(page: Path) -> str:
+    """A page's path as the tests name it: relative to the repository (``docs/...``, ``packages/.../README.md``)."""
+    return page.relative_to(DOCS.parent).as_posix()
 
 
 def blocks(page: Path) -> list[Block]:
     text = page.read_text(encoding="utf-8")
-    rel = page.relative_to(DOCS).as_posix()
+    name = rel(page)
     out = []
     for m in _FENCE.finditer(text):
         info = m.group("info").strip().split()
@@ -51,5 +60,5 @@ def blocks(page: Path) -> list[Block]:
         indent = m.group("indent")
         if indent:
             body = "\n".join(line[len(indent):] if line.startswith(indent) else line for line in body.split("\n"))
-        out.append(Block(rel, text.count("\n", 0, m.start()) + 1, body, skip))
+        out.append(Block(name, text.count("\n", 0, m.start()) + 1, body, skip))
     return out

@@ -10,7 +10,7 @@ import sys
 
 import click
 import pytest
-from _snippets import DOCS, pages
+from _snippets import pages, rel
 
 _FENCE = re.compile(r"^```(?P<lang>\w+)[^\n]*\n(?P<body>.*?)^```", re.M | re.S)
 
@@ -20,7 +20,7 @@ def fenced(lang: str) -> list[tuple[str, str]]:
     for page in pages():
         for m in _FENCE.finditer(page.read_text(encoding="utf-8")):
             if m.group("lang") == lang:
-                out.append((page.relative_to(DOCS).as_posix(), m.group("body")))
+                out.append((rel(page), m.group("body")))
     return out
 
 
@@ -64,7 +64,7 @@ def test_documented_deq_command_exists(page, line):
         return  # options are passed on (e.g. task-specific ones); the command itself exists
     known = {"--help", "-h"} | {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
     unknown = [a.split("=")[0] for a in rest if a.startswith("-") and a.split("=")[0] not in known]
-    assert not unknown, f"docs/{page}: `{line}`: {cmd.name} has no option(s) {unknown}; it has {sorted(known)}"
+    assert not unknown, f"{page}: `{line}`: {cmd.name} has no option(s) {unknown}; it has {sorted(known)}"
 
 
 def test_there_are_documented_commands():

@@ -1,4 +1,4 @@
-"""Every ```python block in docs/**/*.md runs, in page order, on CPU, each within a few seconds.
+"""Every ```python block in docs/**/*.md and in the READMEs runs, in page order, on CPU, each within a few seconds.
 
 Blocks of one page share a namespace (like a notebook). A block may be left out only when it needs a GPU or
 several ``torchrun`` processes: write ```` ```python skip=gpu ```` (or ``skip=torchrun``) or put
@@ -12,15 +12,14 @@ import types
 import warnings
 
 import pytest
-from _snippets import SKIP_REASONS, blocks, pages
+from _snippets import SKIP_REASONS, blocks, pages, rel
 
 MAX_SKIPPED = 4
 
 PAGES = [p for p in pages() if blocks(p)]
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[p.name if p.parent.name == "docs" else f"{p.parent.name}/{p.name}"
-                                             for p in PAGES])
+@pytest.mark.parametrize("page", PAGES, ids=[rel(p) for p in PAGES])
 def test_page_snippets_run(page, tmp_path, monkeypatch):
     import torch
 
@@ -40,11 +39,11 @@ def test_page_snippets_run(page, tmp_path, monkeypatch):
                 try:
                     exec(compile(block.code, block.id, "exec"), namespace)  # noqa: S102
                 except Exception as e:  # say which block failed
-                    raise AssertionError(f"docs/{block.id}: {type(e).__name__}: {e}") from e
+                    raise AssertionError(f"{block.id}: {type(e).__name__}: {e}") from e
             ran += 1
     finally:
         torch.set_default_dtype(dtype)
-    assert ran > 0, f"docs/{page.name}: every python block is skipped"
+    assert ran > 0, f"{rel(page)}: every python block is skipped"
 
 
 def test_skipped_blocks_are_justified_and_few():
@@ -72,5 +71,5 @@ def test_extractor_finds_blocks_and_skip_markers(tmp_path, monkeypatch):
     found = _snippets.blocks(docs / "p.md")
     assert [(b.code.strip(), b.skip) for b in found] == [("a = 1", None), ("b = 2", "gpu"), ("c = 3", "torchrun"),
                                                          ("d = 4", None)]
-    assert found[0].id == "p.md:3"
+    assert found[0].id == "docs/p.md:3"
 
