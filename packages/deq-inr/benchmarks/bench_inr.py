@@ -7,7 +7,8 @@ model at its library defaults (implicit: spectral norm 0.97; explicit: unconstra
 with spectral norm 0.97 as in the authors' image configs ("e4L-256D-sn"); input_scale = half the training points
 per side. Reported per model: held-out and
 train PSNR mean +- std over images x seeds, ms/step, peak training memory, parameters; per comparison the paired
-held-out difference over (image, seed) pairs with its std, minimum and win count; and equal wall-clock (explicit
+held-out difference over (image, seed) pairs with its std, minimum and win count, and over images (seeds averaged
+first) with a 95 % t interval; and equal wall-clock (explicit
 4L-256D given the time the implicit 1L-256D model trained, read off its own evaluation curve, logged every 5 steps).
 ``--long-steps`` adds a longer run on ``--long-images``; ``--media`` adds an audio row (``--audio WAV``, or by
 default a synthesized chirp + harmonics of 4 000 samples; even/odd split) and a video row (scikit-image's bundled
@@ -170,6 +171,52 @@ def _diff(vals):
     return f"{statistics.mean(vals):+.2f}{sd} (min {min(vals):+.2f}, {wins}/{len(vals)} ≥ 0)"
 
 
+def over_images(diffs_by_image):
+    """Mean of the per-image mean differences with its 95 % t interval, images as the units: the seeds of one
+    image share its content, so (image, seed) pairs are not independent and their std understates the
+    uncertainty of the mean.
+
+    Example:
+        >>> over_images({"camera": [1.0, 3.0], "coffee": [0.0], "text": [1.0]})
+        '+1.00 [-1.48, +3.48] (3 images)'
+    """
+    from scipy.stats import t
+
+    means = [statistics.mean(v) for v in diffs_by_image.values() if v]
+    if len(means) < 2:
+        return "n/a"
+    m, n = statistics.mean(means), len(means)
+    half = float(t.ppf(0.975, n - 1)) * statistics.stdev(means) / math.sqrt(n)
+    return f"{m:+.2f} [{m - half:+.2f}, {m + half:+.2f}] ({n} images)"
+
+
+def report_over_images(rows):
+    """Markdown: each comparison's per-image mean difference, averaged over images, with its 95 % interval."""
+    cells_by = {}
+    for s in ("natural", "text"):
+        for fam in FAMILIES:
+            by = defaultdict(dict)
+            for r in rows:
+                if r["set"] == s and r["family"] == fam and r["heldout_psnr"] is not None:
+                    by[(r["image"], r["seed"])][r["key"]] = r["heldout_psnr"]
+            cells = []
+            for a, b in COMPARISONS:
+                per_image = defaultdict(list)
+                for (image, _), p in by.items():
+                    if a in p and b in p:
+                        per_image[image].append(p[a] - p[b])
+                cells.append(over_images(per_image))
+            if any(c != "n/a" for c in cells):
+                cells_by[(s, fam)] = cells
+    if not cells_by:
+        return
+    print("\n#### Over images: mean of the per-image mean differences (dB), 95 % t interval with images as units\n")
+    print("| set | family | " + " | ".join(f"{a} − {b}" for a, b in COMPARISONS) + " |")
+    print("|---|---|" + "---|" * len(COMPARISONS))
+    for (s, fam), cells in cells_by.items():
+        print(f"| {s} | {fam} | " + " | ".join(cells) + " |")
+
+
 def heldout_by_step(rows):
     """Held-out PSNR at the evaluation steps every row of a group logged (the ``curve``), for runs that say
     whether a model catches up or falls behind with more steps.
@@ -288,6 +335,7 @@ def report(rows, title=""):
                                                 if a in p and b in p and p[a]["heldout_psnr"] is not None
                                                 and p[b]["heldout_psnr"] is not None])
                                           for a, b in COMPARISONS) + " |")
+        report_over_images(sel_rows)
         report_interpolation(sel_rows)
         if tag == "long":
             report_by_step(sel_rows)

@@ -167,3 +167,21 @@ def test_bench_media_rows_take_a_user_wav_and_every_seed(bench, tmp_path, capsys
     out = capsys.readouterr().out
     assert "against linear interpolation" in out
     assert "| audio | siren | isiren 1L-256D | 2 |" in out and "media rows only" in out and "128x128" not in out
+
+
+def test_over_images_averages_seeds_first_and_uses_a_t_interval(bench, capsys):
+    # camera's two seeds count as one image: mean over images of (2, 0, 1) = 1, std 1, t(0.975, 2) = 4.303
+    assert bench.over_images({"camera": [1.0, 3.0], "coffee": [0.0], "text": [1.0]}) == \
+        "+1.00 [-1.48, +3.48] (3 images)"
+    assert bench.over_images({"camera": [1.0, 3.0]}) == "n/a"    # one image: no interval
+    row = lambda key, image, seed, p: {"set": "natural", "family": "siren", "image": image, "seed": seed,  # noqa: E731
+                                       "key": key, "heldout_psnr": p}
+    rows = [row("i1L-256D", "camera", 0, 21.0), row("e4L-256D", "camera", 0, 20.0),
+            row("i1L-256D", "camera", 1, 23.0), row("e4L-256D", "camera", 1, 20.0),
+            row("i1L-256D", "coffee", 0, 20.0), row("e4L-256D", "coffee", 0, 20.0),
+            row("i1L-256D", "text", 0, 30.0),   # unpaired: left out
+            row("i1L-256D", "rocket", 0, 19.0), row("e4L-256D", "rocket", 0, 18.0)]
+    bench.report_over_images(rows)
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("| natural | siren |"))
+    assert line.split(" | ")[2] == "+1.00 [-1.48, +3.48] (3 images)"
