@@ -34,6 +34,7 @@ from collections import defaultdict
 import torch
 
 from deq_inr import (
+    RENDERED_TEXT_PREFIX,
     audio_data,
     build_model,
     default_input_scale,
@@ -72,8 +73,9 @@ def run(data, label, family, key, steps, seed, emit, *, log_every=None, png=None
     res = fit(model, data, steps=steps, lr=lr, seed=seed, progress=False,
               log_every=log_every or max(1, steps // 10), grad_clip=0.1 if data.kind == "video" else None)
     m = res.metrics
-    row = {"bench": tag, "image": label, "set": "text" if label in TEXT else data.kind if data.kind != "image"
-           else "natural", "family": family, "key": key, "model": name, "size": key[1:], "implicit": implicit,
+    text = label in TEXT or label.startswith(RENDERED_TEXT_PREFIX)
+    row = {"bench": tag, "image": label, "set": "text" if text else data.kind if data.kind != "image" else "natural",
+           "family": family, "key": key, "model": name, "size": key[1:], "implicit": implicit,
            "seed": seed, "steps": m["steps"], "heldout_psnr": m["heldout_psnr"], "train_psnr": m["train_psnr"],
            "ms_per_step": m["ms_per_step"], "ms_per_step_median": m["ms_per_step_median"],
            "train_time_s": m["train_time_s"], "peak_mem_mb": m["peak_mem_mb"], "params": m["params"],

@@ -285,3 +285,30 @@ def test_random_split_follows_the_seed_and_its_points_per_side():
     d = image_data("camera", size=16, holdout=0.3)
     assert d.train_points_per_side() == pytest.approx(16 * math.sqrt(len(d.train_idx) / 256))
     assert default_input_scale(d) == pytest.approx(d.train_points_per_side() / 2)
+
+
+def test_rendered_text_is_seeded_two_coloured_text_reaching_the_borders():
+    from deq_inr import rendered_text
+
+    a, b = rendered_text(0, size=128), rendered_text(1, size=128)
+    assert a.shape == (128, 128, 3) and a.dtype == np.float32 and np.array_equal(a, rendered_text(0, size=128))
+    assert not np.array_equal(a, b)
+    for img in (a, b):
+        luma = img @ np.array([0.2125, 0.7154, 0.0721], np.float32)
+        bg = np.median(luma)
+        ink = np.abs(luma - bg) > 0.2
+        assert 0.05 < ink.mean() < 0.6                        # text, not a blank or a filled canvas
+        assert ink[:, :8].any() and ink[:, -8:].any()          # lines start left of the canvas and run past it
+    with pytest.raises(DeqInputError, match="seed must be an int >= 0"):
+        rendered_text(-1)
+    with pytest.raises(DeqInputError, match="size must be an int >= 16"):
+        rendered_text(0, size=8)
+
+
+def test_rendered_text_loads_by_name_and_a_bad_name_says_the_form():
+    d = image_data("rendered-text-4", size=32)
+    assert d.shape == (32, 32) and d.channels == 3 and d.stride == 2
+    with pytest.raises(DeqInputError, match="rendered-text-<seed> with an int seed"):
+        load_image("rendered-text-x")
+    with pytest.raises(DeqInputError, match="rendered text: rendered-text-<seed>"):
+        load_image("no-such-image")

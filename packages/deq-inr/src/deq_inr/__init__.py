@@ -30,12 +30,14 @@ from ._fit import SCHEDULES, FitResult, evaluate, fit, lr_factor
 from ._metrics import interpolation_heldout_psnr, psnr
 from ._models import ExplicitINR, FilterBank, ImplicitINR, INRBlock, Siren
 from ._plots import plot_psnr_curve, plot_reconstruction
+from ._text import RENDERED_TEXT_PREFIX, rendered_text
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BUNDLED_IMAGES", "KINDS", "SKIMAGE_IMAGES", "MODELS", "SIZED_MODELS", "SIZES", "is_implicit", "parse_arch",
-    "NATURAL_IMAGES", "TEXT_IMAGES", "CoordData", "ExplicitINR", "FilterBank", "SCHEDULES",
+    "NATURAL_IMAGES", "TEXT_IMAGES", "RENDERED_TEXT_PREFIX", "rendered_text", "CoordData", "ExplicitINR", "FilterBank",
+    "SCHEDULES",
     "FitResult", "FourierFilter", "GaborFilter", "INRBlock", "ImplicitINR", "Siren", "SineFilter", "audio_data",
     "build_model", "default_input_scale", "evaluate", "fit", "grid_coords", "image_data", "interpolate_train",
     "interpolation_heldout_psnr",

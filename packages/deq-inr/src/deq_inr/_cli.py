@@ -100,7 +100,8 @@ def inr() -> None:
 @inr.command("fit")
 @click.option("--model", "model_name", default="imfn-gabor", show_default=True, metavar="NAME", help=_MODEL_HELP)
 @click.option("--image", default=None, help="Bundled scikit-image name (camera, astronaut, coffee, chelsea, rocket, "
-              "text, page) or an image path. Default: camera (unless --audio / --video).")
+              "text, page), rendered-text-SEED (rendered text, any seed) or an image path. Default: camera (unless "
+              "--audio / --video).")
 @click.option("--audio", is_flag=False, flag_value="synth", default=None,
               help="Fit audio: a WAV path, or no value for a synthesized chirp.")
 @click.option("--video", is_flag=False, flag_value="bundled", default=None,

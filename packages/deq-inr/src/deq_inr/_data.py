@@ -25,6 +25,8 @@ from torch import Tensor
 
 from deq_core import DeqInputError
 
+from ._text import RENDERED_TEXT_PREFIX, rendered_text
+
 __all__ = ["KINDS", "CoordData", "BUNDLED_IMAGES", "SKIMAGE_IMAGES", "NATURAL_IMAGES", "TEXT_IMAGES", "load_image",
            "image_data", "audio_data",
            "video_data", "synth_audio", "read_wav", "write_wav", "grid_coords", "default_input_scale", "VIDEO_GIF",
@@ -228,7 +230,8 @@ def _to_float01(arr: np.ndarray, what: str) -> np.ndarray:
 
 def load_image(name_or_path: str) -> np.ndarray:
     """A bundled scikit-image name (``camera``, ``astronaut``, ``coffee``, ``chelsea``, ``rocket``, ``text``,
-    ``page``, ...) or an image file path -> ``(H, W, C)`` float32 in ``[0, 1]`` with ``C`` in ``{1, 3}``.
+    ``page``, ...), ``"rendered-text-<seed>"`` (:func:`deq_inr.rendered_text` at 512 x 512) or an image file path
+    -> ``(H, W, C)`` float32 in ``[0, 1]`` with ``C`` in ``{1, 3}``.
 
     RGBA drops alpha. Names are those of :data:`SKIMAGE_IMAGES`. Raises :class:`deq_core.DeqInputError` for an
     unknown name, an unreadable file, an image smaller than 2 x 2, or a channel count other than 1, 3 or 4.
@@ -238,7 +241,13 @@ def load_image(name_or_path: str) -> np.ndarray:
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise DeqInputError(f"image must be a bundled image name or a file path, got {name_or_path!r}")
     name_or_path = os.fspath(name_or_path)
-    if not os.path.exists(name_or_path) and name_or_path in SKIMAGE_IMAGES:
+    if not os.path.exists(name_or_path) and name_or_path.startswith(RENDERED_TEXT_PREFIX):
+        seed = name_or_path[len(RENDERED_TEXT_PREFIX):]
+        if not seed.isdigit():
+            raise DeqInputError(f"image {name_or_path!r}: expected {RENDERED_TEXT_PREFIX}<seed> with an int seed "
+                                f">= 0, e.g. {RENDERED_TEXT_PREFIX}0")
+        arr = rendered_text(int(seed))
+    elif not os.path.exists(name_or_path) and name_or_path in SKIMAGE_IMAGES:
         try:
             arr = np.asarray(getattr(skimage.data, name_or_path)())
         except Exception as e:  # e.g. a dataset that needs a download
@@ -252,7 +261,8 @@ def load_image(name_or_path: str) -> np.ndarray:
     else:
         raise DeqInputError(
             f"image {name_or_path!r} is neither a file nor a bundled image (bundled: {', '.join(BUNDLED_IMAGES)}; "
-            f"scikit-image's others: {', '.join(n for n in SKIMAGE_IMAGES if n not in BUNDLED_IMAGES)})"
+            f"scikit-image's others: {', '.join(n for n in SKIMAGE_IMAGES if n not in BUNDLED_IMAGES)}; "
+            f"rendered text: {RENDERED_TEXT_PREFIX}<seed>)"
         )
     if arr.ndim == 2:
         arr = arr[..., None]
