@@ -149,6 +149,17 @@ def report_interpolation(rows):
                           f"{_diff([r['heldout_psnr'] - r['interp_heldout_psnr'] for r in mine])} |")
 
 
+def pair_key(r):
+    """What two rows must share to be paired: image, seed and step count (a 1 000-step row is not paired with a
+    2 000-step one; ``heldout_by_step`` compares such runs at their common logged steps instead).
+
+    Example:
+        >>> pair_key({"image": "camera", "seed": 0, "steps": 300, "key": "i1L-256D"})
+        ('camera', 0, 300)
+    """
+    return r["image"], r["seed"], r.get("steps")
+
+
 def at_time(curve, budget):
     """Held-out PSNR of the last evaluation whose training time is within ``budget`` seconds."""
     ok = [c for c in curve if c[0] <= budget * 1.0001]
@@ -200,11 +211,11 @@ def report_over_images(rows):
             by = defaultdict(dict)
             for r in rows:
                 if r["set"] == s and r["family"] == fam and r["heldout_psnr"] is not None:
-                    by[(r["image"], r["seed"])][r["key"]] = r["heldout_psnr"]
+                    by[pair_key(r)][r["key"]] = r["heldout_psnr"]
             cells = []
             for a, b in COMPARISONS:
                 per_image = defaultdict(list)
-                for (image, _), p in by.items():
+                for (image, *_), p in by.items():
                     if a in p and b in p:
                         per_image[image].append(p[a] - p[b])
                 cells.append(over_images(per_image))
@@ -307,7 +318,7 @@ def report(rows, title=""):
                 by = defaultdict(dict)
                 for r in sel_rows:
                     if r["set"] == s and r["family"] == fam:
-                        by[(r["image"], r["seed"])][r["key"]] = r
+                        by[pair_key(r)][r["key"]] = r
                 if not by:
                     continue
                 cells = []
@@ -330,7 +341,7 @@ def report(rows, title=""):
         # pooled over families and sets: the headline numbers
         pooled = defaultdict(dict)
         for r in sel_rows:
-            pooled[(r["set"], r["family"], r["image"], r["seed"])][r["key"]] = r
+            pooled[(r["set"], r["family"], *pair_key(r))][r["key"]] = r
         print("\n| all sets and families | " + " | ".join(f"{a} − {b}" for a, b in COMPARISONS) + " |")
         print("|---|" + "---|" * len(COMPARISONS))
         print("| pooled | " + " | ".join(_diff([p[a]["heldout_psnr"] - p[b]["heldout_psnr"] for p in pooled.values()

@@ -52,6 +52,26 @@ def test_report_prints_the_by_step_tables_for_long_runs(bench, capsys):
     assert "| natural | siren | i1L-256D − e4L-256D | -1.00 (min -1.00, 0/1 ≥ 0) |" in out
 
 
+def test_report_pairs_only_rows_of_the_same_step_count(bench, capsys):
+    """A 1 000-step implicit row and a 2 000-step explicit row of one image and seed are not a pair at equal steps
+    (they were, silently, when rows were keyed by image and seed only); the by-step table compares them at step
+    1 000 from the explicit run's curve."""
+    imp = _row("i1L-512D", "camera", 0, [(1, 5), (500, 26), (1000, 27)])
+    exp = _row("e4L-256D", "camera", 0, [(1, 6), (500, 28), (1000, 26.5), (2000, 25)])
+    exp2 = _row("e4L-256D", "coffee", 0, [(1, 6), (500, 28), (1000, 26.5)])
+    imp2 = _row("i1L-512D", "coffee", 0, [(1, 5), (500, 26), (1000, 28)])
+    for r, steps, p in ((imp, 1000, 27), (exp, 2000, 25), (exp2, 1000, 26.5), (imp2, 1000, 28)):
+        r.update(steps=steps, heldout_psnr=p, train_psnr=p + 5, ms_per_step_median=1.0, train_time_s=1.0,
+                 peak_mem_mb=1.0, params=10, model=r["key"])
+    bench.report([imp, exp, exp2, imp2])
+    out = capsys.readouterr().out
+    paired = next(line for line in out.splitlines() if line.startswith("| natural | siren | ") and "≥ 0)" in line)
+    # coffee only (28 - 26.5); keyed by image and seed, camera's 27 - 25 made it +1.75 ± 0.35 over 2 "pairs"
+    assert "| +1.50 (min +1.50, 1/1 ≥ 0) |" in paired
+    by_step = out.split("at each logged step")[-1]
+    assert "i1L-512D − e4L-256D | -2.00 ± 0.00 (min -2.00, 0/2 ≥ 0) | +1.00 ± 0.71 (min +0.50, 2/2 ≥ 0) |" in by_step
+
+
 def test_ablation_rows_against_the_benchmark_rows_pair_by_family_image_seed(capsys):
     spec = importlib.util.spec_from_file_location("ablate_inr", _PATH.with_name("ablate_inr.py"))
     ablate = importlib.util.module_from_spec(spec)
