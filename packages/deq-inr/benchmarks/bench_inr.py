@@ -76,6 +76,7 @@ def run(data, label, family, key, steps, seed, emit, *, log_every=None, png=None
     text = label in TEXT or label.startswith(RENDERED_TEXT_PREFIX)
     row = {"bench": tag, "image": label, "set": "text" if text else data.kind if data.kind != "image" else "natural",
            "family": family, "key": key, "model": name, "size": key[1:], "implicit": implicit,
+           "grid": list(data.shape),
            "seed": seed, "steps": m["steps"], "heldout_psnr": m["heldout_psnr"], "train_psnr": m["train_psnr"],
            "ms_per_step": m["ms_per_step"], "ms_per_step_median": m["ms_per_step_median"],
            "train_time_s": m["train_time_s"], "peak_mem_mb": m["peak_mem_mb"], "params": m["params"],
@@ -105,24 +106,25 @@ def media_rows(kinds, wav=None):
 
 
 def backfill_interpolation(rows, size, wav=None):
-    """Rows saved before they carried ``interp_heldout_psnr``: compute it for bundled images at crop ``size``
-    (the rows do not record it), the synthesized audio, the bundled video and the clip ``wav``; other rows stay
-    without it."""
+    """Rows saved before they carried ``interp_heldout_psnr``: compute it for bundled images at the row's ``grid``
+    (rows saved before they recorded it: at crop ``size``), the synthesized audio, the bundled video and the clip
+    ``wav``; other rows stay without it."""
     cache = {}
     for r in rows:
         if r.get("interp_heldout_psnr") is not None:
             continue
         label = r["image"]
-        if label not in cache:
+        side = r["grid"][0] if r.get("grid") and ":" not in label else size
+        if (label, side) not in cache:
             media = {lab: make for lab, make in media_rows(("audio", "video"), wav)}
             if label in media:
                 data = media[label]()
-            elif ":" not in label and size:
-                data = image_data(label, size=size, holdout=0.25)
+            elif ":" not in label and side:
+                data = image_data(label, size=side, holdout=0.25)
             else:
                 data = None
-            cache[label] = None if data is None else interpolation_heldout_psnr(data)
-        r["interp_heldout_psnr"] = cache[label]
+            cache[(label, side)] = None if data is None else interpolation_heldout_psnr(data)
+        r["interp_heldout_psnr"] = cache[(label, side)]
 
 
 def report_interpolation(rows):
@@ -150,14 +152,16 @@ def report_interpolation(rows):
 
 
 def pair_key(r):
-    """What two rows must share to be paired: image, seed and step count (a 1 000-step row is not paired with a
-    2 000-step one; ``heldout_by_step`` compares such runs at their common logged steps instead).
+    """What two rows must share to be paired: image, seed, step count and data grid (a 1 000-step row is not
+    paired with a 2 000-step one, nor a 128² crop with a 256² one; ``heldout_by_step`` compares runs of other
+    step counts at their common logged steps). Rows saved before they recorded ``grid`` have ``None`` there.
 
     Example:
-        >>> pair_key({"image": "camera", "seed": 0, "steps": 300, "key": "i1L-256D"})
-        ('camera', 0, 300)
+        >>> pair_key({"image": "camera", "seed": 0, "steps": 300, "key": "i1L-256D", "grid": [128, 128]})
+        ('camera', 0, 300, (128, 128))
     """
-    return r["image"], r["seed"], r.get("steps")
+    grid = r.get("grid")
+    return r["image"], r["seed"], r.get("steps"), None if grid is None else tuple(grid)
 
 
 def at_time(curve, budget):
@@ -230,6 +234,12 @@ def report_over_images(rows):
         print(f"| {s} | {fam} | " + " | ".join(cells) + " |")
 
 
+def _curve_key(r):
+    """``pair_key`` without the step count: runs of other lengths compare at their common logged steps."""
+    image, seed, _, grid = pair_key(r)
+    return image, seed, grid
+
+
 def heldout_by_step(rows):
     """Held-out PSNR at the evaluation steps every row of a group logged (the ``curve``), for runs that say
     whether a model catches up or falls behind with more steps.
@@ -257,9 +267,8 @@ def heldout_by_step(rows):
     diffs = {}
     for (st, fam, a) in groups:
         for b in [b for a_, b in COMPARISONS if a_ == a and (st, fam, b) in groups]:
-            other = {(r["image"], r["seed"]): r for r in groups[(st, fam, b)]}
-            pairs = [(r, other[(r["image"], r["seed"])]) for r in groups[(st, fam, a)]
-                     if (r["image"], r["seed"]) in other]
+            other = {_curve_key(r): r for r in groups[(st, fam, b)]}
+            pairs = [(r, other[_curve_key(r)]) for r in groups[(st, fam, a)] if _curve_key(r) in other]
             if pairs:
                 diffs[(st, fam, a, b)] = {s: [at[id(p)][s] - at[id(q)][s] for p, q in pairs] for s in steps}
     return steps, table, diffs
@@ -390,7 +399,7 @@ def main(argv=None) -> int:
         # replaces a benchmark row (which has the evaluation curve and the memory)
         rows.sort(key=lambda r: "from" not in r)
         backfill_interpolation(rows, args.size, args.audio)
-        last = {(r["bench"], r["set"], r["family"], r["key"], r["image"], r["seed"], r["steps"]): r for r in rows}
+        last = {(r["bench"], r["set"], r["family"], r["key"], *pair_key(r)): r for r in rows}
         report(list(last.values()))
         return 0
     q = args.quick

@@ -72,6 +72,25 @@ def test_report_pairs_only_rows_of_the_same_step_count(bench, capsys):
     assert "i1L-512D − e4L-256D | -2.00 ± 0.00 (min -2.00, 0/2 ≥ 0) | +1.00 ± 0.71 (min +0.50, 2/2 ≥ 0) |" in by_step
 
 
+def test_rows_of_other_grids_neither_pair_nor_replace_each_other(bench, tmp_path, capsys):
+    """A 128² and a 256² run of one image, seed and step count are two runs: --from-jsonl keeps both (its
+    one-row-per-run rule keyed them as one) and pairs each only with its own grid, also in the by-step table."""
+    def row(key, grid, held):
+        r = _row(key, "camera", 0, [(1, 5), (100, held)])
+        r.update(steps=100, heldout_psnr=held, train_psnr=held + 5, ms_per_step_median=1.0, train_time_s=1.0,
+                 peak_mem_mb=1.0, params=10, model=key, grid=[grid, grid], interp_heldout_psnr=20.0)
+        return r
+    rows = [row("i1L-256D", 128, 24.0), row("e4L-256D", 128, 25.0), row("i1L-256D", 256, 30.0),
+            row("e4L-256D", 256, 27.0), {**row("e4L-256D", 64, 40.0), "grid": None}]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert bench.main(["--from-jsonl", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "+1.00 ± 2.83 (min -1.00, 1/2 ≥ 0)" in out      # 24 - 25 at 128², 30 - 27 at 256²: two pairs
+    assert "| natural | siren | i1L-256D − e4L-256D | +1.00 ± 2.83 (min -1.00, 1/2 ≥ 0) |" in out  # by step 100
+    assert bench.pair_key(rows[4])[-1] is None and bench.pair_key(rows[0])[-1] == (128, 128)
+
+
 def test_ablation_rows_against_the_benchmark_rows_pair_by_family_image_seed(capsys):
     spec = importlib.util.spec_from_file_location("ablate_inr", _PATH.with_name("ablate_inr.py"))
     ablate = importlib.util.module_from_spec(spec)
