@@ -25,6 +25,13 @@ def _row(key, image, seed, curve, set_="natural", family="siren"):
             "curve": [(0.01 * s, p, s) for s, p in curve]}
 
 
+def _finished(r, steps, held, **extra):
+    """``r`` with the summary fields a finished benchmark run carries (held-out ``held``, train ``held + 5``)."""
+    r.update(steps=steps, heldout_psnr=held, train_psnr=held + 5, ms_per_step_median=1.0, train_time_s=1.0,
+             peak_mem_mb=1.0, params=10, model=r["key"], **extra)
+    return r
+
+
 def test_heldout_by_step_pairs_by_image_and_seed_at_common_steps(bench):
     rows = [_row("i1L-256D", "camera", 0, [(1, 5), (100, 20), (200, 22), (300, 23)]),
             _row("i1L-256D", "text", 0, [(1, 5), (100, 18), (200, 19), (300, 21)]),
@@ -44,8 +51,7 @@ def test_heldout_by_step_pairs_by_image_and_seed_at_common_steps(bench):
 def test_report_prints_the_by_step_tables_for_long_runs(bench, capsys):
     rows = [_row("i1L-256D", "camera", 0, [(1, 5), (100, 20)]), _row("e4L-256D", "camera", 0, [(1, 6), (100, 21)])]
     for r, p in zip(rows, (20, 21)):
-        r.update(steps=100, heldout_psnr=p, train_psnr=p + 5, ms_per_step_median=1.0, train_time_s=1.0,
-                 peak_mem_mb=1.0, params=10, model=r["key"])
+        _finished(r, 100, p)
     bench.report(rows)
     out = capsys.readouterr().out
     assert "at each logged step" in out
@@ -61,8 +67,7 @@ def test_report_pairs_only_rows_of_the_same_step_count(bench, capsys):
     exp2 = _row("e4L-256D", "coffee", 0, [(1, 6), (500, 28), (1000, 26.5)])
     imp2 = _row("i1L-512D", "coffee", 0, [(1, 5), (500, 26), (1000, 28)])
     for r, steps, p in ((imp, 1000, 27), (exp, 2000, 25), (exp2, 1000, 26.5), (imp2, 1000, 28)):
-        r.update(steps=steps, heldout_psnr=p, train_psnr=p + 5, ms_per_step_median=1.0, train_time_s=1.0,
-                 peak_mem_mb=1.0, params=10, model=r["key"])
+        _finished(r, steps, p)
     bench.report([imp, exp, exp2, imp2])
     out = capsys.readouterr().out
     paired = next(line for line in out.splitlines() if line.startswith("| natural | siren | ") and "≥ 0)" in line)
@@ -76,10 +81,8 @@ def test_rows_of_other_grids_neither_pair_nor_replace_each_other(bench, tmp_path
     """A 128² and a 256² run of one image, seed and step count are two runs: --from-jsonl keeps both (its
     one-row-per-run rule keyed them as one) and pairs each only with its own grid, also in the by-step table."""
     def row(key, grid, held):
-        r = _row(key, "camera", 0, [(1, 5), (100, held)])
-        r.update(steps=100, heldout_psnr=held, train_psnr=held + 5, ms_per_step_median=1.0, train_time_s=1.0,
-                 peak_mem_mb=1.0, params=10, model=key, grid=[grid, grid], interp_heldout_psnr=20.0)
-        return r
+        return _finished(_row(key, "camera", 0, [(1, 5), (100, held)]), 100, held, grid=[grid, grid],
+                         interp_heldout_psnr=20.0)
     rows = [row("i1L-256D", 128, 24.0), row("e4L-256D", 128, 25.0), row("i1L-256D", 256, 30.0),
             row("e4L-256D", 256, 27.0), {**row("e4L-256D", 64, 40.0), "grid": None}]
     path = tmp_path / "rows.jsonl"
@@ -151,8 +154,7 @@ def test_bench_from_jsonl_prints_tables_and_closes_its_files(bench, tmp_path, ca
 
     rows = [_row("i1L-256D", "camera", 0, [(1, 5), (100, 20)]), _row("e4L-256D", "camera", 0, [(1, 6), (100, 21)])]
     for r, p in zip(rows, (20, 21)):
-        r.update(steps=100, heldout_psnr=p, train_psnr=p + 5, ms_per_step_median=1.0, train_time_s=1.0,
-                 peak_mem_mb=1.0, params=10, model=r["key"])
+        _finished(r, 100, p)
     (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert bench.main(["--from-jsonl", str(tmp_path / "r.jsonl")]) == 0   # filterwarnings=error: no ResourceWarning
     assert "### Longer run (100 steps)" in capsys.readouterr().out
